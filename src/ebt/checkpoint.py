@@ -1,0 +1,91 @@
+"""Checkpoints: a folder with `model.safetensors` (weights), `config.json` (the RunConfig) and, for training runs,
+`trainer.pt` (optimizer, scheduler, RNG and step). Folders are written next to their destination and renamed into
+place, so an interrupted save never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ebt.config import RunConfig, from_dict, to_dict
+from ebt.errors import UserError
+
+WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: RunConfig, trainer_state: Optional[dict] = None,
+                    meta: Optional[dict] = None) -> Path:
+    """Write a checkpoint folder atomically (replacing an older checkpoint at the same path)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "kind": getattr(model, "kind", "")})
+        (tmp / CONFIG).write_text(json.dumps({"config": to_dict(cfg), "meta": meta or {}}, indent=1))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_config(path: str | Path) -> tuple[RunConfig, dict]:
+    path = Path(path)
+    if path.is_file() and path.suffix == ".ckpt":
+        raise UserError(f"{str(path)!r} is a reference (Lightning) checkpoint: convert it first with "
+                        f"`ebt convert {path} OUT_DIR`")
+    cfg_file = path / CONFIG
+    if not cfg_file.is_file():
+        raise UserError(f"{str(path)!r} is not an ebt checkpoint folder (no {CONFIG}): pass a folder written by "
+                        "`ebt train` or `ebt convert`")
+    try:
+        data = json.loads(cfg_file.read_text())
+        return from_dict(RunConfig, data["config"], "config"), data.get("meta", {})
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{str(cfg_file)!r} is unreadable ({exc}): the checkpoint is damaged") from None
+
+
+def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu") -> tuple[nn.Module, RunConfig]:
+    """Rebuild the model saved at `path`; `kind` ("ebt"/"transformer") refuses a checkpoint of another type."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ebt.lm import build_lm
+
+    cfg, _ = read_config(path)
+    if kind is not None and cfg.model.kind != kind:
+        raise UserError(f"{str(path)!r} holds a {cfg.model.kind} model, but this command needs {kind}: "
+                        "pass a checkpoint of the right model type")
+    model = build_lm(cfg)
+    try:
+        state = load_file(str(Path(path) / WEIGHTS))
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"cannot read weights in {str(path)!r} ({exc}): the checkpoint is damaged") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"weights in {str(path)!r} do not match its config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}): the checkpoint is damaged")
+    return model.to(device), cfg
+
+
+def load_trainer_state(path: str | Path) -> Optional[dict]:
+    f = Path(path) / TRAINER
+    return torch.load(f, weights_only=False, map_location="cpu") if f.is_file() else None

@@ -1,0 +1,119 @@
+"""Language-model objectives: energy function + thinking -> loss (text EBT), and the Transformer++ baseline.
+
+Both wrappers share one interface used by the trainer, evaluation and generation:
+    forward(input_ids (B, L+1)) -> LMOutput(loss, metrics, ...)     targets are input_ids[:, 1:], pad id ignored
+    param_groups(optim_cfg)     -> AdamW parameter groups
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ebt.config import ModelConfig, OptimConfig, RunConfig, ThinkConfig
+from ebt.models.ar_ebt import AREnergyModel, ContextEnergy
+from ebt.models.transformer_pp import TransformerPP
+from ebt.thinking import Thinker, Thought
+
+PAD_ID = 0  # the reference's pad = eos = 0; with the byte tokenizer 0 is the NUL byte, absent from text
+
+
+@dataclass
+class LMOutput:
+    loss: Tensor
+    """Training objective (mean CE over steps for S1, final-step CE for S2)."""
+    final_ce: Tensor
+    """Cross-entropy of the final prediction (mean over non-pad targets)."""
+    tokens: int
+    """Number of non-pad targets."""
+    metrics: dict = field(default_factory=dict)
+    thought: Optional[Thought] = None
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean CE over non-pad targets; logits (B, L, V), targets (B, L)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
+
+
+def decay_groups(module: nn.Module, exclude: tuple = ()) -> tuple[list, list]:
+    """Split parameters into weight-decayed matrices and non-decayed vectors (norms, biases, scalars)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad or any(p is e for e in exclude):
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return decay, no_decay
+
+
+class TextEBT(nn.Module):
+    """Autoregressive energy-based transformer for text."""
+
+    kind = "ebt"
+
+    def __init__(self, model: ModelConfig, think: ThinkConfig):
+        super().__init__()
+        self.cfg, self.think_cfg = model, think
+        self.energy = AREnergyModel(model, num_landscapes=think.steps)
+        self.thinker = Thinker(think)
+
+    def initial_logits(self, batch: int, length: int, device=None, generator=None) -> Tensor:
+        """z0 ~ N(0, init_std^2), shape (B, L, V)."""
+        z = torch.randn(batch, length, self.cfg.vocab_size, device=device, generator=generator)
+        return z * self.think_cfg.init_std
+
+    def forward(self, input_ids: Tensor, z0: Optional[Tensor] = None, training: Optional[bool] = None) -> LMOutput:
+        """Loss of one batch of windows (B, L+1). training=None follows self.training.
+
+        In training the descent keeps the second-order graph; otherwise no graph is built at all.
+        """
+        training = self.training if training is None else training
+        x, y = input_ids[:, :-1], input_ids[:, 1:]
+        if z0 is None:
+            z0 = self.initial_logits(x.shape[0], x.shape[1], x.device)
+        with torch.set_grad_enabled(training or torch.is_grad_enabled()):
+            thought = self.thinker.train_descent(ContextEnergy(self.energy, x), z0, training=training)
+            ces = [cross_entropy(z, y) for z in thought.logits]
+            loss = ces[-1] if self.think_cfg.truncate else torch.stack(ces).mean()
+        gap = (thought.energies[0].mean() - thought.energies[-1].mean()).item()
+        metrics = {"initial_ce": ces[0].item(), "final_ce": ces[-1].item(), "energy_gap": gap,
+                   "alpha": self.thinker.step_size().item(), "steps": len(thought.logits)}
+        return LMOutput(loss, ces[-1].detach(), int((y != PAD_ID).sum()), metrics, thought)
+
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        decay, no_decay = decay_groups(self, exclude=(self.thinker.alpha,))
+        groups = [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        if self.thinker.alpha.requires_grad:
+            groups.append({"params": [self.thinker.alpha], "weight_decay": 0.0, "name": "alpha",
+                           "lr_mult": self.think_cfg.alpha_lr_mult, "min_lr_ratio": optim.alpha_min_lr_ratio})
+        return groups
+
+
+class TextTransformer(nn.Module):
+    """Transformer++ language model (the baseline)."""
+
+    kind = "transformer"
+
+    def __init__(self, model: ModelConfig):
+        super().__init__()
+        self.cfg = model
+        self.net = TransformerPP(model)
+
+    def forward(self, input_ids: Tensor, training: Optional[bool] = None) -> LMOutput:
+        x, y = input_ids[:, :-1], input_ids[:, 1:]
+        ce = cross_entropy(self.net(x), y)
+        return LMOutput(ce, ce.detach(), int((y != PAD_ID).sum()), {"final_ce": ce.item()})
+
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        decay, no_decay = decay_groups(self)
+        return [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
+                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def build_lm(cfg: RunConfig) -> nn.Module:
+    if cfg.model.kind == "ebt":
+        return TextEBT(cfg.model, cfg.think)
+    return TextTransformer(cfg.model)

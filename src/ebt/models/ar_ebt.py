@@ -1,0 +1,147 @@
+"""The autoregressive text EBT as a pure energy function: E(context, candidate distributions, step) -> (B, L).
+
+No optimisation happens here (that is `ebt.thinking`). Parameter names follow the reference implementation
+(`embeddings`, `vocab_to_embed`, `transformer.layers.*`, `transformer.norm`, `transformer.time_embeddings`,
+`transformer.final_layer`) so reference checkpoints load by name.
+
+Layout (REFERENCE_SPEC §1.3), with c = 1 for `time_embed` (a step token t prepended) and c = 0 otherwise:
+- observed stream: [t]? o_0 .. o_{L-1} at positions 0 .. L-1+c, plain causal attention;
+- prediction p_i (the candidate for token i+1) sits at position i+1+c and attends to observed tokens 0..i+c and
+  itself. So the energy of p_i is what a causal transformer would say about the sequence x_0..x_i, p_i.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ebt.config import ModelConfig
+from ebt.models.backbone import Backbone, Observed, init_weights
+from ebt.models.layers import modulate
+
+# conditionings under which the observed stream depends on the step index (so it is cached per step)
+STEP_DEPENDENT_CONTEXT = ("time_embed", "adaln", "adaln_zero")
+
+
+class FinalAdaLN(nn.Module):
+    """adaLN final layer: shift/scale after the final norm, then the energy head."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
+        return self.linear(modulate(h, shift, scale))
+
+
+class EnergyTransformer(Backbone):
+    """Backbone + step embeddings + energy head (bias-free: a constant shift would get no gradient)."""
+
+    def __init__(self, cfg: ModelConfig, num_landscapes: int):
+        adaln = cfg.conditioning.startswith("adaln")
+        super().__init__(cfg, adaln=adaln)
+        if cfg.conditioning != "none":
+            self.time_embeddings = nn.Embedding(num_landscapes, cfg.dim)
+        self.final_layer = FinalAdaLN(cfg.dim) if adaln else nn.Linear(cfg.dim, 1, bias=False)
+
+
+class AREnergyModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_landscapes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_landscapes = num_landscapes
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if not cfg.prob_embed:
+            self.vocab_to_embed = nn.Linear(cfg.vocab_size, cfg.dim, bias=False)
+        self.transformer = EnergyTransformer(cfg, num_landscapes)
+        init_weights(self)
+        if cfg.conditioning == "adaln":  # the reference keeps PyTorch's default init for plain adaLN modulation
+            for m in self.modules():
+                if isinstance(m, nn.Sequential):
+                    m[1].reset_parameters()
+        if cfg.conditioning == "adaln_zero":
+            for m in self.modules():
+                if isinstance(m, nn.Sequential):
+                    nn.init.zeros_(m[1].weight), nn.init.zeros_(m[1].bias)
+            nn.init.zeros_(self.transformer.final_layer.linear.weight)
+
+    # ---- conditioning helpers -------------------------------------------------------------------------------
+    @property
+    def prefix(self) -> int:
+        """Number of tokens in front of the observed stream (the step token of `time_embed`)."""
+        return 1 if self.cfg.conditioning == "time_embed" else 0
+
+    @property
+    def context_depends_on_step(self) -> bool:
+        return self.cfg.conditioning in STEP_DEPENDENT_CONTEXT
+
+    def _cond(self, step: int, batch: int) -> Optional[Tensor]:
+        if not self.cfg.conditioning.startswith("adaln"):
+            return None
+        return self.transformer.time_embeddings.weight[step].expand(batch, -1)  # (B, D)
+
+    def _step_token(self, step: int, batch: int) -> Tensor:
+        return self.transformer.time_embeddings.weight[step].expand(batch, 1, -1)  # (B, 1, D)
+
+    # ---- the two streams -------------------------------------------------------------------------------------
+    def observe(self, input_ids: Tensor, step: int = 0, past: Optional[Observed] = None) -> Observed:
+        """Observed stream of input_ids (B, S), appended to `past` if given (KV cache)."""
+        x = self.embeddings(input_ids)  # (B, S, D)
+        if self.prefix and past is None:
+            x = torch.cat([self._step_token(step, x.shape[0]), x], dim=1)
+        return self.transformer.observe(x, cond=self._cond(step, x.shape[0]), past=past)
+
+    def embed_candidates(self, probs: Tensor) -> Tensor:
+        """Candidate distributions (B, L, V) -> predicted embeddings (B, L, D)."""
+        if self.cfg.prob_embed:
+            return probs @ self.embeddings.weight.to(probs.dtype)
+        return self.vocab_to_embed(probs)
+
+    def energy(self, obs: Observed, probs: Tensor, step: int = 0, start: int = 0) -> Tensor:
+        """Energies (B, L) of candidates probs (B, L, V) for next tokens start+1 .. start+L of the context.
+
+        Candidate i predicts the token after context position start+i and sees observed tokens 0..start+i.
+        """
+        B, L, _ = probs.shape
+        x = self.embed_candidates(probs)
+        if self.cfg.conditioning == "pred_embed":
+            x = x + self.transformer.time_embeddings.weight[step]
+        index = torch.arange(start, start + L, device=probs.device)        # context position of each candidate
+        positions = index + 1 + self.prefix                                # RoPE position of the predicted token
+        allowed = torch.arange(obs.length, device=probs.device)[None, :] <= (index + self.prefix)[:, None]
+        cond = self._cond(step, B)
+        h = self.transformer.norm(self.transformer.predict(x, positions, obs, allowed, cond))
+        if cond is not None:
+            return self.transformer.final_layer(h, cond).squeeze(-1)
+        return self.transformer.final_layer(h).squeeze(-1)
+
+
+class ContextEnergy:
+    """E(p, step) for one fixed batch of contexts: the callable the thinking loop descends.
+
+    Caches the observed stream (once, or once per step index when the conditioning makes it step-dependent).
+    The cache is built under the grad mode active when this object was created, so at inference the observed
+    stream holds no graph while the candidates still get their input gradient.
+    """
+
+    def __init__(self, model: AREnergyModel, input_ids: Tensor, obs: Optional[Observed] = None, start: int = 0):
+        self.model = model
+        self.input_ids = input_ids
+        self.start = start
+        self.grad_enabled = torch.is_grad_enabled()
+        self.cache: dict[Optional[int], Observed] = {}
+        if obs is not None:
+            self.cache[None] = obs
+
+    def observed(self, step: int) -> Observed:
+        key = step if self.model.context_depends_on_step else None
+        if key not in self.cache:
+            with torch.set_grad_enabled(self.grad_enabled):
+                self.cache[key] = self.model.observe(self.input_ids, step)
+        return self.cache[key]
+
+    def __call__(self, probs: Tensor, step: int) -> Tensor:
+        return self.model.energy(self.observed(step), probs, step, self.start)

@@ -1,0 +1,138 @@
+"""The Llama-style backbone shared by the autoregressive EBT and the Transformer++ baseline.
+
+It runs two kinds of token streams (REFERENCE_SPEC §1.3):
+- the *observed* stream: an ordinary causal transformer over context tokens; its keys/values are returned so they
+  can be reused across optimisation steps, best-of-N candidates and generated tokens (a KV cache);
+- the *prediction* stream: candidate tokens that attend to a prefix of the observed keys and to themselves only.
+Computing the two streams separately is exactly equivalent to the reference's (2L)x(2L) masked sequence, and lets
+the observed stream be computed once when the step conditioning does not touch it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ebt.config import ModelConfig
+from ebt.models.layers import Attention, RMSNorm, SwiGLU, masked_attention, modulate, prediction_attention, rope_angles
+
+
+@dataclass
+class Observed:
+    """Keys/values of the observed stream, per layer, each (B, H, S, hd); `hidden` is the final hidden state
+    (B, S, D) when it was asked for (Transformer++), else None."""
+    kv: list[tuple[Tensor, Tensor]]
+    hidden: Optional[Tensor] = None
+
+    @property
+    def length(self) -> int:
+        return self.kv[0][0].shape[2]
+
+    def repeat(self, n: int) -> "Observed":
+        """Repeat every batch row n times (row b -> rows b*n .. b*n+n-1), for best-of-N candidates."""
+        kv = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv]
+        return Observed(kv, None if self.hidden is None else self.hidden.repeat_interleave(n, 0))
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then + SwiGLU(RMSNorm(x)); optional adaLN modulation."""
+
+    def __init__(self, cfg: ModelConfig, adaln: bool = False):
+        super().__init__()
+        self.attention = Attention(cfg.dim, cfg.heads)
+        self.feed_forward = SwiGLU(cfg.dim, int(cfg.dim * cfg.ffn_mult))
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if adaln:  # shift/scale/gate for attention and FFN from the step embedding
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+
+    def modulation(self, cond: Optional[Tensor]) -> tuple:
+        if cond is None:
+            return (None,) * 6
+        return self.adaLN_modulation(cond).chunk(6, dim=-1)  # each (B, D)
+
+    @staticmethod
+    def _norm(norm: RMSNorm, x: Tensor, shift: Optional[Tensor], scale: Optional[Tensor]) -> Tensor:
+        h = norm(x)
+        return h if shift is None else modulate(h, shift, scale)
+
+    @staticmethod
+    def _gate(x: Tensor, gate: Optional[Tensor]) -> Tensor:
+        return x if gate is None else gate[:, None] * x
+
+    def _ffn(self, x: Tensor, mods: tuple) -> Tensor:
+        _, _, _, shift, scale, gate = mods
+        return x + self._gate(self.feed_forward(self._norm(self.ffn_norm, x, shift, scale)), gate)
+
+    def observe(self, x: Tensor, rope: tuple[Tensor, Tensor], allowed: Tensor, mods: tuple,
+                past: Optional[tuple[Tensor, Tensor]], need_output: bool) -> tuple[Optional[Tensor], Tensor, Tensor]:
+        """Causal self-attention over observed tokens x (B, S, D); returns (output or None, k_all, v_all)."""
+        shift, scale, gate = mods[:3]
+        q, k, v = self.attention.qkv(self._norm(self.attention_norm, x, shift, scale), *rope)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if not need_output:  # the last layer's observed output is never read by an EBT
+            return None, k, v
+        x = x + self._gate(self.attention.out(masked_attention(q, k, v, allowed)), gate)
+        return self._ffn(x, mods), k, v
+
+    def predict(self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], allowed: Tensor,
+                mods: tuple) -> Tensor:
+        """Prediction tokens x (B, L, D) attend to the allowed observed keys and to themselves."""
+        shift, scale, gate = mods[:3]
+        q, k, v = self.attention.qkv(self._norm(self.attention_norm, x, shift, scale), *rope)
+        x = x + self._gate(self.attention.out(prediction_attention(q, kv[0], kv[1], k, v, allowed)), gate)
+        return self._ffn(x, mods)
+
+
+class Backbone(nn.Module):
+    """`layers` + final `norm`; the heads live in the models that use it."""
+
+    def __init__(self, cfg: ModelConfig, adaln: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.head_dim = cfg.dim // cfg.heads
+        self.layers = nn.ModuleList(Block(cfg, adaln) for _ in range(cfg.layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        return rope_angles(positions, self.head_dim, self.cfg.rope_theta)
+
+    def observe(self, x: Tensor, cond: Optional[Tensor] = None, past: Optional[Observed] = None,
+                need_hidden: bool = False) -> Observed:
+        """Run the causal observed stream on x (B, S, D), continuing after `past` (a KV cache) if given.
+
+        Token r of x sits at absolute position past.length + r and attends to every earlier position.
+        """
+        start = past.length if past is not None else 0
+        S = x.shape[1]
+        positions = torch.arange(start, start + S, device=x.device)
+        rope = self.rope(positions)
+        allowed = torch.arange(start + S, device=x.device)[None, :] <= positions[:, None]  # (S, start+S)
+        kv = []
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x_new, k, v = layer.observe(x, rope, allowed, layer.modulation(cond),
+                                        past.kv[i] if past is not None else None, need_output=need_hidden or not last)
+            kv.append((k, v))
+            x = x_new if x_new is not None else x
+        return Observed(kv, self.norm(x) if need_hidden else None)
+
+    def predict(self, x: Tensor, positions: Tensor, obs: Observed, allowed: Tensor,
+                cond: Optional[Tensor] = None) -> Tensor:
+        """Prediction stream x (B, L, D) at RoPE `positions` (L,); allowed (L, S_obs) -> hidden (B, L, D)."""
+        rope = self.rope(positions)
+        for layer, kv in zip(self.layers, obs.kv):
+            x = layer.predict(x, rope, kv, allowed, layer.modulation(cond))
+        return x
+
+
+def init_weights(module: nn.Module) -> None:
+    """Reference initialisation: xavier-normal Linear weights, zero biases; embeddings keep N(0, 1)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,27 @@
+"""Transformer++ baseline: the same Llama-style backbone with an untied output head (REFERENCE_SPEC §4)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from ebt.config import ModelConfig
+from ebt.models.backbone import Backbone, Observed, init_weights
+
+
+class TransformerPP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.transformer = Backbone(cfg)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        init_weights(self)
+
+    def observe(self, input_ids: Tensor, past: Optional[Observed] = None) -> Observed:
+        """Run input_ids (B, S) after an optional KV cache; `.hidden` holds the normalised states (B, S, D)."""
+        return self.transformer.observe(self.embeddings(input_ids), past=past, need_hidden=True)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Next-token logits (B, S, V)."""
+        return self.output(self.observe(input_ids).hidden).float()

@@ -1,0 +1,174 @@
+"""Thinking: prediction by gradient descent on the energy. The only module that differentiates an energy with
+respect to candidates.
+
+One step at landscape k (REFERENCE_SPEC §1.5), for candidate logits z (B, L, V):
+    p = softmax(z + langevin noise);  E = energy(p, k) (B, L);  g = dE/dp;  z <- p - alpha * g
+The update lives in probability space, as in the reference. In training the gradient is taken with
+`create_graph=True` so the loss can be back-propagated through the descent (exact second-order gradients).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ebt.config import ThinkConfig
+
+EnergyFn = Callable[[Tensor, int], Tensor]  # (probs (B, L, V), landscape index) -> energies (B, L)
+
+
+@dataclass
+class Thought:
+    """What a descent produced. Lists have one entry per executed step."""
+    logits: list[Tensor]
+    """Raw candidate logits after each step, (B, L, V)."""
+    energies: list[Tensor]
+    """Energy of each position before each update, (B, L)."""
+    nfe: int = 0
+    """Energy forward passes used (each descent step also costs one input-gradient backward)."""
+    final_energy: Optional[Tensor] = None
+    """Energy at the final state (B, L), when asked for (self-verification)."""
+    steps_used: Optional[Tensor] = None
+    """Steps each position actually took (B, L) — fewer than scheduled when adaptive stopping froze it."""
+    schedule: list[int] = field(default_factory=list)
+
+    @property
+    def final(self) -> Tensor:
+        return self.logits[-1]
+
+
+@dataclass
+class DescentOptions:
+    """Inference-time knobs (System 2 thinking); the training recipe is set by ThinkConfig."""
+    langevin_std: float = 0.0
+    langevin_first_only: bool = False
+    alpha: Optional[float] = None
+    """Absolute step size override (None: the trained alpha)."""
+    alpha_scale: float = 1.0
+    accept_lower: bool = False
+    """Accept a step at a position only where it lowers that position's energy."""
+    tol: Optional[float] = None
+    """Adaptive compute: freeze a position once |E_k - E_{k-1}| < tol."""
+    final_energy: bool = False
+    """Also evaluate the energy of the final state (needed to compare best-of-N candidates)."""
+
+
+class Thinker(nn.Module):
+    """Holds the learnable step size alpha (shape (1,): FSDP2 rejects 0-d parameters) and runs descents."""
+
+    def __init__(self, cfg: ThinkConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.alpha = nn.Parameter(torch.tensor([float(cfg.alpha)]), requires_grad=cfg.learn_alpha)
+
+    def step_size(self) -> Tensor:
+        return self.alpha.clamp(min=1e-4)  # the gradient passes through the clamp, as in the reference
+
+    # ---- schedules ------------------------------------------------------------------------------------------
+    def schedule(self, training: bool, rng: Optional[random.Random] = None) -> list[int]:
+        """Landscape index of every step (REFERENCE_SPEC §1.7)."""
+        c = self.cfg
+        if c.rand_steps <= 0:
+            return list(range(c.steps))
+        if not training:  # the last landscape repeated R+1 times, the others once
+            return list(range(c.steps - 1)) + [c.steps - 1] * (c.rand_steps + 1)
+        rng = rng or random
+        low = max(c.rand_steps_min, 1)
+        return [k for k in range(c.steps) for _ in range(rng.randint(low, c.rand_steps + 1))]
+
+    def inference_schedule(self, steps: Optional[int] = None, final_landscape_only: bool = False) -> list[int]:
+        """`steps` per landscape (thinking longer reuses the trained indices), or only on the last landscape."""
+        if steps is None:
+            return self.schedule(training=False)
+        n = self.cfg.steps
+        if final_landscape_only:
+            return list(range(n - 1)) + [n - 1] * steps
+        return [k for k in range(n) for _ in range(steps)]
+
+    def random_alpha(self, shape: tuple[int, ...], device) -> Tensor:
+        """alpha ~ U(alpha/s, alpha*s) per (sample, position), shape (B, L, 1); keeps alpha's gradient."""
+        s = self.cfg.rand_alpha_scale
+        u = torch.rand(shape, device=device)
+        return self.step_size() * (1.0 / s + u * (s - 1.0 / s))
+
+    # ---- training descent -----------------------------------------------------------------------------------
+    def train_descent(self, energy: EnergyFn, z0: Tensor, training: bool = True) -> Thought:
+        """The training-time descent (also used for validation loss, without randomisation or a second-order graph).
+
+        training=True: random steps/alpha/Langevin as configured, create_graph on every step (S1) or on the
+        final step only (truncate, S2). training=False: deterministic schedule, no noise, no second-order graph.
+        """
+        c = self.cfg
+        schedule = self.schedule(training)
+        alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device) if (training and c.rand_alpha_scale > 1) else None
+        return self.descend(energy, z0, schedule, create_graph=training, alpha=alpha,
+                            langevin_std=c.langevin_std if training else 0.0,
+                            detach=c.detach, truncate=c.truncate)
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def descend(self, energy: EnergyFn, z0: Tensor, schedule: list[int], *, create_graph: bool = False,
+                alpha: Optional[Tensor] = None, langevin_std: float = 0.0, detach: bool = True,
+                truncate: bool = False, options: Optional[DescentOptions] = None) -> Thought:
+        opts = options or DescentOptions(langevin_std=langevin_std)
+        if alpha is None:
+            alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
+            alpha = alpha * opts.alpha_scale
+        out = Thought(logits=[], energies=[], schedule=list(schedule))
+        z = z0
+        if not detach and create_graph and not z.requires_grad:
+            z = z.detach().requires_grad_(True)  # S2: the chain starts at a differentiable leaf
+        active = None
+        steps_used = torch.zeros(z0.shape[:-1], dtype=torch.long, device=z0.device)
+        prev_energy = None
+        with torch.enable_grad():
+            for i, k in enumerate(schedule):
+                last = i == len(schedule) - 1
+                graph = create_graph and (last or not truncate)
+                if detach or not create_graph:
+                    z = z.detach()
+                noisy = z
+                if opts.langevin_std > 0 and (i == 0 or not opts.langevin_first_only):
+                    noisy = z + torch.randn_like(z) * opts.langevin_std
+                p = noisy.softmax(-1)
+                if not p.requires_grad:
+                    p.requires_grad_(True)
+                e = energy(p, k)                                               # (B, L)
+                (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)      # (B, L, V)
+                if not torch.isfinite(g).all():
+                    raise FloatingPointError("non-finite energy gradient: lower think.alpha or the learning rate")
+                new_z = p - alpha * g
+                out.nfe += 1
+                if not create_graph:
+                    new_z = new_z.detach()
+                if not graph:
+                    e = e.detach()
+                keep = None
+                if opts.accept_lower:  # greedy: keep the old state where the proposal does not lower the energy
+                    with torch.no_grad():
+                        proposed = energy(new_z.softmax(-1), k)
+                    out.nfe += 1
+                    keep = proposed >= e.detach()
+                if opts.tol is not None:
+                    if active is None:
+                        active = torch.ones_like(steps_used, dtype=torch.bool)
+                    if prev_energy is not None:
+                        active = active & ((e.detach() - prev_energy).abs() >= opts.tol)
+                    prev_energy = e.detach()
+                    keep = ~active if keep is None else (keep | ~active)
+                if keep is not None:
+                    new_z = torch.where(keep[..., None], z, new_z)
+                    steps_used += (~keep).long()
+                else:
+                    steps_used += 1
+                z = new_z
+                out.logits.append(z)
+                out.energies.append(e)
+            if opts.final_energy:
+                with torch.no_grad():
+                    out.final_energy = energy(z.detach().softmax(-1), schedule[-1])
+                out.nfe += 1
+        out.steps_used = steps_used
+        return out
