@@ -89,3 +89,22 @@ def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu"
 def load_trainer_state(path: str | Path) -> Optional[dict]:
     f = Path(path) / TRAINER
     return torch.load(f, weights_only=False, map_location="cpu") if f.is_file() else None
+
+
+def load_weights_into(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint folder's weights into an already built model (resume)."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)))
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint folder or a run folder (whose latest checkpoint is `RUN/checkpoint`)."""
+    path = Path(path)
+    if (path / CONFIG).is_file() or (path.is_file() and path.suffix == ".ckpt"):
+        return path
+    if (path / "checkpoint" / CONFIG).is_file():
+        return path / "checkpoint"
+    if not path.exists():
+        raise UserError(f"checkpoint {str(path)!r} does not exist: pass a run folder or a checkpoint folder")
+    return path

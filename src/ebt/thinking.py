@@ -3,7 +3,8 @@ respect to candidates.
 
 One step at landscape k (REFERENCE_SPEC §1.5), for candidate logits z (B, L, V):
     p = softmax(z + langevin noise);  E = energy(p, k) (B, L);  g = dE/dp;  z <- p - alpha * g
-The update lives in probability space, as in the reference. In training the gradient is taken with
+The update lives in probability space, as in the reference. For continuous candidates (images, latents) the
+softmax is skipped (`softmax=False`): x <- x - alpha * dE/dx, with energies of any shape (summed for the gradient). In training the gradient is taken with
 `create_graph=True` so the loss can be back-propagated through the descent (exact second-order gradients).
 """
 from __future__ import annotations
@@ -59,9 +60,11 @@ class DescentOptions:
 class Thinker(nn.Module):
     """Holds the learnable step size alpha (shape (1,): FSDP2 rejects 0-d parameters) and runs descents."""
 
-    def __init__(self, cfg: ThinkConfig):
+    def __init__(self, cfg: ThinkConfig, softmax: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.softmax = softmax
+        """Text candidates are logits normalised by a softmax; continuous candidates are used as they are."""
         self.alpha = nn.Parameter(torch.tensor([float(cfg.alpha)]), requires_grad=cfg.learn_alpha)
 
     def step_size(self) -> Tensor:
@@ -132,7 +135,7 @@ class Thinker(nn.Module):
                 noisy = z
                 if opts.langevin_std > 0 and (i == 0 or not opts.langevin_first_only):
                     noisy = z + torch.randn_like(z) * opts.langevin_std
-                p = noisy.softmax(-1)
+                p = noisy.softmax(-1) if self.softmax else noisy
                 if not p.requires_grad:
                     p.requires_grad_(True)
                 e = energy(p, k)                                               # (B, L)
@@ -148,7 +151,7 @@ class Thinker(nn.Module):
                 keep = None
                 if opts.accept_lower:  # greedy: keep the old state where the proposal does not lower the energy
                     with torch.no_grad():
-                        proposed = energy(new_z.softmax(-1), k)
+                        proposed = energy(new_z.softmax(-1) if self.softmax else new_z, k)
                     out.nfe += 1
                     keep = proposed >= e.detach()
                 if opts.tol is not None:
@@ -168,7 +171,8 @@ class Thinker(nn.Module):
                 out.energies.append(e)
             if opts.final_energy:
                 with torch.no_grad():
-                    out.final_energy = energy(z.detach().softmax(-1), schedule[-1])
+                    zf = z.detach()
+                    out.final_energy = energy(zf.softmax(-1) if self.softmax else zf, schedule[-1])
                 out.nfe += 1
         out.steps_used = steps_used
         return out

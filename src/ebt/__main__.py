@@ -1,0 +1,5 @@
+import sys
+
+from ebt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""Text generation for both models, with a KV cache of the observed stream.
+
+For the EBT each new token costs only the candidate position's descent: the context's keys/values are cached
+(per step index when the conditioning lets the context see the step) and extended by one token at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ebt.errors import UserError
+from ebt.inference import ThinkOptions, build_cache, extend_cache, think
+
+
+@dataclass(kw_only=True)
+class SampleOptions:
+    max_new_tokens: int = 100
+    temperature: float = 0.8
+    """0 means greedy (argmax)."""
+    top_p: float = 0.9
+    seed: Optional[int] = None
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise UserError(f"max new tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next(logits: Tensor, temperature: float, top_p: float, generator=None) -> Tensor:
+    """logits (B, V) -> token ids (B,), greedy when temperature == 0, else nucleus sampling."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = (logits.float() / temperature).softmax(-1)
+    sorted_p, order = probs.sort(-1, descending=True)
+    cum = sorted_p.cumsum(-1)
+    sorted_p[(cum - sorted_p) > top_p] = 0.0  # keep the smallest prefix whose mass reaches top_p
+    choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+@dataclass
+class DecodeStep:
+    token: Tensor
+    """Chosen token ids (B,)."""
+    logits: Tensor
+    """Next-token logits (B, V)."""
+    thought: Optional[object] = None
+    """The EBT's ThinkResult for this position (energies, steps used, NFE); None for Transformer++."""
+
+
+@torch.no_grad()
+def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOptions], use_cache: bool,
+           pick, generator=None):
+    """Yield a DecodeStep per new token; `pick` maps logits (B, V) to token ids (B,)."""
+    ids = prompt
+    ctx = model.cfg.context
+    cache = None
+    for _ in range(max_new):
+        window = ids[:, -ctx:]
+        if model.kind == "ebt":
+            if use_cache and cache is not None and ids.shape[1] <= ctx:
+                pass  # cache already covers `window`
+            elif use_cache:
+                cache = build_cache(model, window)
+            res = think(model, window, think_opts, obs=cache if use_cache else None, start=window.shape[1] - 1,
+                        length=1, generator=generator)
+            logits, extra = res.logits[:, -1], res
+        else:
+            if use_cache and cache is not None and ids.shape[1] <= ctx:
+                pass
+            else:
+                cache = model.net.observe(window)
+            logits, extra = model.net.output(cache.hidden[:, -1:]).float()[:, -1], None
+        token = pick(logits)[:, None]
+        yield DecodeStep(token[:, 0], logits, extra)
+        ids = torch.cat([ids, token], dim=1)
+        if use_cache and ids.shape[1] <= ctx:
+            if model.kind == "ebt":
+                cache = extend_cache(model, cache, token)
+            else:
+                cache = model.net.observe(token, past=cache)
+        else:
+            cache = None  # the window slid: rebuild from the last `ctx` tokens
+
+
+def generate(model, prompt: Tensor, opts: Optional[SampleOptions] = None,
+             think_opts: Optional[ThinkOptions] = None) -> Tensor:
+    """Continue prompt (B, P) by opts.max_new_tokens tokens; returns (B, P + new)."""
+    opts = opts or SampleOptions()
+    if prompt.shape[1] < 1:
+        raise UserError("the prompt is empty: give at least one character")
+    if prompt.shape[1] > model.cfg.context:
+        raise UserError(f"the prompt has {prompt.shape[1]} tokens, more than the model's context "
+                        f"{model.cfg.context}: shorten it")
+    if think_opts is not None and model.kind != "ebt":
+        raise UserError("thinking options (steps, samples, select, tol, langevin) need an EBT checkpoint; "
+                        "this one is a Transformer++")
+    model.eval()
+    gen = torch.Generator(device=prompt.device)
+    gen.manual_seed(opts.seed if opts.seed is not None else torch.seed() % 2**63)
+    def pick(logits: Tensor) -> Tensor:
+        return sample_next(logits, opts.temperature, opts.top_p, gen)
+
+    new = [step.token for step in decode(model, prompt, opts.max_new_tokens, think_opts, opts.use_cache, pick, gen)]
+    if not new:
+        return prompt
+    return torch.cat([prompt, torch.stack(new, dim=1)], dim=1)

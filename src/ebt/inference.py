@@ -1,0 +1,123 @@
+"""System 2 thinking at inference for the text EBT: more steps, best-of-N self-verification, accept-lower,
+Langevin noise and adaptive per-position stopping — on top of the one descent loop in `ebt.thinking`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ebt.errors import UserError
+from ebt.models.ar_ebt import ContextEnergy
+from ebt.models.backbone import Observed
+from ebt.thinking import DescentOptions
+
+SELECTIONS = ("min", "max", "max_gap")
+
+
+@dataclass(kw_only=True)
+class ThinkOptions:
+    steps: Optional[int] = None
+    """Steps per trained landscape (None: the trained schedule). More steps = thinking longer."""
+    final_landscape_only: bool = False
+    """Apply the extra steps to the last landscape only."""
+    samples: int = 1
+    """Candidates per position (best-of-N self-verification)."""
+    select: str = "min"
+    """How to pick among samples: lowest final energy (min), highest (max), or largest drop (max_gap)."""
+    alpha: Optional[float] = None
+    """Absolute step size (None: the trained alpha)."""
+    alpha_scale: float = 1.0
+    langevin_std: float = 0.0
+    langevin_first_only: bool = False
+    accept_lower: bool = False
+    tol: Optional[float] = None
+    """Adaptive compute: stop refining a position once its energy changes by less than tol."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"thinking steps must be >= 1, got {self.steps}")
+        if self.samples < 1:
+            raise UserError(f"samples must be >= 1, got {self.samples}")
+        if self.select not in SELECTIONS:
+            raise UserError(f"select={self.select!r} is not known: use one of {', '.join(SELECTIONS)}")
+        if self.tol is not None and self.tol < 0:
+            raise UserError(f"tolerance must be >= 0, got {self.tol}")
+        if self.langevin_std < 0:
+            raise UserError(f"Langevin noise must be >= 0, got {self.langevin_std}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise UserError(f"alpha must be > 0, got {self.alpha}")
+
+
+@dataclass
+class ThinkResult:
+    logits: Tensor
+    """Chosen final logits (B, L, V)."""
+    energies: Tensor
+    """Energy before each step of the chosen sample, (steps, B, L)."""
+    final_energy: Tensor
+    """Energy of the chosen final state (B, L)."""
+    steps_used: Tensor
+    """Steps each position took (B, L)."""
+    nfe: int
+    """Energy forward passes per position (all samples together; each descent step adds one input-gradient)."""
+
+
+@torch.no_grad()
+def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Optional[dict] = None,
+          start: int = 0, length: Optional[int] = None, generator: Optional[torch.Generator] = None) -> ThinkResult:
+    """Predict next-token logits for contexts input_ids (B, S) by descending the energy.
+
+    By default every position 0..S-1 is predicted (as in training). With a KV cache `obs` ({step key: Observed}
+    for the whole context) and `start`, only positions start..start+length-1 are predicted.
+    """
+    opts = opts or ThinkOptions()
+    B = input_ids.shape[0]
+    L = length if length is not None else input_ids.shape[1] - start
+    N = opts.samples
+    thinker, energy_model = model.thinker, model.energy
+    fn = ContextEnergy(energy_model, input_ids, start=start)
+    if obs is not None:
+        fn.cache.update(obs)
+    for key in ([None] if not energy_model.context_depends_on_step else range(energy_model.num_landscapes)):
+        fn.observed(0 if key is None else key)  # fill the cache before repeating it for the samples
+    if N > 1:
+        fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
+    V = model.cfg.vocab_size
+    z0 = torch.randn(B * N, L, V, device=input_ids.device, generator=generator) * model.think_cfg.init_std
+    schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
+    d = DescentOptions(langevin_std=opts.langevin_std, langevin_first_only=opts.langevin_first_only,
+                       alpha=opts.alpha, alpha_scale=opts.alpha_scale, accept_lower=opts.accept_lower, tol=opts.tol,
+                       final_energy=True)
+    out = thinker.descend(fn, z0, schedule, options=d)
+    energies = torch.stack(out.energies)                      # (steps, B*N, L)
+    final = out.final_energy                                  # (B*N, L)
+    logits, steps_used = out.final, out.steps_used
+    if N > 1:
+        score = final.view(B, N, L)
+        if opts.select == "max":
+            score = -score
+        elif opts.select == "max_gap":
+            score = -(energies[0].view(B, N, L) - score)
+        pick = score.argmin(dim=1)                            # (B, L) best sample per position
+        def choose(t: Tensor) -> Tensor:                      # (B*N, L, ...) -> (B, L, ...)
+            t = t.view(B, N, L, *t.shape[2:])
+            idx = pick.view(B, 1, L, *([1] * (t.dim() - 3))).expand(B, 1, L, *t.shape[3:])
+            return t.gather(1, idx).squeeze(1)
+        logits, final, steps_used = choose(logits), choose(final), choose(steps_used)
+        energies = torch.stack([choose(e) for e in energies])
+    return ThinkResult(logits.detach(), energies.detach(), final.detach(), steps_used, out.nfe * N)
+
+
+def extend_cache(model, cache: dict, new_ids: Tensor) -> dict:
+    """Append new context tokens (B, T) to a per-step KV cache of the observed stream."""
+    energy_model = model.energy
+    return {k: energy_model.observe(new_ids, 0 if k is None else k, past=o) for k, o in cache.items()}
+
+
+def build_cache(model, input_ids: Tensor) -> dict[Optional[int], Observed]:
+    energy_model = model.energy
+    keys = list(range(energy_model.num_landscapes)) if energy_model.context_depends_on_step else [None]
+    return {k: energy_model.observe(input_ids, 0 if k is None else k) for k in keys}

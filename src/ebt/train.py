@@ -1,0 +1,206 @@
+"""One training loop for every model: AdamW groups, warm-up + cosine (each group with its own floor), clipping,
+accumulation, bf16 autocast, validation, JSONL + TensorBoard metrics, tqdm, atomic checkpoints and exact resume.
+
+A *task* supplies the data and the model (`TextTask` here); the loop itself knows nothing about text.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ebt import distributed as dist
+from ebt.checkpoint import load_trainer_state, save_checkpoint
+from ebt.config import OptimConfig, RunConfig, save_yaml
+from ebt.errors import UserError
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name!r} but CUDA is not available here: use train.device=cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warm-up from 0, then cosine decay to `floor` (a fraction of the peak) at `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, total_steps: int):
+    groups = model.param_groups(optim)
+    for g in groups:
+        g["lr"] = optim.lr * g.get("lr_mult", 1.0)
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=optim.betas, eps=optim.eps)
+    floors = [g.get("min_lr_ratio", optim.min_lr_ratio) for g in opt.param_groups]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, [lambda s, f=f: lr_factor(s, total_steps, optim.warmup_steps, f) for f in floors])
+    return opt, sched
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless asked to resume it or to overwrite it."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if resume:
+            if not (out_dir / CHECKPOINT_DIR).is_dir():
+                raise UserError(f"--resume: {str(out_dir)!r} has no checkpoint to resume from; "
+                                "start a new run in an empty folder")
+            return
+        if not overwrite:
+            raise UserError(f"run folder {str(out_dir)!r} already exists: pass --resume to continue it, "
+                            "--overwrite to replace it, or choose another --train.out_dir")
+        if dist.is_main():
+            shutil.rmtree(out_dir)
+    elif resume:
+        raise UserError(f"--resume: {str(out_dir)!r} does not exist; drop --resume to start a new run")
+    dist.barrier()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+class MetricsLog:
+    """metrics.jsonl always; TensorBoard event files when tensorboard is installed. Rank 0 only."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:
+                pass
+
+    def log(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    val: dict
+    seconds: float
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=None) -> TrainResult:
+    """Train `cfg` (on `task`, default: text language modelling) and return the final validation metrics."""
+    from ebt.tasks import TextTask
+
+    dist.setup()
+    t = cfg.train
+    out_dir = Path(t.out_dir)
+    device = resolve_device(t.device) if not dist.is_distributed() else dist.device_for_rank(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    task = task or TextTask(cfg)
+    prepare_run_dir(out_dir, resume, overwrite)
+    torch.manual_seed(t.seed + dist.rank())  # rank-offset seeds: different noise z0 per process
+    random.seed(t.seed + dist.rank())
+
+    model = task.build_model().to(device)
+    opt, sched = build_optimizer(model, cfg.optim, t.steps)
+    step = 0
+    if resume:
+        state = load_trainer_state(out_dir / CHECKPOINT_DIR)
+        from ebt.checkpoint import load_weights_into
+
+        load_weights_into(model, out_dir / CHECKPOINT_DIR)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+        torch.set_rng_state(state["torch_rng"][min(dist.rank(), len(state["torch_rng"]) - 1)])
+        random.setstate(state["py_rng"])
+    wrapped = dist.wrap(model, cfg)
+    if dist.is_main():
+        save_yaml(cfg, out_dir / "config.yaml")
+    log = MetricsLog(out_dir, dist.is_main())
+    micro = t.batch_size
+    batches = task.train_batches(micro, start=step * t.grad_accum, rank=dist.rank(), world=dist.world())
+    bar = None
+    if t.progress and dist.is_main():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.model.kind}", dynamic_ncols=True)
+    start_time, val = time.time(), {}
+    try:
+        while step < t.steps:
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            totals: dict[str, float] = {}
+            for m in range(t.grad_accum):
+                batch = next(batches).to(device)
+                with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), autocast(device, t.precision):
+                    out = wrapped(batch)
+                    (out.loss / t.grad_accum).backward()
+                for k, v in {"loss": out.loss.item(), **out.metrics}.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / t.grad_accum
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+            step += 1
+            totals = dist.all_reduce_mean(totals)
+            if step % t.log_every == 0 or step == t.steps:
+                log.log(step, "train", {**totals, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
+                                        "tokens": step * t.grad_accum * micro * dist.world() * cfg.model.context})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")
+            if step % t.eval_every == 0 or step == t.steps:
+                val = task.evaluate(model, device, t.eval_batches, t.batch_size, t.precision)
+                log.log(step, "val", val)
+                if bar is not None:
+                    bar.write(f"step {step}: val ce {val['ce']:.4f}  ppl {val['ppl']:.3f}")
+            if (t.save_every and step % t.save_every == 0) or step == t.steps:
+                save_run(out_dir, model, cfg, opt, sched, step)
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    return TrainResult(out_dir, step, val, time.time() - start_time)
+
+
+def save_run(out_dir: Path, model: nn.Module, cfg: RunConfig, opt, sched, step: int) -> None:
+    """All ranks call this (RNG states are gathered); rank 0 writes the checkpoint folder."""
+    rngs = dist.gather_objects(torch.get_rng_state())
+    if dist.is_main():
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                 "torch_rng": rngs, "py_rng": random.getstate()}
+        save_checkpoint(out_dir / CHECKPOINT_DIR, model, cfg, state, meta={"step": step})
+    dist.barrier()
