@@ -26,6 +26,9 @@ class TextTask:
         tokens = token_stream(load_text(cfg.data.path, cfg.data.max_chars), self.tokenizer)
         self.train_windows, self.val_windows = split_stream(tokens, cfg.data.val_fraction, cfg.model.context + 1)
 
+    def describe(self) -> str:
+        return self.cfg.model.kind
+
     def build_model(self) -> nn.Module:
         from ebt.lm import build_lm
 

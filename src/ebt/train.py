@@ -156,7 +156,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
     if t.progress and dist.is_main():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.model.kind}", dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=step, desc=f"train {task.describe()}", dynamic_ncols=True)
     start_time, val = time.time(), {}
     try:
         while step < t.steps:
@@ -178,7 +178,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
             totals = dist.all_reduce_mean(totals)
             if step % t.log_every == 0 or step == t.steps:
                 log.log(step, "train", {**totals, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
-                                        "tokens": step * t.grad_accum * micro * dist.world() * cfg.model.context})
+                                        "samples": step * t.grad_accum * micro * dist.world()})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")
