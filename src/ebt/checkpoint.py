@@ -21,15 +21,17 @@ WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: RunConfig, trainer_state: Optional[dict] = None,
-                    meta: Optional[dict] = None) -> Path:
-    """Write a checkpoint folder atomically (replacing an older checkpoint at the same path)."""
+                    meta: Optional[dict] = None, weights: Optional[dict] = None) -> Path:
+    """Write a checkpoint folder atomically (replacing an older checkpoint at the same path).
+
+    `weights`: the state dict to write instead of `model.state_dict()` (a sharded model's gathered full state)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "kind": getattr(model, "kind", "")})
         (tmp / CONFIG).write_text(json.dumps({"config": to_dict(cfg), "meta": meta or {}}, indent=1))
         if trainer_state is not None:
@@ -58,7 +60,10 @@ def read_config(path: str | Path) -> tuple[RunConfig, dict]:
                         "`ebt train` or `ebt convert`")
     try:
         data = json.loads(cfg_file.read_text())
-        return from_dict(RunConfig, data["config"], "config"), data.get("meta", {})
+        cls = RunConfig
+        if data["config"].get("task") == "denoise":  # an image run (ebt.images.config.ImageRunConfig)
+            from ebt.images.config import ImageRunConfig as cls
+        return from_dict(cls, data["config"], "config"), data.get("meta", {})
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"{str(cfg_file)!r} is unreadable ({exc}): the checkpoint is damaged") from None
 
@@ -70,7 +75,11 @@ def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu"
 
     from ebt.lm import build_lm
 
+    path = find_checkpoint(path)
     cfg, _ = read_config(path)
+    if not isinstance(cfg, RunConfig):
+        raise UserError(f"{str(path)!r} holds an image denoiser ({cfg.model.kind}), not a language model: "
+                        "use `ebt denoise` or `ebt eval denoise` with it")
     if kind is not None and cfg.model.kind != kind:
         raise UserError(f"{str(path)!r} holds a {cfg.model.kind} model, but this command needs {kind}: "
                         "pass a checkpoint of the right model type")

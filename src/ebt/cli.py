@@ -86,12 +86,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
         return 0
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    task = None
+    if getattr(cfg, "task", None) == "denoise":  # image presets build an ImageRunConfig
+        from ebt.images.task import DenoiseTask
+
+        task = DenoiseTask(cfg)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, task=task)
     from ebt import distributed as dist
 
     if dist.is_main():
         print(json.dumps({"out_dir": str(result.out_dir), "step": result.step, "val": result.val,
                           "seconds": round(result.seconds, 1)}))
+    dist.teardown()  # under torchrun: leave the process group cleanly
     return 0
 
 
@@ -107,13 +113,14 @@ def add_think_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--langevin-first-only", action="store_true", help="noise on the first step only")
     g.add_argument("--accept-lower", action="store_true", help="accept a step only where it lowers the energy")
     g.add_argument("--alpha", type=float, help="absolute step size (default: the trained one)")
+    g.add_argument("--alpha-scale", type=float, help="multiply the step size by this")
 
 
 def think_options(args: argparse.Namespace):
     from ebt.inference import ThinkOptions
 
     given = {"steps": args.steps, "samples": args.samples, "select": args.select, "tol": args.tol,
-             "langevin_std": args.langevin, "alpha": args.alpha}
+             "langevin_std": args.langevin, "alpha": args.alpha, "alpha_scale": args.alpha_scale}
     given = {k: v for k, v in given.items() if v is not None}
     flags = {"final_landscape_only": args.final_landscape_only, "langevin_first_only": args.langevin_first_only,
              "accept_lower": args.accept_lower}
@@ -229,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     import ebt.cli_extra  # noqa: F401  (registers the subcommands that live in other modules)
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "eval" and f"eval-{argv[1]}" in COMMANDS:
+        argv = [f"eval-{argv[1]}", *argv[2:]]  # `ebt eval denoise|thinking ...` are registered as eval-NAME
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:

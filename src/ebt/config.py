@@ -15,6 +15,7 @@ from typing import Any, Optional
 from ebt.errors import UserError
 
 CONDITIONINGS = ("time_embed", "none", "adaln", "adaln_zero", "pred_embed")
+ATTN_IMPLS = ("fused", "math")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -46,6 +47,10 @@ class ModelConfig:
     prediction tokens only, so the observed stream can be reused across steps)."""
     prob_embed: bool = False
     """Embed candidates as probability-weighted input embeddings (p @ E) instead of an untied Linear(V, D)."""
+    attn_impl: str = "fused"
+    """Attention of the EBT's prediction stream: `fused` (exact custom autograd Functions with a hand-written second
+    derivative that keep one L x S matrix per layer and step; faster and leaner) or `math` (plain differentiable
+    ops, which autograd differentiates twice). Same results; see docs/performance.md."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("ebt", "transformer"), f"model.kind={self.kind!r} is not known: use ebt or transformer")
@@ -56,6 +61,8 @@ class ModelConfig:
         _check((self.dim // self.heads) % 2 == 0,
                f"head size dim/heads={self.dim // self.heads} must be even for RoPE: change model.dim or model.heads")
         _check(self.ffn_mult > 0, f"model.ffn_mult must be > 0, got {self.ffn_mult}")
+        _check(self.attn_impl in ATTN_IMPLS,
+               f"model.attn_impl={self.attn_impl!r} is not known: use one of {', '.join(ATTN_IMPLS)}")
         _check(self.conditioning in CONDITIONINGS,
                f"model.conditioning={self.conditioning!r} is not known: use one of {', '.join(CONDITIONINGS)}")
 
@@ -89,6 +96,9 @@ class ThinkConfig:
     """Fraction of the batch size appended from the replay buffer."""
     replay_dtype: str = "bfloat16"
     """Storage precision of replayed logits: float32, bfloat16 or float16."""
+    replay_topk: int = 0
+    """> 0: store only each position's top-k logits (plus the mean of the rest, which fills the other entries on
+    replay) instead of all V; see docs/s2.md for what this approximation costs. 0 stores all V logits."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"think.steps must be >= 1, got {self.steps}")
@@ -102,6 +112,7 @@ class ThinkConfig:
                f"think.rand_steps_min={self.rand_steps_min} exceeds rand_steps+1={self.rand_steps + 1}")
         _check(self.replay_size >= 0, f"think.replay_size must be >= 0, got {self.replay_size}")
         _check(0 < self.replay_frac <= 1, f"think.replay_frac must be in (0, 1], got {self.replay_frac}")
+        _check(self.replay_topk >= 0, f"think.replay_topk must be >= 0, got {self.replay_topk}")
         _check(self.replay_dtype in ("float32", "bfloat16", "float16"),
                f"think.replay_dtype={self.replay_dtype!r}: use float32, bfloat16 or float16")
 
@@ -176,6 +187,38 @@ class DataConfig:
         _check(self.max_chars >= 0, f"data.max_chars must be >= 0, got {self.max_chars}")
 
 
+DIST_STRATEGIES = ("ddp", "fsdp2")
+
+
+@dataclass(kw_only=True)
+class DistConfig:
+    """Training on many processes under torchrun (ignored in a single process); see docs/distributed.md."""
+    strategy: str = "ddp"
+    """`ddp`: every process holds the whole model and gradients are all-reduced. `fsdp2`: parameters, gradients and
+    optimizer state are sharded per transformer block (torch `fully_shard`) and gathered for each training step."""
+    param_dtype: str = "fp32"
+    """fsdp2 mixed precision: dtype the parameters are gathered and computed in (fp32 or bf16; bf16 also turns on
+    bf16 autocast so that float32 candidates meet bf16 weights). The sharded master copy stays float32."""
+    reduce_dtype: str = "fp32"
+    """fsdp2 mixed precision: dtype gradients are reduce-scattered in (fp32 or bf16)."""
+    backend: str = "auto"
+    """torch.distributed backend: auto (nccl on GPUs, gloo on CPU), nccl or gloo."""
+    invariant_noise: bool = True
+    """Draw the training noise (initial candidates, Langevin noise, random step sizes and step counts) from
+    (train.seed, the sample's position in the data stream) instead of a per-process generator, so a run gives the
+    same result on any number of processes (world W with batch b = one process with batch W*b)."""
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in DIST_STRATEGIES,
+               f"dist.strategy={self.strategy!r} is not known: use one of {', '.join(DIST_STRATEGIES)}")
+        for name in ("param_dtype", "reduce_dtype"):
+            value = getattr(self, name)
+            _check(value in ("fp32", "bf16"), f"dist.{name}={value!r}: use fp32 or bf16")
+            _check(value == "fp32" or self.strategy == "fsdp2",
+                   f"dist.{name}={value} needs dist.strategy=fsdp2: with DDP use train.precision=bf16 (autocast)")
+        _check(self.backend in ("auto", "nccl", "gloo"), f"dist.backend={self.backend!r}: use auto, nccl or gloo")
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -183,6 +226,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,7 +312,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
                 node[part] = value
             else:
                 node = node[part]
-    return from_dict(RunConfig, data)
+    return from_dict(type(cfg), data)
 
 
 def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:

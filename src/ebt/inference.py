@@ -49,6 +49,8 @@ class ThinkOptions:
             raise UserError(f"Langevin noise must be >= 0, got {self.langevin_std}")
         if self.alpha is not None and self.alpha <= 0:
             raise UserError(f"alpha must be > 0, got {self.alpha}")
+        if self.alpha_scale <= 0:
+            raise UserError(f"alpha scale must be > 0, got {self.alpha_scale}")
 
 
 @dataclass
@@ -67,7 +69,8 @@ class ThinkResult:
 
 @torch.no_grad()
 def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Optional[dict] = None,
-          start: int = 0, length: Optional[int] = None, generator: Optional[torch.Generator] = None) -> ThinkResult:
+          start: int = 0, length: Optional[int] = None, generator: Optional[torch.Generator] = None,
+          z0: Optional[Tensor] = None) -> ThinkResult:
     """Predict next-token logits for contexts input_ids (B, S) by descending the energy.
 
     By default every position 0..S-1 is predicted (as in training). With a KV cache `obs` ({step key: Observed}
@@ -81,12 +84,17 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     fn = ContextEnergy(energy_model, input_ids, start=start)
     if obs is not None:
         fn.cache.update(obs)
+    if z0 is not None and z0.shape[0] != B * N:
+        raise UserError(f"z0 has {z0.shape[0]} rows; expected batch x samples = {B * N}")
     for key in ([None] if not energy_model.context_depends_on_step else range(energy_model.num_landscapes)):
         fn.observed(0 if key is None else key)  # fill the cache before repeating it for the samples
     if N > 1:
         fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
     V = model.cfg.vocab_size
-    z0 = torch.randn(B * N, L, V, device=input_ids.device, generator=generator) * model.think_cfg.init_std
+    dtype = energy_model.embeddings.weight.dtype
+    if z0 is None:  # rows b*N .. b*N+N-1 are the N candidates of context b
+        z0 = torch.randn(B * N, L, V, device=input_ids.device, generator=generator).to(dtype)
+        z0 = z0 * model.think_cfg.init_std
     schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
     d = DescentOptions(langevin_std=opts.langevin_std, langevin_first_only=opts.langevin_first_only,
                        alpha=opts.alpha, alpha_scale=opts.alpha_scale, accept_lower=opts.accept_lower, tol=opts.tol,
@@ -96,12 +104,8 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     final = out.final_energy                                  # (B*N, L)
     logits, steps_used = out.final, out.steps_used
     if N > 1:
-        score = final.view(B, N, L)
-        if opts.select == "max":
-            score = -score
-        elif opts.select == "max_gap":
-            score = -(energies[0].view(B, N, L) - score)
-        pick = score.argmin(dim=1)                            # (B, L) best sample per position
+        pick = select_samples(energies[0].view(B, N, L), final.view(B, N, L), opts.select)
+
         def choose(t: Tensor) -> Tensor:                      # (B*N, L, ...) -> (B, L, ...)
             t = t.view(B, N, L, *t.shape[2:])
             idx = pick.view(B, 1, L, *([1] * (t.dim() - 3))).expand(B, 1, L, *t.shape[3:])
@@ -109,6 +113,18 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
         logits, final, steps_used = choose(logits), choose(final), choose(steps_used)
         energies = torch.stack([choose(e) for e in energies])
     return ThinkResult(logits.detach(), energies.detach(), final.detach(), steps_used, out.nfe * N)
+
+
+def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:
+    """Index of the chosen sample per position: initial/final energies (B, N, L) -> (B, L).
+
+    min: lowest final energy (the model's own verification); max: highest; max_gap: largest initial - final drop.
+    """
+    if how == "min":
+        return final.argmin(dim=1)
+    if how == "max":
+        return final.argmax(dim=1)
+    return (initial - final).argmax(dim=1)
 
 
 def extend_cache(model, cache: dict, new_ids: Tensor) -> dict:

@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebt import noise
 from ebt.config import ModelConfig, OptimConfig, RunConfig, ThinkConfig
 from ebt.models.ar_ebt import AREnergyModel, ContextEnergy
 from ebt.models.transformer_pp import TransformerPP
+from ebt.replay import ReplayBuffer
 from ebt.thinking import Thinker, Thought
 
 PAD_ID = 0  # the reference's pad = eos = 0; with the byte tokenizer 0 is the NUL byte, absent from text
@@ -35,7 +37,8 @@ class LMOutput:
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean CE over non-pad targets; logits (B, L, V), targets (B, L)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
 
 
 def decay_groups(module: nn.Module, exclude: tuple = ()) -> tuple[list, list]:
@@ -58,28 +61,51 @@ class TextEBT(nn.Module):
         self.cfg, self.think_cfg = model, think
         self.energy = AREnergyModel(model, num_landscapes=think.steps)
         self.thinker = Thinker(think)
+        # System 2 replay buffer: a plain attribute, so it is neither a parameter nor in checkpoints (a resumed
+        # run refills it within replay_size / batch_size steps)
+        self.replay = (ReplayBuffer(think.replay_size, think.replay_dtype, think.replay_topk)
+                       if think.replay_size else None)
 
     def initial_logits(self, batch: int, length: int, device=None, generator=None) -> Tensor:
         """z0 ~ N(0, init_std^2), shape (B, L, V)."""
-        z = torch.randn(batch, length, self.cfg.vocab_size, device=device, generator=generator)
+        shape = (batch, length, self.cfg.vocab_size)
+        # without a generator: ebt.noise draws per sample inside noise.per_sample (world-size-invariant training)
+        z = noise.randn(shape, device) if generator is None else torch.randn(shape, device=device, generator=generator)
         return z * self.think_cfg.init_std
 
-    def forward(self, input_ids: Tensor, z0: Optional[Tensor] = None, training: Optional[bool] = None) -> LMOutput:
+    def forward(self, input_ids: Tensor, z0: Optional[Tensor] = None, training: Optional[bool] = None,
+                randomize: Optional[bool] = None) -> LMOutput:
         """Loss of one batch of windows (B, L+1). training=None follows self.training.
 
-        In training the descent keeps the second-order graph; otherwise no graph is built at all.
+        In training the descent keeps the second-order graph; otherwise no graph is built at all. randomize
+        (default: = training) turns on the training randomisation of ThinkConfig (random steps / alpha, Langevin
+        noise) and, when z0 is not given, the replay buffer: n = replay_frac * B stored windows are appended
+        after the B fresh rows and restart from their stored logits; the fresh rows' final logits are pushed.
         """
         training = self.training if training is None else training
-        x, y = input_ids[:, :-1], input_ids[:, 1:]
+        randomize = training if randomize is None else randomize
+        fresh = input_ids.shape[0]
+        replay = self.replay if (training and randomize and z0 is None) else None
         if z0 is None:
-            z0 = self.initial_logits(x.shape[0], x.shape[1], x.device)
+            z0 = self.initial_logits(fresh, input_ids.shape[1] - 1, input_ids.device)   # (B, L, V)
+        replayed = replay.sample(int(fresh * self.think_cfg.replay_frac), input_ids.shape[1]) if replay else None
+        if replayed is not None:                                                         # B -> B + n rows
+            ids_r, z_r = replayed
+            input_ids = torch.cat([input_ids, ids_r.to(input_ids.device)])
+            z0 = torch.cat([z0, z_r.to(z0)])
+        x, y = input_ids[:, :-1], input_ids[:, 1:]
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
-            thought = self.thinker.train_descent(ContextEnergy(self.energy, x), z0, training=training)
+            thought = self.thinker.train_descent(ContextEnergy(self.energy, x), z0, training=training,
+                                                 randomize=randomize)
             ces = [cross_entropy(z, y) for z in thought.logits]
             loss = ces[-1] if self.think_cfg.truncate else torch.stack(ces).mean()
+        if replay is not None:
+            replay.push(input_ids[:fresh], thought.final[:fresh])
         gap = (thought.energies[0].mean() - thought.energies[-1].mean()).item()
         metrics = {"initial_ce": ces[0].item(), "final_ce": ces[-1].item(), "energy_gap": gap,
                    "alpha": self.thinker.step_size().item(), "steps": len(thought.logits)}
+        if replay is not None:
+            metrics["replayed"] = 0 if replayed is None else replayed[0].shape[0]
         return LMOutput(loss, ces[-1].detach(), int((y != PAD_ID).sum()), metrics, thought)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ebt import distributed as dist
+from ebt import noise
 from ebt.config import RunConfig
 from ebt.data.text import ByteTokenizer, load_text, split_stream, token_stream
 from ebt.errors import UserError
@@ -35,6 +36,8 @@ class TextTask:
         return build_lm(self.cfg)
 
     def train_batches(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
+        """Batches of process `rank` of `world` from stream position `start` (samples consumed by all processes);
+        the layout every task follows is `ebt.data.sharding`'s."""
         return self.train_windows.batches(batch_size, self.cfg.train.seed, start, rank, world)
 
     def evaluate(self, model: nn.Module, device, max_batches: int, batch_size: int, precision: str = "fp32") -> dict:
@@ -46,12 +49,12 @@ def evaluate_windows(model: nn.Module, windows, device, max_batches: int, batch_
                      precision: str = "fp32", seed: int = 1234) -> dict:
     """Held-out CE and perplexity = exp(mean final-step CE over all tokens), not a mean of per-batch ppl.
 
-    Windows are split across ranks and the sums all-reduced. The EBT's initial noise is seeded so that evaluations
-    of the same model are comparable.
+    Windows are split across ranks and the sums all-reduced. The EBT's initial noise is drawn per window from
+    (seed, window index) (`ebt.noise`), so evaluations of the same model agree on any number of processes.
     """
     was_training = model.training
     model.eval()
-    n = min(len(windows), max_batches * batch_size)
+    n = min(len(windows), max_batches * batch_size * dist.world())  # the same windows on any world size
     mine = list(range(n))[dist.rank()::dist.world()]
     total = torch.zeros(2, dtype=torch.float64)
     devices = [device] if device.type == "cuda" else []
@@ -59,7 +62,7 @@ def evaluate_windows(model: nn.Module, windows, device, max_batches: int, batch_
         torch.manual_seed(seed + dist.rank())
         for i in range(0, len(mine), batch_size):
             batch = windows.batch(mine[i:i + batch_size]).to(device)
-            with autocast(device, precision):
+            with autocast(device, precision), noise.per_sample(seed, mine[i:i + batch_size], key=0):
                 out = model(batch, training=False)
             total += torch.tensor([out.final_ce.item() * out.tokens, out.tokens], dtype=torch.float64)
     model.train(was_training)

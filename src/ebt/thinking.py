@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from ebt import noise
 from ebt.config import ThinkConfig
 
 EnergyFn = Callable[[Tensor, int], Tensor]  # (probs (B, L, V), landscape index) -> energies (B, L)
@@ -94,21 +95,28 @@ class Thinker(nn.Module):
     def random_alpha(self, shape: tuple[int, ...], device) -> Tensor:
         """alpha ~ U(alpha/s, alpha*s) per (sample, position), shape (B, L, 1); keeps alpha's gradient."""
         s = self.cfg.rand_alpha_scale
-        u = torch.rand(shape, device=device)
+        u = noise.rand(shape, device=device)  # per sample inside noise.per_sample (world-size invariant)
         return self.step_size() * (1.0 / s + u * (s - 1.0 / s))
 
     # ---- training descent -----------------------------------------------------------------------------------
-    def train_descent(self, energy: EnergyFn, z0: Tensor, training: bool = True) -> Thought:
+    def train_descent(self, energy: EnergyFn, z0: Tensor, training: bool = True,
+                      randomize: Optional[bool] = None) -> Thought:
         """The training-time descent (also used for validation loss, without randomisation or a second-order graph).
 
-        training=True: random steps/alpha/Langevin as configured, create_graph on every step (S1) or on the
-        final step only (truncate, S2). training=False: deterministic schedule, no noise, no second-order graph.
+        training=True: create_graph on every step (S1) or on the final step only (truncate, S2).
+        randomize (default: = training): random step count, random alpha and Langevin noise as configured;
+        without it the evaluation schedule is used with the plain alpha and no noise (REFERENCE_SPEC §1.7), which
+        is what the reference's validation loss computes (less its Langevin noise, which it forgets to turn off).
+        training=False: no second-order graph.
         """
         c = self.cfg
-        schedule = self.schedule(training)
-        alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device) if (training and c.rand_alpha_scale > 1) else None
+        randomize = training if randomize is None else randomize
+        schedule = self.schedule(randomize, noise.batch_rng())
+        alpha = None
+        if randomize and c.rand_alpha_scale > 1:
+            alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device).to(z0.dtype)  # (B, L, 1)
         return self.descend(energy, z0, schedule, create_graph=training, alpha=alpha,
-                            langevin_std=c.langevin_std if training else 0.0,
+                            langevin_std=c.langevin_std if randomize else 0.0,
                             detach=c.detach, truncate=c.truncate)
 
     # ---- the loop -------------------------------------------------------------------------------------------
@@ -134,7 +142,7 @@ class Thinker(nn.Module):
                     z = z.detach()
                 noisy = z
                 if opts.langevin_std > 0 and (i == 0 or not opts.langevin_first_only):
-                    noisy = z + torch.randn_like(z) * opts.langevin_std
+                    noisy = z + noise.randn_like(z) * opts.langevin_std
                 p = noisy.softmax(-1) if self.softmax else noisy
                 if not p.requires_grad:
                     p.requires_grad_(True)
@@ -169,10 +177,12 @@ class Thinker(nn.Module):
                 z = new_z
                 out.logits.append(z)
                 out.energies.append(e)
+                if active is not None and not active.any():
+                    break  # adaptive compute: every position has settled, stop spending forward passes
             if opts.final_energy:
                 with torch.no_grad():
                     zf = z.detach()
-                    out.final_energy = energy(zf.softmax(-1) if self.softmax else zf, schedule[-1])
+                    out.final_energy = energy(zf.softmax(-1) if self.softmax else zf, schedule[len(out.logits) - 1])
                 out.nfe += 1
         out.steps_used = steps_used
         return out

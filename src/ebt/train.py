@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ebt import distributed as dist
+from ebt import noise
 from ebt.checkpoint import load_trainer_state, save_checkpoint
 from ebt.config import OptimConfig, RunConfig, save_yaml
 from ebt.errors import UserError
@@ -118,40 +119,53 @@ class TrainResult:
     seconds: float
 
 
-def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=None) -> TrainResult:
-    """Train `cfg` (on `task`, default: text language modelling) and return the final validation metrics."""
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=None,
+          stop_at: Optional[int] = None) -> TrainResult:
+    """Train `cfg` (on `task`, default: text language modelling) and return the final validation metrics.
+
+    `stop_at` ends the run early at that step (with a checkpoint) while keeping the schedule of train.steps, so a
+    later `resume=True` continues exactly as if the run had not stopped.
+    """
     from ebt.tasks import TextTask
 
-    dist.setup()
     t = cfg.train
+    dcfg = dist.dist_config(cfg)
+    dist.setup(dcfg.backend, t.device)
     out_dir = Path(t.out_dir)
     device = resolve_device(t.device) if not dist.is_distributed() else dist.device_for_rank(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
     task = task or TextTask(cfg)
     prepare_run_dir(out_dir, resume, overwrite)
-    torch.manual_seed(t.seed + dist.rank())  # rank-offset seeds: different noise z0 per process
-    random.seed(t.seed + dist.rank())
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
+    random.seed(t.seed)
 
     model = task.build_model().to(device)
-    opt, sched = build_optimizer(model, cfg.optim, t.steps)
-    step = 0
+    step, samples, state = 0, 0, None
     if resume:
         state = load_trainer_state(out_dir / CHECKPOINT_DIR)
+        if state is None:
+            raise UserError(f"--resume: {str(out_dir / CHECKPOINT_DIR)!r} has no trainer state (it was not written "
+                            "by `ebt train`): start a new run from it instead")
         from ebt.checkpoint import load_weights_into
 
-        load_weights_into(model, out_dir / CHECKPOINT_DIR)
-        opt.load_state_dict(state["optimizer"])
+        load_weights_into(model, out_dir / CHECKPOINT_DIR)  # whole weights, before any sharding
+    wrapped = dist.wrap(model, cfg)
+    opt, sched = build_optimizer(model, cfg.optim, t.steps)  # after wrapping: FSDP2 replaces the parameters
+    if state is not None:
+        dist.load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
-        torch.set_rng_state(state["torch_rng"][min(dist.rank(), len(state["torch_rng"]) - 1)])
-        random.setstate(state["py_rng"])
-    wrapped = dist.wrap(model, cfg)
+        # data position in samples, so a different world size continues at the same place in the stream
+        samples = state.get("samples", step * t.grad_accum * t.batch_size * len(state["torch_rng"]))
+    seed_rngs(state, t.seed, step)
+    # fsdp2 bf16 parameters meet float32 candidates: autocast does the casting in the matmuls
+    precision = "bf16" if dcfg.param_dtype == "bf16" and dist.is_fsdp(wrapped) else t.precision
     if dist.is_main():
         save_yaml(cfg, out_dir / "config.yaml")
     log = MetricsLog(out_dir, dist.is_main())
     micro = t.batch_size
-    batches = task.train_batches(micro, start=step * t.grad_accum, rank=dist.rank(), world=dist.world())
+    batches = task.train_batches(micro, start=samples, rank=dist.rank(), world=dist.world())
     bar = None
     if t.progress and dist.is_main():
         from tqdm.auto import tqdm
@@ -159,15 +173,18 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
         bar = tqdm(total=t.steps, initial=step, desc=f"train {task.describe()}", dynamic_ncols=True)
     start_time, val = time.time(), {}
     try:
-        while step < t.steps:
+        last_step = min(t.steps, stop_at) if stop_at else t.steps
+        while step < last_step:
             model.train()
             opt.zero_grad(set_to_none=True)
             totals: dict[str, float] = {}
             for m in range(t.grad_accum):
                 batch = next(batches).to(device)
-                with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), autocast(device, t.precision):
+                with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), dist.gathered(wrapped), \
+                        sample_noise(dcfg.invariant_noise, t.seed, samples, micro), autocast(device, precision):
                     out = wrapped(batch)
                     (out.loss / t.grad_accum).backward()
+                samples += micro * dist.world()
                 for k, v in {"loss": out.loss.item(), **out.metrics}.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / t.grad_accum
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
@@ -177,18 +194,20 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
             step += 1
             totals = dist.all_reduce_mean(totals)
             if step % t.log_every == 0 or step == t.steps:
-                log.log(step, "train", {**totals, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
-                                        "samples": step * t.grad_accum * micro * dist.world()})
+                log.log(step, "train", {**totals, "grad_norm": dist.as_float(grad_norm),
+                                        "lr": sched.get_last_lr()[0], "samples": samples})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")
             if step % t.eval_every == 0 or step == t.steps:
-                val = task.evaluate(model, device, t.eval_batches, t.batch_size, t.precision)
+                with dist.gathered(model):
+                    val = task.evaluate(model, device, t.eval_batches, t.batch_size, precision)
                 log.log(step, "val", val)
                 if bar is not None:
-                    bar.write(f"step {step}: val ce {val['ce']:.4f}  ppl {val['ppl']:.3f}")
-            if (t.save_every and step % t.save_every == 0) or step == t.steps:
-                save_run(out_dir, model, cfg, opt, sched, step)
+                    shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+                    bar.write(f"step {step}: val {shown}")  # whatever the task reports (ce/ppl, psnr/mse, ...)
+            if (t.save_every and step % t.save_every == 0) or step == last_step:
+                save_run(out_dir, model, cfg, opt, sched, step, samples)
     finally:
         if bar is not None:
             bar.close()
@@ -196,11 +215,43 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
     return TrainResult(out_dir, step, val, time.time() - start_time)
 
 
-def save_run(out_dir: Path, model: nn.Module, cfg: RunConfig, opt, sched, step: int) -> None:
-    """All ranks call this (RNG states are gathered); rank 0 writes the checkpoint folder."""
+def sample_noise(enabled: bool, seed: int, start: int, batch_size: int):
+    """World-size-invariant noise for the micro-batch at stream position `start` (see `ebt.noise`)."""
+    if not enabled:
+        return nullcontext()
+    from ebt.data.sharding import rank_positions
+
+    return noise.per_sample(seed, rank_positions(start, batch_size, dist.rank(), dist.world()).tolist(), key=start)
+
+
+def seed_rngs(state: Optional[dict], seed: int, step: int) -> None:
+    """Rank-offset seeds for a new run; a resumed run restores each rank's generators, or, on a different world
+    size, re-seeds every rank from (seed, step, rank) so that no two ranks share a stream."""
+    r = dist.rank()
+    rngs = (state or {}).get("torch_rng") or []
+    py = (state or {}).get("py_rng")
+    if state is not None and len(rngs) == dist.world() and isinstance(py, list):
+        torch.set_rng_state(rngs[r])
+        random.setstate(py[r])
+        return
+    if state is not None and len(rngs) == 1 and dist.world() == 1:  # single-process checkpoint of an older version
+        torch.set_rng_state(rngs[0])
+        random.setstate(py)
+        return
+    s = seed + r if state is None else noise.mix(seed, step, r) % (1 << 63)
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+def save_run(out_dir: Path, model: nn.Module, cfg: RunConfig, opt, sched, step: int, samples: int = 0) -> None:
+    """All ranks call this (RNG states and FSDP2 shards are gathered); rank 0 writes the checkpoint folder, whole
+    tensors only, so it loads in one process or under any world size."""
     rngs = dist.gather_objects(torch.get_rng_state())
+    py_rngs = dist.gather_objects(random.getstate())
+    weights = dist.full_model_state(model)
+    optim = dist.full_optimizer_state(model, opt)
     if dist.is_main():
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                 "torch_rng": rngs, "py_rng": random.getstate()}
-        save_checkpoint(out_dir / CHECKPOINT_DIR, model, cfg, state, meta={"step": step})
+        state = {"optimizer": optim, "scheduler": sched.state_dict(), "step": step, "samples": samples,
+                 "world": dist.world(), "torch_rng": rngs, "py_rng": py_rngs}
+        save_checkpoint(out_dir / CHECKPOINT_DIR, model, cfg, state, meta={"step": step}, weights=weights)
     dist.barrier()

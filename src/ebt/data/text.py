@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from ebt.data.sharding import epoch_permutation, sharded_indices
 from ebt.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
@@ -96,25 +97,16 @@ class PackedWindows:
     def batch(self, indices) -> Tensor:
         return torch.stack([self.window(int(i)) for i in indices])  # (B, length)
 
-    def epoch_order(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> Tensor:
-        """A different shuffle each epoch, the same on every rank; each rank takes its own stride of it."""
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(self.count, generator=g)
-        per_rank = self.count // world
-        return order[rank * per_rank:(rank + 1) * per_rank] if world > 1 else order
+    def epoch_order(self, epoch: int, seed: int) -> Tensor:
+        """A different shuffle each epoch, the same on every rank."""
+        return epoch_permutation(self.count, seed, epoch)
 
     def batches(self, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
-        """Endless stream of (B, length) batches; `start` skips that many batches (for exact resume)."""
-        per_epoch = max(1, (self.count // world) // batch_size)
-        if (self.count // world) < batch_size:
-            raise UserError(f"only {self.count // world} training windows per process, fewer than "
-                            f"train.batch_size={batch_size}: use more data or a smaller batch/context")
-        i = start
-        while True:
-            epoch, b = divmod(i, per_epoch)
-            order = self.epoch_order(epoch, seed, rank, world)
-            yield self.batch(order[b * batch_size:(b + 1) * batch_size])
-            i += 1
+        """Endless (B, length) batches of process `rank` of `world`; `start` = samples all processes consumed before
+        (exact resume on any world size). The layout is `ebt.data.sharding`'s: W processes with batch b see the
+        windows of one process with batch W*b."""
+        for indices in sharded_indices(self.count, batch_size, seed, start, rank, world):
+            yield self.batch(indices)
 
 
 def split_stream(tokens: Tensor, val_fraction: float, window: int) -> tuple[PackedWindows, PackedWindows]:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
+from ebt.models.attention import fused_prediction_attention
 from ebt.models.layers import Attention, RMSNorm, SwiGLU, masked_attention, modulate, prediction_attention, rope_angles
 
 
@@ -45,6 +46,7 @@ class Block(nn.Module):
         self.feed_forward = SwiGLU(cfg.dim, int(cfg.dim * cfg.ffn_mult))
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.prediction_attention = fused_prediction_attention if cfg.attn_impl == "fused" else prediction_attention
         if adaln:  # shift/scale/gate for attention and FFN from the step embedding
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
@@ -83,7 +85,7 @@ class Block(nn.Module):
         """Prediction tokens x (B, L, D) attend to the allowed observed keys and to themselves."""
         shift, scale, gate = mods[:3]
         q, k, v = self.attention.qkv(self._norm(self.attention_norm, x, shift, scale), *rope)
-        x = x + self._gate(self.attention.out(prediction_attention(q, kv[0], kv[1], k, v, allowed)), gate)
+        x = x + self._gate(self.attention.out(self.prediction_attention(q, kv[0], kv[1], k, v, allowed)), gate)
         return self._ffn(x, mods)
 
 

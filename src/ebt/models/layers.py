@@ -13,6 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def upcast(x: Tensor) -> Tensor:
+    """float32 for half-precision tensors (numerically sensitive ops), unchanged otherwise (keeps float64 exact)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32 and cast back, with a learnable weight (reference: eps 1e-5)."""
 
@@ -22,7 +27,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = upcast(x)
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight
 
@@ -37,22 +42,31 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # w1 and w3 as one matmul (see Attention.qkv)
+        a, b = F.linear(x, torch.cat([self.w1.weight, self.w3.weight])).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
 
 
 def rope_angles(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """cos/sin tables for integer `positions` (S,) -> two (S, head_dim/2) float32 tensors."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    angles = positions.float()[:, None] * freqs[None, :]  # (S, hd/2)
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).double() / head_dim)
+    angles = positions.double()[:, None] * freqs[None, :]  # (S, hd/2), in float64 then cast by the caller
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of x (B, H, S, hd) — the Llama complex-pair layout."""
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, H, S, hd/2, 2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of x (B, H, S, hd) — the Llama complex-pair layout.
+
+    One complex multiply (as the reference does): each of forward, backward and double backward is a single
+    kernel, where the real-arithmetic form (select, 4 muls, stack) costs ~10 kernels and zero-filled select
+    gradients per pass. view_as_complex needs even strides, which head views of a (B, S, D) projection have.
+    """
+    xf = upcast(x)
+    if xf.stride(-1) != 1 or any(s % 2 for s in xf.stride()[:-1]) or xf.storage_offset() % 2:
+        xf = xf.contiguous()
+    xc = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))          # (B, H, S, hd/2) complex
+    rot = torch.complex(cos.to(xf.dtype), sin.to(xf.dtype))        # (S, hd/2)
+    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
 
 
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
@@ -61,7 +75,7 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor
     q (B, H, Sq, hd), k/v (B, H, Sk, hd), allowed (Sq, Sk) bool -> (B, H, Sq, hd).
     """
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    scores = scores.float().masked_fill(~allowed, float("-inf"))
+    scores = upcast(scores).masked_fill(~allowed, float("-inf"))
     return (scores.softmax(-1).type_as(v)) @ v
 
 
@@ -75,7 +89,7 @@ def prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: Tensor
     scale = 1.0 / math.sqrt(q.shape[-1])
     obs_scores = (q @ k_obs.transpose(-2, -1)) * scale            # (B, H, L, S)
     self_scores = (q * k_self).sum(-1, keepdim=True) * scale       # (B, H, L, 1)
-    scores = torch.cat([obs_scores.float().masked_fill(~allowed, float("-inf")), self_scores.float()], dim=-1)
+    scores = torch.cat([upcast(obs_scores).masked_fill(~allowed, float("-inf")), upcast(self_scores)], dim=-1)
     weights = scores.softmax(-1).type_as(v_obs)                    # (B, H, L, S+1)
     return weights[..., :-1] @ v_obs + weights[..., -1:] * v_self
 
@@ -92,11 +106,13 @@ class Attention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, S, D) -> q, k (rotated), v, each (B, H, S, hd)."""
-        def split(t: Tensor) -> Tensor:
-            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        """x (B, S, D) -> q, k (rotated), v, each (B, H, S, hd).
 
-        q, k, v = split(self.wq(x)), split(self.wk(x)), split(self.wv(x))
+        One matmul against the concatenated weights instead of three (fewer, larger kernels in every pass of the
+        double backward); the parameters stay separate so checkpoints keep the reference's names.
+        """
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])            # (3D, D)
+        q, k, v = F.linear(x, w).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def out(self, o: Tensor) -> Tensor:

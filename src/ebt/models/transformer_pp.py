@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
@@ -24,4 +25,5 @@ class TransformerPP(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Next-token logits (B, S, V)."""
-        return self.output(self.observe(input_ids).hidden).float()
+        logits = self.output(self.observe(input_ids).hidden)
+        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits

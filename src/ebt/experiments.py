@@ -1,0 +1,271 @@
+"""Experiments that reproduce the paper's studies at a small budget: `ebt experiment NAME --out DIR`.
+
+s2-ablation (paper Table 2, PAPER_AND_PEERS §1.3): train the full System 2 recipe, one variant without each of
+its components (random step size, random number of steps, Langevin noise, replay buffer) and a System 1 baseline,
+all with the same model size, data order and number of steps. Then measure the perplexity of each on the
+held-out split and on out-of-distribution sets with
+- no thinking: the trained evaluation schedule;
+- thinking longer: `think_factor` times as many steps;
+- + self-verification: thinking longer with best-of-`samples` candidates, the lowest final energy per position.
+The table reports the % perplexity improvement of each thinking mode over no thinking (as the paper does).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ebt.cli import command
+from ebt.config import DataConfig, ModelConfig, RunConfig, ThinkConfig
+from ebt.errors import UserError
+
+# variant key -> (label, change of the full S2 think config); "s1" is replaced by the S1 recipe
+VARIANTS: dict[str, tuple[str, Callable[[ThinkConfig], ThinkConfig]]] = {
+    "no-rand-alpha": ("No random step size", lambda t: dataclasses.replace(t, rand_alpha_scale=1.0)),
+    # fixed at the evaluation count (R+1 = 3) so that training and evaluation run the same number of steps
+    "no-rand-steps": ("No random num. steps", lambda t: dataclasses.replace(t, rand_steps_min=t.rand_steps + 1)),
+    "no-langevin": ("No Langevin dynamics", lambda t: dataclasses.replace(t, langevin_std=0.0)),
+    "no-replay": ("No replay buffer", lambda t: dataclasses.replace(t, replay_size=0)),
+    "full": ("Full S2 config", lambda t: t),
+    "s1": ("S1 baseline", lambda t: t),
+}
+MODES = ("none", "longer", "verify")
+
+
+@dataclass(kw_only=True)
+class AblationSettings:
+    steps: int = 250
+    """Training steps per variant."""
+    windows: int = 32
+    """Evaluation windows per data set."""
+    samples: int = 5
+    """Candidates per position for self-verification."""
+    think_factor: int = 2
+    """Thinking longer = this many times the trained number of evaluation steps."""
+    langevin: float = 0.0
+    """Langevin noise at evaluation (off by default; the reference S2 inference uses the trained 3.0)."""
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seed: int = 0
+    threads: int = 1
+    """torch CPU threads (0: PyTorch's default). The matrices here are tiny: on a shared 2-core machine one thread
+    per process ran 7x faster than two (threads spin waiting for each other when the cores are oversubscribed)."""
+    quick: bool = False
+    """A trivially small model and budget (seconds): for tests and smoke runs."""
+
+
+def base_config(s: AblationSettings, out: Path) -> RunConfig:
+    """The lm-tiny-s2 recipe on a smaller model, so that six variants train well under an hour on 2 CPU cores."""
+    from ebt.presets import lm_tiny_s2
+
+    cfg = lm_tiny_s2()
+    if s.quick:
+        cfg.model = ModelConfig(dim=32, layers=2, heads=2, context=16)
+        cfg.data = DataConfig(max_chars=20000, val_fraction=0.1)
+        cfg.train.batch_size = 4
+    else:
+        cfg.model = ModelConfig(dim=64, layers=2, heads=2, context=32)
+        cfg.data = DataConfig(max_chars=400_000)
+    cfg.optim.warmup_steps = max(1, min(cfg.optim.warmup_steps, s.steps // 10))
+    t = cfg.train
+    t.steps, t.eval_every, t.log_every, t.eval_batches = s.steps, s.steps, max(1, s.steps // 10), 4
+    t.seed, t.progress, t.out_dir = s.seed, False, str(out)
+    return cfg
+
+
+def variant_config(base: RunConfig, key: str, out: Path) -> RunConfig:
+    from ebt.presets import lm_tiny
+
+    cfg = dataclasses.replace(base, think=VARIANTS[key][1](base.think),
+                              train=dataclasses.replace(base.train, out_dir=str(out / key)))
+    if key == "s1":
+        cfg.think = lm_tiny().think
+    return cfg
+
+
+def ood_texts(quick: bool) -> dict[str, str]:
+    """The embedded OOD sets (ebt.ood: Python docs prose, Dyck strings, arithmetic), cut to what is evaluated."""
+    from ebt.ood import ood_sets
+
+    limit = 4000 if quick else 40_000  # characters: more than the windows evaluated
+    return {name: text[:limit] for name, text in ood_sets().items()}
+
+
+def think_modes(model, s: AblationSettings) -> dict[str, object]:
+    """ThinkOptions for each mode; thinking longer multiplies the trained evaluation step count."""
+    from ebt.inference import ThinkOptions
+
+    landscapes = model.think_cfg.steps
+    per_landscape = len(model.thinker.schedule(training=False)) // landscapes
+    longer = per_landscape * s.think_factor
+    return {"none": ThinkOptions(langevin_std=s.langevin),
+            "longer": ThinkOptions(steps=longer, langevin_std=s.langevin),
+            "verify": ThinkOptions(steps=longer, samples=s.samples, select="min", langevin_std=s.langevin)}
+
+
+def gain(base: float, ppl: float) -> float:
+    """% perplexity improvement over no thinking (positive = thinking helped)."""
+    return 100.0 * (base - ppl) / base
+
+
+def run_s2_ablation(out: Path, s: AblationSettings, log: Callable[[str], None] = print) -> dict:
+    """Train and evaluate every variant; writes results.json, table.md and s2_ablation.png into `out`."""
+    if out.exists():
+        raise UserError(f"output folder {str(out)!r} already exists: choose a new --out (results are not overwritten)")
+    unknown = [v for v in s.variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    out.mkdir(parents=True)
+    threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        return _run(out, s, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, s: AblationSettings, log: Callable[[str], None]) -> dict:
+    from ebt.evaluate import evaluate_text, heldout_windows, windows_for
+    from ebt.train import train
+
+    base = base_config(s, out)
+    texts = ood_texts(s.quick)
+    results: dict = {"settings": dataclasses.asdict(s), "variants": {}}
+    t_start = time.time()
+    for key in s.variants:
+        cfg = variant_config(base, key, out)
+        t0 = time.time()
+        res = train(cfg)
+        model = _load(res.out_dir)
+        data = {"held-out": heldout_windows(cfg, None)}
+        data.update({name: windows_for(text, cfg.model.context) for name, text in texts.items()})
+        modes = think_modes(model, s)
+        row = {"label": VARIANTS[key][0], "train_seconds": round(res.seconds, 1), "val": res.val, "sets": {}}
+        for name, windows in data.items():
+            row["sets"][name] = {m: evaluate_text(model, windows, opts, s.windows, 16, seed=1234)
+                                 for m, opts in modes.items()}
+        results["variants"][key] = row
+        log(f"[s2-ablation] {key}: {res.step} steps in {res.seconds:.0f}s, val ce {res.val.get('ce', float('nan')):.3f}"
+            f", total {time.time() - t0:.0f}s")
+    results["seconds"] = round(time.time() - t_start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    table = markdown_table(results, list(texts))
+    (out / "table.md").write_text(table)
+    plot(results, list(texts), out / "s2_ablation.png")
+    log(table)
+    return results
+
+
+def _load(run_dir: Path):
+    from ebt.checkpoint import find_checkpoint, load_model
+
+    model, _ = load_model(find_checkpoint(str(run_dir)))
+    return model
+
+
+def summary(row: dict, ood: list[str]) -> dict[str, float]:
+    """Improvements (%) per mode on the held-out set, averaged over the OOD sets, and on Dyck when present."""
+    def imp(name: str, mode: str) -> float:
+        r = row["sets"][name]
+        return gain(r["none"]["ppl"], r[mode]["ppl"])
+    out = {}
+    for mode in ("longer", "verify"):
+        out[f"held-out {mode}"] = imp("held-out", mode)
+        out[f"OOD {mode}"] = sum(imp(n, mode) for n in ood) / max(len(ood), 1)
+        if "dyck" in ood:
+            out[f"dyck {mode}"] = imp("dyck", mode)
+    return out
+
+
+def markdown_table(results: dict, ood: list[str]) -> str:
+    s = results["settings"]
+    lines = [f"% perplexity improvement from thinking (positive = better); thinking longer = {s['think_factor']}x "
+             f"the trained steps, self-verification = best of {s['samples']} (min energy) on top; "
+             f"{s['steps']} training steps per variant; OOD = mean over {', '.join(ood)}.", "",
+             "| Variant | held-out ppl | Thinking longer | + Self-verification | OOD ppl (mean) | OOD: thinking longer "
+             "| OOD: + self-verification |" + (" Dyck: thinking longer | Dyck: + self-verification |" if "dyck" in ood
+                                               else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if "dyck" in ood else "")]
+    for key, row in results["variants"].items():
+        g = summary(row, ood)
+        ood_ppl = sum(row["sets"][n]["none"]["ppl"] for n in ood) / max(len(ood), 1)
+        cells = [row["label"], f"{row['sets']['held-out']['none']['ppl']:.2f}", f"{g['held-out longer']:.2f}",
+                 f"{g['held-out verify']:.2f}", f"{ood_ppl:.2f}", f"{g['OOD longer']:.2f}", f"{g['OOD verify']:.2f}"]
+        if "dyck" in ood:
+            cells += [f"{g['dyck longer']:.2f}", f"{g['dyck verify']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Perplexity per set (no thinking / thinking longer / + self-verification; NFE per token):", "",
+              "| Variant | " + " | ".join(["held-out"] + ood) + " |", "|---|" + "---|" * (len(ood) + 1)]
+    for row in results["variants"].values():
+        cells = [" / ".join(f"{row['sets'][n][m]['ppl']:.2f}" for m in MODES)
+                 + f" ({'/'.join(str(row['sets'][n][m]['nfe_per_token']) for m in MODES)})" for n in ["held-out"] + ood]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, ood: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(results["variants"].values())
+    labels = [r["label"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, where in zip(axes, ("held-out", "OOD")):
+        for j, (mode, name) in enumerate((("longer", "thinking longer"), ("verify", "+ self-verification"))):
+            vals = [summary(r, ood)[f"{where} {mode}"] for r in rows]
+            ax.bar([i + 0.4 * j - 0.2 for i in range(len(rows))], vals, width=0.4, label=name)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{where}" + (" (mean over sets)" if where == "OOD" else ""))
+    axes[0].set_ylabel("% perplexity improvement from thinking")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- command line -----------------------------------------------------------------------------------------------
+EXPERIMENTS = {"s2-ablation": run_s2_ablation}
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=sorted(EXPERIMENTS), help="which experiment")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--steps", type=int, help=f"training steps per variant (default {AblationSettings.steps})")
+    p.add_argument("--quick", action="store_true", help="tiny model and budget (seconds; for smoke tests)")
+    p.add_argument("--windows", type=int, help="evaluation windows per data set")
+    p.add_argument("--samples", type=int, default=5, help="candidates for self-verification")
+    p.add_argument("--think-factor", type=int, default=2, help="thinking longer = this many times the steps")
+    p.add_argument("--langevin", type=float, default=0.0, help="Langevin noise at evaluation (default off)")
+    p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: PyTorch's default)")
+
+
+@command("experiment", _experiment_args)
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run a small-budget reproduction of one of the paper's studies (s2-ablation: Table 2)."""
+    quick = args.quick
+    steps = args.steps if args.steps is not None else (3 if quick else AblationSettings.steps)
+    windows = args.windows if args.windows is not None else (4 if quick else AblationSettings.windows)
+    for name, v in (("--steps", steps), ("--windows", windows), ("--samples", args.samples),
+                    ("--think-factor", args.think_factor)):
+        if v < 1:
+            raise UserError(f"{name} must be >= 1, got {v}")
+    if args.langevin < 0:
+        raise UserError(f"--langevin must be >= 0, got {args.langevin}")
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else tuple(VARIANTS)
+    s = AblationSettings(steps=steps, windows=windows, samples=args.samples, think_factor=args.think_factor,
+                         langevin=args.langevin, variants=variants, seed=args.seed, threads=args.threads,
+                         quick=quick)
+    EXPERIMENTS[args.name](Path(args.out), s)
+    print(json.dumps({"out_dir": args.out, "table": str(Path(args.out) / "table.md")}))
+    return 0

@@ -1,0 +1,175 @@
+"""Objectives on top of the networks: the EBT denoiser (energy + descent + SmoothL1) and the DiT denoiser
+(noise prediction + DDIM). Both share the trainer interface of the text models:
+    forward(clean (B, C, H, W) in [-1, 1]) -> ImageOutput(loss, metrics)     noise is drawn inside
+    param_groups(optim_cfg)                 -> AdamW parameter groups
+and a `denoise(x_t, ...)` method used by evaluation and the CLI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ebt.config import OptimConfig
+from ebt.errors import UserError
+from ebt.images.config import ImageRunConfig
+from ebt.images.diffusion import DDPMSchedule, SampleOutput
+from ebt.images.models import DiTNet, EnergyNet
+from ebt.lm import decay_groups
+from ebt.thinking import DescentOptions, Thinker, Thought
+
+
+@dataclass
+class ImageOutput:
+    loss: Tensor
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class Denoised:
+    """What `denoise` returns for either model."""
+    sample: Tensor
+    """Final denoised images (B, C, H, W) in [-1, 1]."""
+    steps: list
+    """Intermediate results whose cost is known: EBT after each step, DiT after each recursion."""
+    forwards: list
+    """Cumulative network forward passes for each entry of `steps`."""
+    backwards: list
+    """Cumulative input-gradient backward passes (EBT only; 0 for the DiT)."""
+    energies: Optional[list] = None
+
+
+class EBTDenoiser(nn.Module):
+    """Bidirectional EBT: the prediction starts at the noisy image and descends the energy, x <- x - alpha dE/dx.
+
+    The thinker sees each image as one candidate of shape (1, C*H*W) so that alpha randomisation, acceptance and
+    convergence checks act per image, matching the reference's per-sample alpha of shape (B, 1, 1, 1).
+    """
+
+    kind = "ebt"
+
+    def __init__(self, cfg: ImageRunConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.energy = EnergyNet(cfg.model)
+        self.thinker = Thinker(cfg.think, softmax=False)
+        self.schedule = DDPMSchedule(cfg.diffusion)
+
+    def _energy_fn(self, shape: torch.Size):
+        def fn(z: Tensor, landscape: int) -> Tensor:  # no step conditioning: the landscape index is unused
+            return self.energy(z.view(shape))[:, None]  # (B, 1, C*H*W) -> (B, 1)
+        return fn
+
+    def forward(self, x0: Tensor, training: Optional[bool] = None) -> ImageOutput:
+        training = self.training if training is None else training
+        b = x0.shape[0]
+        t = self.schedule.train_timesteps(b, fixed=not self.cfg.diffusion.random_level, device=x0.device)
+        x_t = self.schedule.q_sample(x0, t, torch.randn_like(x0))                 # (B, C, H, W)
+        with torch.set_grad_enabled(training or torch.is_grad_enabled()):
+            thought = self.thinker.train_descent(self._energy_fn(x0.shape), x_t.flatten(1)[:, None], training)
+            preds = [z.view_as(x0) for z in thought.logits]
+            losses = [F.smooth_l1_loss(p, x0, beta=1.0) for p in preds]
+            loss = losses[-1] if self.cfg.think.truncate else torch.stack(losses).mean()
+        # Energies are recorded before each update, so a one-step descent reports a gap of 0. The metric keys stay
+        # the same every step: the trainer all-reduces them across ranks by key.
+        gap = (thought.energies[0].mean() - thought.energies[-1].mean()).item()
+        metrics = {"initial_loss": F.smooth_l1_loss(x_t, x0).item(), "final_loss": losses[-1].item(),
+                   "energy_gap": gap, "alpha": self.thinker.step_size().item(), "steps": len(preds)}
+        return ImageOutput(loss, metrics)
+
+    def denoise(self, x_t: Tensor, steps: Optional[int] = None, options: Optional[DescentOptions] = None) -> Denoised:
+        """`steps` gradient steps (default: the trained evaluation schedule) from the noisy image; no
+        second-order graph."""
+        steps = steps or len(self.thinker.schedule(training=False))
+        n = self.cfg.think.steps
+        schedule = [min(i, n - 1) for i in range(steps)]
+        thought: Thought = self.thinker.descend(self._energy_fn(x_t.shape), x_t.flatten(1)[:, None], schedule,
+                                                create_graph=False, options=options)
+        preds = [z.detach().view_as(x_t) for z in thought.logits]
+        # Each step is one energy forward plus one backward to the input; acceptance checks add forwards.
+        extra = thought.nfe - len(preds)
+        fwd = [i + 1 for i in range(len(preds))]
+        fwd[-1] += extra
+        return Denoised(preds[-1], preds, fwd, [i + 1 for i in range(len(preds))],
+                        [e.detach().squeeze(-1) for e in thought.energies])
+
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        decay, no_decay = decay_groups(self, exclude=(self.thinker.alpha,))
+        groups = [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        if self.thinker.alpha.requires_grad:
+            groups.append({"params": [self.thinker.alpha], "weight_decay": 0.0, "name": "alpha",
+                           "lr_mult": self.cfg.think.alpha_lr_mult, "min_lr_ratio": optim.alpha_min_lr_ratio})
+        return groups
+
+
+class DiTDenoiser(nn.Module):
+    """DiT baseline: predicts the noise of x_t (and, optionally, the variance); denoises with DDIM."""
+
+    kind = "dit"
+
+    def __init__(self, cfg: ImageRunConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.net = DiTNet(cfg.model)
+        self.schedule = DDPMSchedule(cfg.diffusion)
+
+    def eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.net(x_t, t)[:, :x_t.shape[1]]                                 # (B, C, H, W)
+
+    def forward(self, x0: Tensor, training: Optional[bool] = None) -> ImageOutput:
+        t = self.schedule.train_timesteps(x0.shape[0], fixed=False, device=x0.device)  # t ~ U[0, 100)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        loss, metrics = self.schedule.dit_loss(self.net(x_t, t), x0, x_t, t, noise)
+        return ImageOutput(loss, metrics)
+
+    @torch.no_grad()
+    def denoise(self, x_t: Tensor, t_start: int, steps: Optional[int] = None, recurse: int = 0) -> Denoised:
+        out: SampleOutput = self.schedule.ddim(self.eps, x_t, t_start, steps, recurse)
+        per_chain = out.nfe // len(out.chains)
+        return Denoised(out.sample, out.chains, [per_chain * (i + 1) for i in range(len(out.chains))],
+                        [0] * len(out.chains))
+
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        decay, no_decay = decay_groups(self)
+        return [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
+                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def build_image_model(cfg: ImageRunConfig) -> nn.Module:
+    if not (cfg.model.image_size and cfg.model.channels):
+        raise UserError("model.image_size and model.channels are unresolved (0): they are set from the data "
+                        "when training starts")
+    return EBTDenoiser(cfg) if cfg.model.kind == "ebt" else DiTDenoiser(cfg)
+
+
+def load_image_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu") -> tuple[nn.Module,
+                                                                                                ImageRunConfig]:
+    """Rebuild an image denoiser from a checkpoint folder (or run folder); `kind` refuses the other model type."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ebt.checkpoint import WEIGHTS, find_checkpoint, read_config
+
+    path = find_checkpoint(path)
+    cfg, _ = read_config(path)
+    if not isinstance(cfg, ImageRunConfig):
+        raise UserError(f"{str(path)!r} holds a text model, not an image denoiser: pass a checkpoint trained "
+                        "with --preset denoise-tiny or dit-tiny")
+    if kind is not None and cfg.model.kind != kind:
+        raise UserError(f"{str(path)!r} holds a {cfg.model.kind} denoiser, but {kind} is expected here")
+    model = build_image_model(cfg)
+    try:
+        state = load_file(str(Path(path) / WEIGHTS))
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"cannot read weights in {str(path)!r} ({exc}): the checkpoint is damaged") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"weights in {str(path)!r} do not match its config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}): the checkpoint is damaged")
+    return model.to(device).eval(), cfg

@@ -1,0 +1,206 @@
+"""Image denoising: patchify, exact second-order gradients of the bidirectional EBT, DDIM, data, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ebt.cli import main
+from ebt.config import OptimConfig, ThinkConfig, TrainConfig
+from ebt.errors import UserError
+from ebt.images.config import DiffusionConfig, ImageDataConfig, ImageModelConfig, ImageRunConfig
+from ebt.images.data import load_images
+from ebt.images.denoisers import DiTDenoiser, EBTDenoiser
+from ebt.images.diffusion import DDPMSchedule
+from ebt.images.models import patchify, unpatchify
+
+
+def tiny_cfg(kind: str = "ebt", **think) -> ImageRunConfig:
+    return ImageRunConfig(
+        model=ImageModelConfig(kind=kind, image_size=8, channels=1, patch=2, dim=16, layers=2, heads=2),
+        think=ThinkConfig(steps=1, alpha=0.5, **think),
+        optim=OptimConfig(warmup_steps=1),
+        train=TrainConfig(steps=2, batch_size=4, progress=False),
+        data=ImageDataConfig(embedded="digits", max_images=32),
+    )
+
+
+def tiny_train_args(preset: str, out, *extra: str) -> list[str]:
+    return ["train", "--preset", preset, "--out", str(out), "--data.embedded=digits", "--data.image_size=0",
+            "--data.max_images=48", "--model.patch=2", "--model.dim=16", "--model.layers=1", "--model.heads=2",
+            "--train.steps=2", "--train.batch_size=8", "--train.eval_batches=1", "--train.progress=false",
+            "--train.threads=1", *extra]
+
+
+def write_pngs(folder, specs) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i, (h, w, mode) in enumerate(specs):
+        shape = (h, w) if mode == "L" else (h, w, 3)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / f"img{i}.png")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A 2-step EBT and a 2-step DiT trained through `ebt train` on 8x8 digits."""
+    root = tmp_path_factory.mktemp("img")
+    assert main(tiny_train_args("denoise-tiny", root / "ebt")) == 0
+    assert main(tiny_train_args("dit-tiny", root / "dit")) == 0
+    return root / "ebt", root / "dit"
+
+
+# ---- the three "done when" checks --------------------------------------------------------------------------------
+def test_patchify_unpatchify_identity():
+    x = torch.randn(3, 3, 12, 8)                                                # (B, C, H, W), non-square
+    tokens = patchify(x, 4)                                                     # (B, 6, 48)
+    assert tokens.shape == (3, 6, 48)
+    assert torch.equal(unpatchify(tokens, 4, 3, 12, 8), x)
+    assert torch.equal(tokens[0, 1].view(4, 4, 3).permute(2, 0, 1), x[0, :, 0:4, 4:8])  # row-major patches
+
+
+def test_second_order_gradient_matches_finite_differences():
+    """d loss / d theta through x_hat = x_t - alpha dE/dx needs the exact double backward (attention included)."""
+    torch.manual_seed(0)
+    model = EBTDenoiser(tiny_cfg()).double()
+    with torch.no_grad():  # leave the zero init (adaLN-Zero, zero head): every path must carry gradient
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x0 = torch.rand(3, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(1)  # the same noisy input every call
+        return model(x0, training=True).loss
+
+    grads = torch.autograd.grad(loss(), params)
+    named = dict(model.named_parameters())
+    checks = {"all": [torch.randn_like(p) for p in params]}
+    for name in ("energy.trunk.blocks.0.attn.qkv.weight", "energy.trunk.blocks.1.ada.1.weight",
+                 "energy.trunk.head.weight", "energy.condition", "thinker.alpha"):
+        checks[name] = [torch.randn_like(p) if p is named[name] else torch.zeros_like(p) for p in params]
+    eps = 1e-6
+    for name, direction in checks.items():
+        analytic = sum((g * v).sum() for g, v in zip(grads, direction)).item()
+        with torch.no_grad():
+            for p, v in zip(params, direction):
+                p.add_(eps * v)
+        plus = loss().item()
+        with torch.no_grad():
+            for p, v in zip(params, direction):
+                p.sub_(2 * eps * v)
+        minus = loss().item()
+        with torch.no_grad():
+            for p, v in zip(params, direction):
+                p.add_(eps * v)
+        numeric = (plus - minus) / (2 * eps)
+        assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric)), (name, analytic, numeric)
+        assert abs(numeric) > 1e-8, f"{name}: no gradient at all"
+
+
+@pytest.mark.parametrize("steps", [None, 7])
+def test_ddim_from_t_with_true_noise_recovers_clean(steps):
+    sched = DDPMSchedule(DiffusionConfig())
+    x0 = torch.rand(2, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = sched.t_for_level(0.2)
+    assert t == 199
+    x_t = sched.q_sample(x0, torch.full((2,), t), noise)
+    out = sched.ddim(lambda x, tt: noise, x_t, t, steps=steps)                 # an oracle noise predictor
+    assert out.nfe == (t + 1 if steps is None else 7)
+    torch.testing.assert_close(out.sample, x0, rtol=0, atol=1e-10)
+
+
+def test_schedule_matches_reference_levels():
+    sched = DDPMSchedule(DiffusionConfig())
+    a, s = sched.signal_noise(torch.tensor([99, 199]), torch.zeros(2, 1, 1, 1))
+    assert a.flatten().tolist() == pytest.approx([0.947, 0.812], abs=1e-3)
+    assert s.flatten().tolist() == pytest.approx([0.321, 0.584], abs=1e-3)
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+def test_ebt_counts_forward_and_backward_per_step():
+    model = EBTDenoiser(tiny_cfg()).eval()
+    res = model.denoise(torch.randn(2, 1, 8, 8), steps=3)
+    assert res.sample.shape == (2, 1, 8, 8) and len(res.steps) == 3
+    assert res.forwards == [1, 2, 3] and res.backwards == [1, 2, 3]
+
+
+def test_dit_learned_variance_loss_and_recursion_cost():
+    model = DiTDenoiser(tiny_cfg("dit"))
+    out = model(torch.rand(4, 1, 8, 8) * 2 - 1)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and "vb" in out.metrics
+    res = model.denoise(torch.randn(2, 1, 8, 8), t_start=9, recurse=2)
+    assert res.forwards == [10, 20, 30] and res.backwards == [0, 0, 0]
+
+
+# ---- data -------------------------------------------------------------------------------------------------------
+def test_load_images_folder_resize_and_arrays(tmp_path):
+    write_pngs(tmp_path / "mixed", [(20, 30, "RGB"), (16, 16, "RGB")])
+    x = load_images(tmp_path / "mixed", image_size=8)
+    assert x.shape == (2, 3, 8, 8) and 0 <= x.min() and x.max() <= 1
+    np.save(tmp_path / "a.npy", np.full((5, 12, 12, 3), 255, dtype=np.uint8))   # channels-last uint8
+    y = load_images(tmp_path / "a.npy", channels=1)
+    assert y.shape == (5, 1, 12, 12) and torch.allclose(y, torch.ones_like(y))
+    with pytest.raises(UserError, match="mixed sizes"):
+        load_images(tmp_path / "mixed")
+
+
+# ---- CLI --------------------------------------------------------------------------------------------------------
+def test_train_denoise_eval_and_resume(checkpoints, tmp_path, capsys):
+    ebt_dir, dit_dir = checkpoints
+    cfg = json.loads((ebt_dir / "checkpoint" / "config.json").read_text())["config"]
+    assert cfg["task"] == "denoise" and cfg["model"]["image_size"] == 8 and cfg["model"]["channels"] == 1
+    capsys.readouterr()
+    write_pngs(tmp_path / "in", [(8, 8, "L"), (8, 8, "L")])
+    assert main(["denoise", str(ebt_dir), "--input", str(tmp_path / "in"), "--noise", "0.2", "--steps", "3",
+                 "--out", str(tmp_path / "out")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["nfe"] == 6 and res["t"] == 199
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "img0_denoised.png", "img0_noisy.png", "img1_denoised.png", "img1_noisy.png"]
+    assert main(["eval", "denoise", "--ebt", str(ebt_dir), "--dit", str(dit_dir), "--max-images", "6",
+                 "--dit-ddim-steps", "5", "--out", str(tmp_path / "ev"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    h = out["headline"]["0.2"]
+    assert h["ebt"]["nfe"] == 6 and h["dit"]["nfe"] == 200 and h["dit"]["forwards"] == 200
+    assert (tmp_path / "ev" / "grid.png").is_file() and (tmp_path / "ev" / "psnr_vs_nfe.png").is_file()
+    # the text commands refuse image checkpoints with one line
+    assert main(["eval", str(ebt_dir), "--json"]) == 2
+    assert "image denoiser" in capsys.readouterr().err
+    # resume continues the image run with its own (resolved) config
+    assert main(tiny_train_args("denoise-tiny", ebt_dir, "--resume", "--train.steps=3")) == 0
+
+
+@pytest.mark.parametrize("case", ["mixed_sizes", "mixed_channels", "empty", "not_divisible"])
+def test_bad_training_images_exit_2(tmp_path, capsys, case):
+    folder = tmp_path / "data"
+    specs = {"mixed_sizes": [(8, 8, "RGB"), (12, 12, "RGB")], "mixed_channels": [(8, 8, "RGB"), (8, 8, "L")],
+             "empty": [], "not_divisible": [(10, 10, "RGB")] * 3}[case]
+    write_pngs(folder, specs)
+    (folder / "notes.txt").write_text("not an image")
+    rc = main(["train", "--preset", "denoise-tiny", "--data", str(folder), "--data.image_size=0",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert {"mixed_sizes": "mixed sizes", "mixed_channels": "mixed channel", "empty": "no PNG/JPEG",
+            "not_divisible": "not divisible by the patch size"}[case] in err
+
+
+@pytest.mark.parametrize("noise", ["1.5", "0", "-0.1"])
+def test_noise_level_outside_unit_interval_exit_2(checkpoints, tmp_path, capsys, noise):
+    write_pngs(tmp_path / "in", [(8, 8, "L")])
+    rc = main(["denoise", str(checkpoints[0]), "--input", str(tmp_path / "in"), f"--noise={noise}",
+               "--out", str(tmp_path / "out")])
+    assert rc == 2 and "outside (0, 1)" in capsys.readouterr().err
+    assert main(["eval", "denoise", "--ebt", str(checkpoints[0]), "--dit", str(checkpoints[1]),
+                 f"--levels={noise}"]) == 2
+
+
+def test_bad_image_config_exit_2(tmp_path, capsys):
+    assert main(["train", "--preset", "denoise-tiny", "--data.image_size=30", "--out", str(tmp_path / "r")]) == 2
+    assert "not divisible" in capsys.readouterr().err
+    assert main(["train", "--preset", "dit-tiny", "--diffusion.train_level=1.2", "--out", str(tmp_path / "r")]) == 2

@@ -1,0 +1,106 @@
+"""System 2 thinking at inference: accept-lower, best-of-N selection, adaptive stopping, energies, CLI."""
+import json
+
+import pytest
+import torch
+
+from ebt.cli import main
+from ebt.config import ModelConfig, ThinkConfig
+from ebt.errors import UserError
+from ebt.inference import ThinkOptions, select_samples, think
+from ebt.lm import TextEBT
+from ebt.thinking import DescentOptions, Thinker
+
+
+def model(conditioning="none", steps=2, vocab=17):
+    torch.manual_seed(0)
+    m = TextEBT(ModelConfig(vocab_size=vocab, dim=16, layers=2, heads=2, context=8, conditioning=conditioning),
+                ThinkConfig(steps=steps, alpha=5.0)).double().eval()
+    return m
+
+
+def test_accept_lower_never_raises_energy_and_more_steps_never_hurt():
+    m = model("none", steps=1)
+    x = torch.randint(1, 17, (3, 8))
+    z0 = torch.randn(3, 8, 17, dtype=torch.float64)
+    short = think(m, x, ThinkOptions(steps=3, accept_lower=True), z0=z0)
+    long = think(m, x, ThinkOptions(steps=8, accept_lower=True), z0=z0)
+    trace = torch.cat([long.energies, long.final_energy[None]])       # (steps + 1, B, L)
+    assert (trace[1:] <= trace[:-1] + 1e-12).all()                    # per position, step by step
+    assert long.final_energy.mean() <= short.final_energy.mean() + 1e-12
+    assert (long.final_energy <= short.final_energy + 1e-12).all()
+
+
+def test_best_of_n_min_never_picks_a_higher_energy_candidate():
+    m = model("time_embed")
+    x = torch.randint(1, 17, (2, 8))
+    N = 4
+    z0 = torch.randn(2 * N, 8, 17, dtype=torch.float64)
+    best = think(m, x, ThinkOptions(samples=N, select="min"), z0=z0)
+    singles = torch.stack([think(m, x, ThinkOptions(), z0=z0.view(2, N, 8, 17)[:, j]).final_energy
+                           for j in range(N)], dim=1)                 # (B, N, L) each candidate on its own
+    assert torch.allclose(best.final_energy, singles.min(dim=1).values, atol=1e-10)
+    assert (best.final_energy[:, None] <= singles + 1e-10).all()
+    worst = think(m, x, ThinkOptions(samples=N, select="max"), z0=z0)
+    assert torch.allclose(worst.final_energy, singles.max(dim=1).values, atol=1e-10)
+
+
+def test_select_samples_rules():
+    initial = torch.tensor([[[5.0], [9.0], [4.0]]])  # (B=1, N=3, L=1)
+    final = torch.tensor([[[1.0], [2.0], [3.0]]])
+    assert select_samples(initial, final, "min").item() == 0
+    assert select_samples(initial, final, "max").item() == 2
+    assert select_samples(initial, final, "max_gap").item() == 1
+
+
+def test_adaptive_stopping_spends_fewer_steps_on_easy_positions():
+    """A quadratic energy per position: easy positions start at their minimum and settle at once."""
+    thinker = Thinker(ThinkConfig(steps=1, alpha=0.2), softmax=False)
+    target = torch.zeros(1, 4, 3)
+    curvature = torch.tensor([0.0, 0.0, 1.0, 2.0])[None, :]            # positions 0, 1 are flat (easy)
+
+    def energy(x, step):
+        return curvature * ((x - target) ** 2).sum(-1)                 # (1, 4)
+
+    z0 = torch.ones(1, 4, 3)
+    out = thinker.descend(energy, z0, [0] * 20, options=DescentOptions(tol=1e-4, final_energy=True))
+    used = out.steps_used[0]
+    assert used[0] <= 1 and used[1] <= 1 and used[2] > 3 and used[3] > 3
+    assert torch.equal(out.final[0, :2], z0[0, :2])                    # frozen positions untouched
+    fixed = thinker.descend(energy, z0, [0] * 20, options=DescentOptions(final_energy=True))
+    assert (fixed.steps_used == 20).all() and out.nfe <= fixed.nfe
+
+
+def test_adaptive_stopping_stops_early_when_everything_settles():
+    m = model("none", steps=1)
+    x = torch.randint(1, 17, (1, 8))
+    res = think(m, x, ThinkOptions(steps=50, tol=1e9))                 # everything "settles" after one step
+    assert res.nfe <= 3 and (res.steps_used <= 1).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"samples": 0}, {"tol": -1.0}, {"langevin_std": -1.0},
+                                    {"select": "median"}, {"alpha": 0.0}])
+def test_bad_thinking_options(kwargs):
+    with pytest.raises(UserError):
+        ThinkOptions(**kwargs)
+
+
+def test_energy_and_eval_thinking_cli(tmp_path, capsys):
+    from ebt.checkpoint import save_checkpoint
+    from ebt.config import RunConfig
+
+    m = model("time_embed", vocab=256).float()
+    cfg = RunConfig(model=m.cfg, think=m.think_cfg)
+    ckpt = save_checkpoint(tmp_path / "ebt", m, cfg)
+    png = tmp_path / "energy.png"
+    assert main(["energy", str(ckpt), "--text", "And God", "--png", str(png), "--json", "--steps", "2"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["tokens"]) == 6 and len(res["final"]) == 6 and len(res["steps"]) == 4
+    assert png.stat().st_size > 1000
+    out = tmp_path / "sweep"
+    assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(out), "--windows", "1"]) == 0
+    table = (out / "thinking.md").read_text()
+    assert "best-of-10" in table and "dyck" in table and (out / "thinking.png").is_file()
+    assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(out)]) == 2   # refuses to overwrite
+    assert main(["energy", str(ckpt), "--text", "x" * 40]) == 2                  # longer than the context
+    assert main(["energy", str(ckpt), "--text", "ab", "--samples", "0"]) == 2
