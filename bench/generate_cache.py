@@ -40,7 +40,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     model = TextEBT(ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, context=args.ctx,
                                 conditioning=args.conditioning), ThinkConfig(steps=2, alpha=50.0)).eval()
-    prompt = torch.randint(1, 256, (1, args.ctx - args.new))
+    prompt = torch.randint(1, 256, (args.batch, args.ctx - args.new))
 
     def greedy(use_cache: bool):
         def go():
@@ -60,8 +60,8 @@ def run(args) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    tps = {m: args.new / statistics.median(ts) for m, ts in times.items()}
-    out = {"context": args.ctx, "new_tokens": args.new, "dim": args.dim, "layers": args.layers,
+    tps = {m: args.batch * args.new / statistics.median(ts) for m, ts in times.items()}
+    out = {"context": args.ctx, "new_tokens": args.new, "batch": args.batch, "dim": args.dim, "layers": args.layers,
            "conditioning": args.conditioning, "threads": args.threads, "reps": args.reps,
            "tokens_per_s": {m: round(v, 2) for m, v in tps.items()},
            "speedup_cached_vs_uncached": round(tps["cached"] / tps["uncached"], 2)}
@@ -74,6 +74,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ctx", type=int, default=256, help="context length reached at the end of generation")
     p.add_argument("--new", type=int, default=32, help="tokens generated (the prompt fills the rest)")
+    p.add_argument("--batch", type=int, default=1, help="prompts generated together")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)

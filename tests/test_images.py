@@ -18,6 +18,15 @@ from ebt.images.diffusion import DDPMSchedule
 from ebt.images.models import patchify, unpatchify
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread avoids spin-waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_cfg(kind: str = "ebt", **think) -> ImageRunConfig:
     return ImageRunConfig(
         model=ImageModelConfig(kind=kind, image_size=8, channels=1, patch=2, dim=16, layers=2, heads=2),

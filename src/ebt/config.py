@@ -96,6 +96,10 @@ class ThinkConfig:
     """Fraction of the batch size appended from the replay buffer."""
     replay_dtype: str = "bfloat16"
     """Storage precision of replayed logits: float32, bfloat16 or float16."""
+    stepwise_grad: bool = False
+    """System 1 (detach, no truncation) only: take each thinking step's parameter gradient right after the step and
+    free its second-order graph, so training memory holds one step's graph instead of all of them. Exact (the
+    returned loss carries the summed gradients; ebt/stepwise.py); not with FSDP2."""
     replay_topk: int = 0
     """> 0: store only each position's top-k logits (plus the mean of the rest, which fills the other entries on
     replay) instead of all V; see docs/s2.md for what this approximation costs. 0 stores all V logits."""

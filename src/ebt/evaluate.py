@@ -31,7 +31,7 @@ def evaluate_text(model, windows: PackedWindows, think_opts: Optional[ThinkOptio
         batch = windows.batch(range(i, min(n, i + batch_size))).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         if model.kind == "ebt":
-            res = think(model, x, think_opts, generator=gen)
+            res = think(model, x, think_opts, generator=gen, final_energy=False)
             logits, nfe = res.logits, res.nfe
         else:
             logits = model.net(x)

@@ -57,8 +57,11 @@ class DecodeStep:
 
 @torch.no_grad()
 def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOptions], use_cache: bool,
-           pick, generator=None):
-    """Yield a DecodeStep per new token; `pick` maps logits (B, V) to token ids (B,)."""
+           pick, generator=None, final_energy: bool = False):
+    """Yield a DecodeStep per new token; `pick` maps logits (B, V) to token ids (B,).
+
+    final_energy: also report each token's final energy (one more forward pass per token).
+    """
     ids = prompt
     ctx = model.cfg.context
     cache = None
@@ -70,7 +73,7 @@ def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOption
             elif use_cache:
                 cache = build_cache(model, window)
             res = think(model, window, think_opts, obs=cache if use_cache else None, start=window.shape[1] - 1,
-                        length=1, generator=generator)
+                        length=1, generator=generator, final_energy=final_energy)
             logits, extra = res.logits[:, -1], res
         else:
             if use_cache and cache is not None and ids.shape[1] <= ctx:

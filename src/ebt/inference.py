@@ -59,8 +59,8 @@ class ThinkResult:
     """Chosen final logits (B, L, V)."""
     energies: Tensor
     """Energy before each step of the chosen sample, (steps, B, L)."""
-    final_energy: Tensor
-    """Energy of the chosen final state (B, L)."""
+    final_energy: Optional[Tensor]
+    """Energy of the chosen final state (B, L); None when think(final_energy=False) skipped that extra pass."""
     steps_used: Tensor
     """Steps each position took (B, L)."""
     nfe: int
@@ -70,7 +70,7 @@ class ThinkResult:
 @torch.no_grad()
 def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Optional[dict] = None,
           start: int = 0, length: Optional[int] = None, generator: Optional[torch.Generator] = None,
-          z0: Optional[Tensor] = None) -> ThinkResult:
+          z0: Optional[Tensor] = None, final_energy: bool = True) -> ThinkResult:
     """Predict next-token logits for contexts input_ids (B, S) by descending the energy.
 
     By default every position 0..S-1 is predicted (as in training). With a KV cache `obs` ({step key: Observed}
@@ -86,6 +86,7 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
         fn.cache.update(obs)
     if z0 is not None and z0.shape[0] != B * N:
         raise UserError(f"z0 has {z0.shape[0]} rows; expected batch x samples = {B * N}")
+    final_energy = final_energy or N > 1  # selecting among samples needs their final energies
     for key in ([None] if not energy_model.context_depends_on_step else range(energy_model.num_landscapes)):
         fn.observed(0 if key is None else key)  # fill the cache before repeating it for the samples
     if N > 1:
@@ -98,10 +99,10 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
     d = DescentOptions(langevin_std=opts.langevin_std, langevin_first_only=opts.langevin_first_only,
                        alpha=opts.alpha, alpha_scale=opts.alpha_scale, accept_lower=opts.accept_lower, tol=opts.tol,
-                       final_energy=True)
+                       final_energy=final_energy)
     out = thinker.descend(fn, z0, schedule, options=d)
     energies = torch.stack(out.energies)                      # (steps, B*N, L)
-    final = out.final_energy                                  # (B*N, L)
+    final = out.final_energy                                  # (B*N, L) or None
     logits, steps_used = out.final, out.steps_used
     if N > 1:
         pick = select_samples(energies[0].view(B, N, L), final.view(B, N, L), opts.select)
@@ -112,7 +113,8 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
             return t.gather(1, idx).squeeze(1)
         logits, final, steps_used = choose(logits), choose(final), choose(steps_used)
         energies = torch.stack([choose(e) for e in energies])
-    return ThinkResult(logits.detach(), energies.detach(), final.detach(), steps_used, out.nfe * N)
+    return ThinkResult(logits.detach(), energies.detach(), None if final is None else final.detach(), steps_used,
+                       out.nfe * N)
 
 
 def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:

@@ -17,6 +17,8 @@ from ebt import noise
 from ebt.config import ModelConfig, OptimConfig, RunConfig, ThinkConfig
 from ebt.models.ar_ebt import AREnergyModel, ContextEnergy
 from ebt.models.transformer_pp import TransformerPP
+from ebt.models.vocab import candidate_cross_entropy
+from ebt.stepwise import StepwiseGradients
 from ebt.replay import ReplayBuffer
 from ebt.thinking import Thinker, Thought
 
@@ -66,6 +68,10 @@ class TextEBT(nn.Module):
         self.replay = (ReplayBuffer(think.replay_size, think.replay_dtype, think.replay_topk)
                        if think.replay_size else None)
 
+    def context_energy(self, context: Tensor) -> ContextEnergy:
+        """E(candidates, step) for contexts (B, L); a hook so benchmarks can swap in other formulations."""
+        return ContextEnergy(self.energy, context)
+
     def initial_logits(self, batch: int, length: int, device=None, generator=None) -> Tensor:
         """z0 ~ N(0, init_std^2), shape (B, L, V)."""
         shape = (batch, length, self.cfg.vocab_size)
@@ -94,11 +100,18 @@ class TextEBT(nn.Module):
             input_ids = torch.cat([input_ids, ids_r.to(input_ids.device)])
             z0 = torch.cat([z0, z_r.to(z0)])
         x, y = input_ids[:, :-1], input_ids[:, 1:]
+        stepwise = None
+        if training and self.think_cfg.stepwise_grad and self.think_cfg.detach and not self.think_cfg.truncate:
+            stepwise = StepwiseGradients(self, self.energy, x, y, PAD_ID)   # frees each step's graph after it
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
-            thought = self.thinker.train_descent(ContextEnergy(self.energy, x), z0, training=training,
-                                                 randomize=randomize)
-            ces = [cross_entropy(z, y) for z in thought.logits]
-            loss = ces[-1] if self.think_cfg.truncate else torch.stack(ces).mean()
+            thought = self.thinker.train_descent(self.context_energy(x) if stepwise is None else stepwise.energy, z0,
+                                                 training=training, randomize=randomize,
+                                                 on_step=None if stepwise is None else stepwise.on_step)
+            if stepwise is None:
+                ces = [candidate_cross_entropy(z, y, PAD_ID) for z in thought.logits]   # keeps z, not log-softmax
+                loss = ces[-1] if self.think_cfg.truncate else torch.stack(ces).mean()
+            else:
+                ces, loss = stepwise.ces, stepwise.loss()
         if replay is not None:
             replay.push(input_ids[:fresh], thought.final[:fresh])
         gap = (thought.energies[0].mean() - thought.energies[-1].mean()).item()

@@ -20,6 +20,7 @@ from ebt import noise
 from ebt.config import ThinkConfig
 
 EnergyFn = Callable[[Tensor, int], Tensor]  # (probs (B, L, V), landscape index) -> energies (B, L)
+StepHook = Callable[[int, Tensor, Tensor], "tuple[Tensor, Tensor]"]  # (step, logits, energies) -> kept versions
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Thinker(nn.Module):
 
     # ---- training descent -----------------------------------------------------------------------------------
     def train_descent(self, energy: EnergyFn, z0: Tensor, training: bool = True,
-                      randomize: Optional[bool] = None) -> Thought:
+                      randomize: Optional[bool] = None, on_step: Optional[StepHook] = None) -> Thought:
         """The training-time descent (also used for validation loss, without randomisation or a second-order graph).
 
         training=True: create_graph on every step (S1) or on the final step only (truncate, S2).
@@ -117,12 +118,15 @@ class Thinker(nn.Module):
             alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device).to(z0.dtype)  # (B, L, 1)
         return self.descend(energy, z0, schedule, create_graph=training, alpha=alpha,
                             langevin_std=c.langevin_std if randomize else 0.0,
-                            detach=c.detach, truncate=c.truncate)
+                            detach=c.detach, truncate=c.truncate, on_step=on_step)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def descend(self, energy: EnergyFn, z0: Tensor, schedule: list[int], *, create_graph: bool = False,
                 alpha: Optional[Tensor] = None, langevin_std: float = 0.0, detach: bool = True,
-                truncate: bool = False, options: Optional[DescentOptions] = None) -> Thought:
+                truncate: bool = False, options: Optional[DescentOptions] = None,
+                on_step: Optional[StepHook] = None) -> Thought:
+        """Run `schedule`. on_step(i, logits, energies) -> (logits, energies), if given, sees each step's result
+        before it is recorded and may replace it (ebt.stepwise takes the step's gradient there and detaches)."""
         opts = options or DescentOptions(langevin_std=langevin_std)
         if alpha is None:
             alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
@@ -144,13 +148,26 @@ class Thinker(nn.Module):
                 if opts.langevin_std > 0 and (i == 0 or not opts.langevin_first_only):
                     noisy = z + noise.randn_like(z) * opts.langevin_std
                 p = noisy.softmax(-1) if self.softmax else noisy
-                if not p.requires_grad:
-                    p.requires_grad_(True)
-                e = energy(p, k)                                               # (B, L)
-                (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)      # (B, L, V)
-                if not torch.isfinite(g).all():
+                if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
+                    # constant candidates (S1, inference): differentiate w.r.t. the (B, L, D) embedding x = p M and
+                    # form p - alpha dE/dp = p - alpha (dE/dx) M^T in an exact Function that stores no (B, L, V)
+                    # tensor (models/vocab.py); p itself then needs no gradient and no .grad
+                    x = energy.embed(p, noisy)
+                    if not x.requires_grad:  # frozen weights
+                        x.requires_grad_(True)
+                    e = energy.from_embedding(x, k)                            # (B, L)
+                    (dx,) = torch.autograd.grad(e.sum(), x, create_graph=graph)  # (B, L, D)
+                    new_z = energy.update(p, dx, alpha)
+                    finite = torch.isfinite(new_z).all()
+                else:
+                    if not p.requires_grad:
+                        p.requires_grad_(True)
+                    e = energy(p, k)                                           # (B, L)
+                    (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)  # (B, L, V)
+                    finite = torch.isfinite(g).all()
+                    new_z = p - alpha * g
+                if not finite:
                     raise FloatingPointError("non-finite energy gradient: lower think.alpha or the learning rate")
-                new_z = p - alpha * g
                 out.nfe += 1
                 if not create_graph:
                     new_z = new_z.detach()
@@ -175,6 +192,8 @@ class Thinker(nn.Module):
                 else:
                     steps_used += 1
                 z = new_z
+                if on_step is not None:
+                    z, e = on_step(i, z, e)
                 out.logits.append(z)
                 out.energies.append(e)
                 if active is not None and not active.any():

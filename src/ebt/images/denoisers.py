@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebt import noise
 from ebt.config import OptimConfig
 from ebt.errors import UserError
 from ebt.images.config import ImageRunConfig
@@ -68,7 +69,7 @@ class EBTDenoiser(nn.Module):
         training = self.training if training is None else training
         b = x0.shape[0]
         t = self.schedule.train_timesteps(b, fixed=not self.cfg.diffusion.random_level, device=x0.device)
-        x_t = self.schedule.q_sample(x0, t, torch.randn_like(x0))                 # (B, C, H, W)
+        x_t = self.schedule.q_sample(x0, t, noise.randn_like(x0))                 # (B, C, H, W)
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
             thought = self.thinker.train_descent(self._energy_fn(x0.shape), x_t.flatten(1)[:, None], training)
             preds = [z.view_as(x0) for z in thought.logits]
@@ -123,9 +124,9 @@ class DiTDenoiser(nn.Module):
 
     def forward(self, x0: Tensor, training: Optional[bool] = None) -> ImageOutput:
         t = self.schedule.train_timesteps(x0.shape[0], fixed=False, device=x0.device)  # t ~ U[0, 100)
-        noise = torch.randn_like(x0)
-        x_t = self.schedule.q_sample(x0, t, noise)
-        loss, metrics = self.schedule.dit_loss(self.net(x_t, t), x0, x_t, t, noise)
+        eps = noise.randn_like(x0)  # per sample inside ebt.noise.per_sample (world-size-invariant training)
+        x_t = self.schedule.q_sample(x0, t, eps)
+        loss, metrics = self.schedule.dit_loss(self.net(x_t, t), x0, x_t, t, eps)
         return ImageOutput(loss, metrics)
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from ebt import noise
 from ebt.images.config import DiffusionConfig, check_noise_level
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, H, W), t (B,) long) -> predicted noise (B, C, H, W)
@@ -70,7 +71,8 @@ class DDPMSchedule:
         top = int(self.cfg.train_level * self.T)
         if fixed:
             return torch.full((batch,), top - 1, dtype=torch.long, device=device)
-        return torch.randint(0, top, (batch,), device=device)
+        u = noise.rand((batch,), device=device)  # per sample inside ebt.noise.per_sample (world-size invariant)
+        return (u * top).long().clamp_(max=top - 1)
 
     @staticmethod
     def _at(table: Tensor, t: Tensor, like: Tensor) -> Tensor:

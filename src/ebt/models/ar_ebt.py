@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ebt.config import ModelConfig
 from ebt.models.backbone import Backbone, Observed, init_weights
 from ebt.models.layers import modulate
+from ebt.models.vocab import candidate_update, embed_probs
 
 # conditionings under which the observed stream depends on the step index (so it is cached per step)
 STEP_DEPENDENT_CONTEXT = ("time_embed", "adaln", "adaln_zero")
@@ -105,13 +106,20 @@ class AREnergyModel(nn.Module):
 
         Candidate i predicts the token after context position start+i and sees observed tokens 0..start+i.
         """
-        B, L, _ = probs.shape
-        x = self.embed_candidates(probs)
+        return self.energy_of_embedding(obs, self.embed_candidates(probs), step, start)
+
+    def candidate_matrix(self) -> Tensor:
+        """M (V, D) with embed_candidates(p) = p @ M, so that dE/dp = dE/dx @ M^T."""
+        return self.embeddings.weight if self.cfg.prob_embed else self.vocab_to_embed.weight.t()
+
+    def energy_of_embedding(self, obs: Observed, x: Tensor, step: int = 0, start: int = 0) -> Tensor:
+        """`energy` from the embedded candidates x = embed_candidates(probs) (B, L, D)."""
+        B, L, _ = x.shape
         if self.cfg.conditioning == "pred_embed":
             x = x + self.transformer.time_embeddings.weight[step]
-        index = torch.arange(start, start + L, device=probs.device)        # context position of each candidate
+        index = torch.arange(start, start + L, device=x.device)            # context position of each candidate
         positions = index + 1 + self.prefix                                # RoPE position of the predicted token
-        allowed = torch.arange(obs.length, device=probs.device)[None, :] <= (index + self.prefix)[:, None]
+        allowed = torch.arange(obs.length, device=x.device)[None, :] <= (index + self.prefix)[:, None]
         cond = self._cond(step, B)
         h = self.transformer.norm(self.transformer.predict(x, positions, obs, allowed, cond))
         if cond is not None:
@@ -145,3 +153,17 @@ class ContextEnergy:
 
     def __call__(self, probs: Tensor, step: int) -> Tensor:
         return self.model.energy(self.observed(step), probs, step, self.start)
+
+    # The thinking loop's fast path for constant candidates (System 1, inference): it differentiates the energy
+    # w.r.t. the (B, L, D) embedding and lets these exact Functions handle the (B, L, V) side (models/vocab.py).
+    def embed(self, probs: Tensor, logits: Tensor) -> Tensor:
+        """Embedded candidates (B, L, D) for constant probs = softmax(logits) (B, L, V)."""
+        return embed_probs(probs, logits, self.model.candidate_matrix())
+
+    def from_embedding(self, x: Tensor, step: int) -> Tensor:
+        """Energies (B, L) of embedded candidates x (B, L, D)."""
+        return self.model.energy_of_embedding(self.observed(step), x, step, self.start)
+
+    def update(self, probs: Tensor, dx: Tensor, alpha: Tensor) -> Tensor:
+        """probs - alpha * dE/dp, given dx = dE/dx (B, L, D)."""
+        return candidate_update(probs, dx, self.model.candidate_matrix(), alpha)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebt.models.fused_ops import rms_norm
+
 
 def upcast(x: Tensor) -> Tensor:
     """float32 for half-precision tensors (numerically sensitive ops), unchanged otherwise (keeps float64 exact)."""
@@ -27,9 +29,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = upcast(x)
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        # the same arithmetic as a custom Function with a closed-form second derivative (fused_ops.py): EBT
+        # training differentiates it twice, and autograd's generic double backward of it is many small kernels
+        return rms_norm(x, self.weight, self.eps)
 
 
 class SwiGLU(nn.Module):
@@ -113,7 +115,9 @@ class Attention(nn.Module):
         """
         w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])            # (3D, D)
         q, k, v = F.linear(x, w).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        # v contiguous: the attention matmuls would otherwise copy it at every use, and the view would keep the whole
+        # (B, S, 3D) projection alive in the autograd graph
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v.contiguous()
 
     def out(self, o: Tensor) -> Tensor:
         """(B, H, S, hd) -> (B, S, D)."""

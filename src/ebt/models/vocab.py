@@ -1,0 +1,119 @@
+"""Exact custom autograd Functions for the text EBT's (B, L, V) candidate tensors.
+
+At V = 50k the candidate tensors dominate memory: each (B, L, V) float32 tensor at batch 32, context 256 is
+1.6 GB, and the plain formulation keeps several per thinking step (the probabilities as a leaf and in the
+embedding matmul, the energy gradient for the step size's gradient, the cross-entropy's log-probabilities, and
+the probabilities' own .grad, which the outer backward computes although nothing reads it). With the update
+z' = p - alpha dE/dp and the candidate embedding x = p M (M = vocab_to_embed.weight^T, or the input embeddings
+with prob_embed), dE/dp = (dE/dx) M^T, so the thinking loop differentiates the energy w.r.t. the (B, L, D)
+embedding only and these Functions handle the vocabulary side:
+
+- `embed_probs(p, logits, M)`: x = p M for constant candidates p = softmax(logits); saves the logits (which the
+  caller keeps anyway) instead of p, and recomputes p for M's gradient;
+- `candidate_update(p, dx, M, alpha)`: z' = p - alpha (dx M^T), never storing dE/dp; its backward needs only
+  dz' M (B, L, D): grad dx = -alpha dz' M, grad M = -(alpha dz')^T dx, grad alpha = -sum(dz' M . dx);
+- `candidate_cross_entropy(z, targets)`: mean cross-entropy over non-pad targets that saves z (kept by the
+  caller) and the row log-sum-exp instead of a (B, L, V) log-softmax.
+
+The backward formulas are written with differentiable ops. Gradients are checked with float64 gradcheck /
+gradgradcheck and against the plain formulation in tests/test_perf_kernels.py.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["embed_probs", "candidate_update", "candidate_cross_entropy"]
+
+
+def _mm_dtype(*ts: Tensor) -> torch.dtype:
+    """The matmul dtype autocast would pick for these tensors (bf16/fp16 under autocast, else their dtype)."""
+    dev = ts[0].device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(*[t.dtype for t in ts]) if len(ts) > 1 else ts[0].dtype
+
+
+class _EmbedProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p, logits, M):
+        dt = _mm_dtype(p, M)
+        ctx.save_for_backward(logits, M)
+        ctx.dt = dt
+        return torch.matmul(p.to(dt), M.to(dt))                      # (B, L, D)
+
+    @staticmethod
+    def backward(ctx, dx):
+        logits, M = ctx.saved_tensors
+        dM = None
+        if ctx.needs_input_grad[2]:
+            p = logits.softmax(-1).to(ctx.dt)                        # recomputed: the probabilities were not kept
+            dM = torch.matmul(p.flatten(0, -2).transpose(0, 1), dx.to(ctx.dt).flatten(0, -2)).to(M.dtype)
+        return None, None, dM
+
+
+def embed_probs(p: Tensor, logits: Tensor, M: Tensor) -> Tensor:
+    """x = p @ M for p = softmax(logits) (B, L, V) that needs no gradient, M (V, D) -> (B, L, D)."""
+    if p.requires_grad:
+        raise ValueError("embed_probs is for constant candidates; differentiate through p @ M instead")
+    return _EmbedProbs.apply(p, logits.detach(), M)
+
+
+class _CandidateUpdate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p, dx, M, alpha):
+        dt = _mm_dtype(dx, M)
+        g = torch.matmul(dx.to(dt), M.to(dt).transpose(0, 1))        # dE/dp (B, L, V), never saved
+        z = g.to(p.dtype).mul_(-alpha).add_(p)                       # in g's buffer when the dtypes agree
+        ctx.save_for_backward(dx, M, alpha)
+        ctx.dt = dt
+        return z
+
+    @staticmethod
+    def backward(ctx, dz):
+        dx, M, alpha = ctx.saved_tensors
+        dt = ctx.dt
+        t = torch.matmul(dz.to(dt), M.to(dt)).to(dx.dtype)           # dz M (B, L, D) = dz . dE/dp per dx entry
+        d_dx = -alpha.to(t.dtype) * t if ctx.needs_input_grad[1] else None
+        dM = d_alpha = None
+        if ctx.needs_input_grad[2]:
+            scaled = dz * alpha if alpha.numel() > 1 else dz
+            dM = -torch.matmul(scaled.to(dt).flatten(0, -2).transpose(0, 1), dx.to(dt).flatten(0, -2)).to(M.dtype)
+            if alpha.numel() == 1:
+                dM = dM * alpha.to(dM.dtype)
+        if ctx.needs_input_grad[3]:
+            d_alpha = (-(t.to(alpha.dtype) * dx.to(alpha.dtype)).sum(-1, keepdim=True)).sum_to_size(alpha.shape)
+        return (dz if ctx.needs_input_grad[0] else None), d_dx, dM, d_alpha
+
+
+def candidate_update(p: Tensor, dx: Tensor, M: Tensor, alpha: Tensor) -> Tensor:
+    """z' = p - alpha * (dx @ M^T): the thinking update with dE/dp = dE/dx @ M^T; p (B, L, V), dx (B, L, D),
+    M (V, D), alpha a scalar tensor or (B, L, 1)."""
+    return _CandidateUpdate.apply(p, dx, M, alpha)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, targets, ignore_index):
+        zf = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        keep = targets != ignore_index                                # (B, L)
+        n = keep.sum().clamp_min(1)
+        lse = torch.logsumexp(zf, -1)                                 # (B, L)
+        picked = zf.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+        loss = ((lse - picked) * keep).sum() / n
+        ctx.save_for_backward(z, targets, lse, keep, n)
+        return loss
+
+    @staticmethod
+    def backward(ctx, dl):
+        z, targets, lse, keep, n = ctx.saved_tensors
+        zf = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        scale = (keep.to(zf.dtype) * (dl / n))[..., None]             # (B, L, 1)
+        dz = (zf - lse[..., None]).exp_().mul_(scale)                 # scaled softmax, one (B, L, V) buffer
+        dz.scatter_add_(-1, targets.clamp_min(0)[..., None], -scale)
+        return dz.to(z.dtype), None, None
+
+
+def candidate_cross_entropy(z: Tensor, targets: Tensor, ignore_index: int = 0) -> Tensor:
+    """Mean cross-entropy of logits z (B, L, V) over targets (B, L) != ignore_index; keeps z, not log-softmax."""
+    return _CrossEntropy.apply(z, targets, ignore_index)

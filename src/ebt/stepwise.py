@@ -1,0 +1,95 @@
+"""Stepwise gradients for System 1 training (`think.stepwise_grad`): hold one thinking step's graph, not all.
+
+In S1 every step starts from detached candidates, so the loss mean_k CE_k is a sum of per-step terms that share
+only the parameters and the observed stream's keys/values. Each step's second-order graph (the largest memory
+item: activations of the forward and of the input-gradient pass) is therefore only needed for that step's own
+term. Here, right after step k, the gradient of CE_k w.r.t. the parameters and w.r.t. the observed keys/values
+(which the prediction stream sees as leaves) is taken with `torch.autograd.grad`, which frees the step's graph.
+The returned loss has the value mean_k CE_k and a graph whose gradient is exactly the sum of those per-step
+gradients: sum_p <p, G_p> / K for the parameters, and sum <kv, G_kv> / K through the observed stream, which is
+back-propagated once. Gradients equal the joint backward's up to float summation order (tests/test_bench.py).
+
+Costs the same compute (the per-step backward replaces part of the final one) plus one parameter-sized buffer.
+Not for FSDP2-sharded parameters (a gradient taken inside the forward does not pass FSDP's hooks).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ebt.errors import UserError
+from ebt.models.ar_ebt import AREnergyModel, ContextEnergy
+from ebt.models.backbone import Observed
+from ebt.models.vocab import candidate_cross_entropy
+
+
+class _LeafContext(ContextEnergy):
+    """A ContextEnergy whose prediction stream sees the observed keys/values as leaves (gradients stop there)."""
+
+    def __init__(self, model: AREnergyModel, input_ids: Tensor):
+        super().__init__(model, input_ids)
+        self.pairs: dict[int, tuple[Observed, Observed]] = {}   # id(observed with graph) -> (it, its leaf copy)
+
+    def observed(self, step: int) -> Observed:
+        obs = super().observed(step)
+        if id(obs) not in self.pairs:
+            leaf = Observed([(k.detach().requires_grad_(True), v.detach().requires_grad_(True)) for k, v in obs.kv])
+            self.pairs[id(obs)] = (obs, leaf)
+        return self.pairs[id(obs)][1]
+
+    def kv(self) -> tuple[list[Tensor], list[Tensor]]:
+        """(observed keys/values with their graph, the matching leaves), flattened."""
+        graph, leaves = [], []
+        for obs, leaf in self.pairs.values():
+            for (k, v), (lk, lv) in zip(obs.kv, leaf.kv):
+                graph += [k, v]
+                leaves += [lk, lv]
+        return graph, leaves
+
+
+class StepwiseGradients:
+    """Pass `energy` and `on_step` to the training descent, then take `loss()`."""
+
+    def __init__(self, model: nn.Module, energy_model: AREnergyModel, context: Tensor, targets: Tensor,
+                 pad_id: int):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if any(type(p).__name__ == "DTensor" for p in self.params):
+            raise UserError("think.stepwise_grad does not work with FSDP2-sharded parameters: turn it off")
+        self.energy = _LeafContext(energy_model, context)
+        self.targets, self.pad_id = targets, pad_id
+        self.param_grads: list[Optional[Tensor]] = [None] * len(self.params)
+        self.kv_grads: list[Optional[Tensor]] = []
+        self.ces: list[Tensor] = []
+
+    @staticmethod
+    def _accumulate(acc: list, grads) -> None:
+        for i, g in enumerate(grads):
+            if g is not None:
+                acc[i] = g if acc[i] is None else acc[i].add_(g)
+
+    def on_step(self, i: int, z: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        """Take CE_i's gradient now (freeing step i's graph); keep detached logits and energies."""
+        ce = candidate_cross_entropy(z, self.targets, self.pad_id)
+        _, leaves = self.energy.kv()
+        grads = torch.autograd.grad(ce, self.params + leaves, allow_unused=True)
+        self._accumulate(self.param_grads, grads[:len(self.params)])
+        self.kv_grads += [None] * (len(leaves) - len(self.kv_grads))
+        self._accumulate(self.kv_grads, grads[len(self.params):])
+        self.ces.append(ce.detach())
+        return z.detach(), e.detach()
+
+    def loss(self) -> Tensor:
+        """mean_k CE_k, carrying exactly the gradient mean_k dCE_k/dtheta (see the module docstring)."""
+        n = len(self.ces)
+        carrier = torch.zeros((), device=self.ces[0].device)
+        for p, g in zip(self.params, self.param_grads):
+            if g is not None:
+                carrier = carrier + (p * g).sum()
+        graph, _ = self.energy.kv()
+        for t, g in zip(graph, self.kv_grads):
+            if g is not None and t.requires_grad:
+                carrier = carrier + (t * g).sum()
+        carrier = carrier / n
+        return torch.stack(self.ces).mean() + (carrier - carrier.detach())
