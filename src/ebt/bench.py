@@ -145,6 +145,10 @@ def time_train(specs: list[TrainSpec], steps: int = 5, warmup: int = 2) -> list[
     device = resolve_device(specs[0].device)
     if specs[0].threads:
         torch.set_num_threads(specs[0].threads)
+    inline_memory = device.type == "cuda" and len(specs) == 1   # one model in this process: its own peak
+    if inline_memory:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     built = [build(s, device) for s in specs]
     wall = [[] for _ in specs]
     cpu = [[] for _ in specs]
@@ -159,12 +163,19 @@ def time_train(specs: list[TrainSpec], steps: int = 5, warmup: int = 2) -> list[
                 wall[i].append(time.perf_counter() - t0)
                 cpu[i].append(time.process_time() - c0)
     rows = []
-    for spec, (model, _, _), w, c in zip(specs, built, wall, cpu):
+    base = next((i for i, s in enumerate(specs) if s.model == "transformer"), None)
+    for i, (spec, (model, _, _), w, c) in enumerate(zip(specs, built, wall, cpu)):
         ms = statistics.median(w) * 1e3
-        rows.append({"name": spec.name(), "model": spec.model, "step_ms": round(ms, 2),
-                     "step_ms_cpu": round(statistics.median(c) * 1e3, 2),
-                     "tokens_per_s": round(spec.batch * spec.ctx / (ms / 1e3), 1),
-                     "params": sum(p.numel() for p in model.parameters())})
+        row = {"name": spec.name(), "model": spec.model, "step_ms": round(ms, 2),
+               "step_ms_cpu": round(statistics.median(c) * 1e3, 2),
+               "tokens_per_s": round(spec.batch * spec.ctx / (ms / 1e3), 1),
+               "params": sum(p.numel() for p in model.parameters())}
+        if inline_memory:
+            row["mem_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        if base is not None:  # median of the per-round ratios: robust to the machine's load drifting over a run
+            row["time_ratio"] = round(statistics.median(a / b for a, b in zip(w, wall[base])), 2)
+            row["cpu_time_ratio"] = round(statistics.median(a / b for a, b in zip(c, cpu[base])), 2)
+        rows.append(row)
     return rows
 
 
@@ -218,18 +229,21 @@ def measure_memory(spec: TrainSpec, steps: int = 2, timeout: Optional[float] = N
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _single_cuda(specs: list[TrainSpec]) -> bool:
+    return len(specs) == 1 and resolve_device(specs[0].device).type == "cuda"
+
+
 def train_bench(specs: list[TrainSpec], steps: int, warmup: int, memory: bool = True) -> dict:
     """Time `specs` side by side, measure each one's peak memory, and give ratios against the Transformer++."""
+    # memory first, each configuration in its own process, so a GPU never holds the timed models at the same time
+    mems = [measure_memory(s) for s in specs] if memory and not _single_cuda(specs) else [{} for _ in specs]
     rows = time_train(specs, steps, warmup)
-    if memory:
-        for spec, row in zip(specs, rows):
-            row.update(measure_memory(spec))
+    for row, mem in zip(rows, mems):
+        row.update(mem)
     base = next((r for r in rows if r["model"] == "transformer"), None)
-    if base is not None:
+    if base is not None and base.get("mem_mib"):
         for r in rows:
-            r["time_ratio"] = round(r["step_ms"] / base["step_ms"], 2)
-            r["cpu_time_ratio"] = round(r["step_ms_cpu"] / base["step_ms_cpu"], 2)
-            if r.get("mem_mib") and base.get("mem_mib"):
+            if r.get("mem_mib"):
                 r["mem_ratio"] = round(r["mem_mib"] / base["mem_mib"], 2)
     device = resolve_device(specs[0].device)
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

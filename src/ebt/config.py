@@ -16,6 +16,7 @@ from ebt.errors import UserError
 
 CONDITIONINGS = ("time_embed", "none", "adaln", "adaln_zero", "pred_embed")
 ATTN_IMPLS = ("fused", "math")
+CHECKPOINTING = ("none", "observed", "prediction", "all")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -51,6 +52,14 @@ class ModelConfig:
     """Attention of the EBT's prediction stream: `fused` (exact custom autograd Functions with a hand-written second
     derivative that keep one L x S matrix per layer and step; faster and leaner) or `math` (plain differentiable
     ops, which autograd differentiates twice). Same results; see docs/performance.md."""
+    checkpointing: str = "none"
+    """Activation checkpointing of transformer blocks: `none`, `observed` (the context stream: one more forward of
+    it per step, its activations not kept), `prediction` (the candidates' stream, recomputed in both backward
+    passes) or `all`. Exact; trades compute for memory."""
+    compile_kernels: bool = False
+    """Run the bodies of the custom RMSNorm and prediction-attention Functions through torch.compile (fused
+    element-wise kernels; the autograd structure stays eager, so double backward still works). Needs a C++
+    compiler on CPU or Triton on GPU, and compiles for some seconds on first use."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("ebt", "transformer"), f"model.kind={self.kind!r} is not known: use ebt or transformer")
@@ -61,6 +70,8 @@ class ModelConfig:
         _check((self.dim // self.heads) % 2 == 0,
                f"head size dim/heads={self.dim // self.heads} must be even for RoPE: change model.dim or model.heads")
         _check(self.ffn_mult > 0, f"model.ffn_mult must be > 0, got {self.ffn_mult}")
+        _check(self.checkpointing in CHECKPOINTING,
+               f"model.checkpointing={self.checkpointing!r} is not known: use one of {', '.join(CHECKPOINTING)}")
         _check(self.attn_impl in ATTN_IMPLS,
                f"model.attn_impl={self.attn_impl!r} is not known: use one of {', '.join(ATTN_IMPLS)}")
         _check(self.conditioning in CONDITIONINGS,

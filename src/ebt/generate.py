@@ -70,8 +70,8 @@ def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOption
         if model.kind == "ebt":
             if use_cache and cache is not None and ids.shape[1] <= ctx:
                 pass  # cache already covers `window`
-            elif use_cache:
-                cache = build_cache(model, window)
+            elif use_cache:  # room for the whole context (+ the step token) so appends never copy the cache
+                cache = {k: o.with_capacity(ctx + 1) for k, o in build_cache(model, window).items()}
             res = think(model, window, think_opts, obs=cache if use_cache else None, start=window.shape[1] - 1,
                         length=1, generator=generator, final_energy=final_energy)
             logits, extra = res.logits[:, -1], res
@@ -79,7 +79,7 @@ def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOption
             if use_cache and cache is not None and ids.shape[1] <= ctx:
                 pass
             else:
-                cache = model.net.observe(window)
+                cache = model.net.observe(window).with_capacity(ctx)
             logits, extra = model.net.output(cache.hidden[:, -1:]).float()[:, -1], None
         token = pick(logits)[:, None]
         yield DecodeStep(token[:, 0], logits, extra)

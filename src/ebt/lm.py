@@ -77,7 +77,7 @@ class TextEBT(nn.Module):
         shape = (batch, length, self.cfg.vocab_size)
         # without a generator: ebt.noise draws per sample inside noise.per_sample (world-size-invariant training)
         z = noise.randn(shape, device) if generator is None else torch.randn(shape, device=device, generator=generator)
-        return z * self.think_cfg.init_std
+        return z if self.think_cfg.init_std == 1.0 else z * self.think_cfg.init_std  # a (B, L, V) pass saved
 
     def forward(self, input_ids: Tensor, z0: Optional[Tensor] = None, training: Optional[bool] = None,
                 randomize: Optional[bool] = None) -> LMOutput:
@@ -100,13 +100,12 @@ class TextEBT(nn.Module):
             input_ids = torch.cat([input_ids, ids_r.to(input_ids.device)])
             z0 = torch.cat([z0, z_r.to(z0)])
         x, y = input_ids[:, :-1], input_ids[:, 1:]
-        stepwise = None
+        energy, hook, stepwise = self.context_energy(x), {}, None
         if training and self.think_cfg.stepwise_grad and self.think_cfg.detach and not self.think_cfg.truncate:
             stepwise = StepwiseGradients(self, self.energy, x, y, PAD_ID)   # frees each step's graph after it
+            energy, hook = stepwise.energy, {"on_step": stepwise.on_step}
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
-            thought = self.thinker.train_descent(self.context_energy(x) if stepwise is None else stepwise.energy, z0,
-                                                 training=training, randomize=randomize,
-                                                 on_step=None if stepwise is None else stepwise.on_step)
+            thought = self.thinker.train_descent(energy, z0, training=training, randomize=randomize, **hook)
             if stepwise is None:
                 ces = [candidate_cross_entropy(z, y, PAD_ID) for z in thought.logits]   # keeps z, not log-softmax
                 loss = ces[-1] if self.think_cfg.truncate else torch.stack(ces).mean()

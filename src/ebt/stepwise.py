@@ -54,13 +54,18 @@ class StepwiseGradients:
 
     def __init__(self, model: nn.Module, energy_model: AREnergyModel, context: Tensor, targets: Tensor,
                  pad_id: int):
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # the step size is excluded: every step uses the same clamp(alpha) tensor, whose graph must survive until the
+        # last step, so its per-step gradient is taken at that tensor and carried through the clamp once
+        alpha_param = getattr(getattr(model, "thinker", None), "alpha", None)
+        self.params = [p for p in model.parameters() if p.requires_grad and p is not alpha_param]
         if any(type(p).__name__ == "DTensor" for p in self.params):
             raise UserError("think.stepwise_grad does not work with FSDP2-sharded parameters: turn it off")
         self.energy = _LeafContext(energy_model, context)
         self.targets, self.pad_id = targets, pad_id
         self.param_grads: list[Optional[Tensor]] = [None] * len(self.params)
         self.kv_grads: list[Optional[Tensor]] = []
+        self.alpha: Optional[Tensor] = None
+        self.alpha_grad: list[Optional[Tensor]] = [None]
         self.ces: list[Tensor] = []
 
     @staticmethod
@@ -69,14 +74,20 @@ class StepwiseGradients:
             if g is not None:
                 acc[i] = g if acc[i] is None else acc[i].add_(g)
 
-    def on_step(self, i: int, z: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    def on_step(self, i: int, z: Tensor, e: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
         """Take CE_i's gradient now (freeing step i's graph); keep detached logits and energies."""
         ce = candidate_cross_entropy(z, self.targets, self.pad_id)
         _, leaves = self.energy.kv()
-        grads = torch.autograd.grad(ce, self.params + leaves, allow_unused=True)
-        self._accumulate(self.param_grads, grads[:len(self.params)])
+        extra = [alpha] if alpha.requires_grad else []
+        if self.alpha is not None and extra and alpha is not self.alpha:
+            raise RuntimeError("think.stepwise_grad expects one step-size tensor for all steps")
+        self.alpha = alpha if extra else None
+        grads = torch.autograd.grad(ce, self.params + leaves + extra, allow_unused=True)
+        n = len(self.params)
+        self._accumulate(self.param_grads, grads[:n])
         self.kv_grads += [None] * (len(leaves) - len(self.kv_grads))
-        self._accumulate(self.kv_grads, grads[len(self.params):])
+        self._accumulate(self.kv_grads, grads[n:n + len(leaves)])
+        self._accumulate(self.alpha_grad, grads[n + len(leaves):])
         self.ces.append(ce.detach())
         return z.detach(), e.detach()
 
@@ -87,6 +98,8 @@ class StepwiseGradients:
         for p, g in zip(self.params, self.param_grads):
             if g is not None:
                 carrier = carrier + (p * g).sum()
+        if self.alpha is not None and self.alpha_grad[0] is not None:
+            carrier = carrier + (self.alpha * self.alpha_grad[0]).sum()
         graph, _ = self.energy.kv()
         for t, g in zip(graph, self.kv_grads):
             if g is not None and t.requires_grad:

@@ -20,7 +20,7 @@ from ebt import noise
 from ebt.config import ThinkConfig
 
 EnergyFn = Callable[[Tensor, int], Tensor]  # (probs (B, L, V), landscape index) -> energies (B, L)
-StepHook = Callable[[int, Tensor, Tensor], "tuple[Tensor, Tensor]"]  # (step, logits, energies) -> kept versions
+StepHook = Callable[[int, Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]  # (step, logits, energies, alpha)
 
 
 @dataclass
@@ -125,8 +125,9 @@ class Thinker(nn.Module):
                 alpha: Optional[Tensor] = None, langevin_std: float = 0.0, detach: bool = True,
                 truncate: bool = False, options: Optional[DescentOptions] = None,
                 on_step: Optional[StepHook] = None) -> Thought:
-        """Run `schedule`. on_step(i, logits, energies) -> (logits, energies), if given, sees each step's result
-        before it is recorded and may replace it (ebt.stepwise takes the step's gradient there and detaches)."""
+        """Run `schedule`. on_step(i, logits, energies, alpha) -> (logits, energies), if given, sees each step's
+        result and the step size it used before they are recorded, and may replace them (ebt.stepwise takes the
+        step's gradient there and detaches)."""
         opts = options or DescentOptions(langevin_std=langevin_std)
         if alpha is None:
             alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
@@ -157,8 +158,8 @@ class Thinker(nn.Module):
                         x.requires_grad_(True)
                     e = energy.from_embedding(x, k)                            # (B, L)
                     (dx,) = torch.autograd.grad(e.sum(), x, create_graph=graph)  # (B, L, D)
+                    finite = torch.isfinite(dx).all()   # dE/dp = dx M^T: checking the (B, L, D) factor is enough
                     new_z = energy.update(p, dx, alpha)
-                    finite = torch.isfinite(new_z).all()
                 else:
                     if not p.requires_grad:
                         p.requires_grad_(True)
@@ -193,7 +194,7 @@ class Thinker(nn.Module):
                     steps_used += 1
                 z = new_z
                 if on_step is not None:
-                    z, e = on_step(i, z, e)
+                    z, e = on_step(i, z, e, alpha)
                 out.logits.append(z)
                 out.energies.append(e)
                 if active is not None and not active.any():

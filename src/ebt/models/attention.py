@@ -33,6 +33,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ebt.models.fused_ops import kernel
+
 __all__ = ["fused_prediction_attention"]
 
 
@@ -65,24 +67,30 @@ def _mm(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.matmul(a.to(b.dtype), b).to(dtype)
 
 
+def _attention_forward(q, k_obs, v_obs, k_self, v_self, allowed, c: float):
+    """(o, P, p_self): the output (B, H, L, hd) and the probabilities over observed keys and the self key."""
+    w = _work_dtype(q)
+    P = torch.matmul(q, k_obs.transpose(-2, -1)).to(w)                # (B, H, L, S) scores, a fresh tensor
+    P.mul_(c).masked_fill_(~allowed, float("-inf"))
+    t = _dot(q, k_self, w) * c                                         # (B, H, L) self scores
+    m = torch.maximum(P.amax(-1), t)                                   # finite: the self key is always allowed
+    P.sub_(m[..., None]).exp_()
+    e_self = (t - m).exp()
+    denom = P.sum(-1) + e_self
+    P.div_(denom[..., None])
+    p_self = e_self / denom
+    o = _mm(P, v_obs, v_obs.dtype) + p_self[..., None].to(v_self.dtype) * v_self
+    return o, P, p_self
+
+
 class PredictionAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k_obs, v_obs, k_self, v_self, allowed):
+    def forward(ctx, q, k_obs, v_obs, k_self, v_self, allowed, compiled):
         ctx.set_materialize_grads(False)
         c = 1.0 / math.sqrt(q.shape[-1])
-        w = _work_dtype(q)
-        P = torch.matmul(q, k_obs.transpose(-2, -1)).to(w)            # (B, H, L, S) scores, a fresh tensor
-        P.mul_(c).masked_fill_(~allowed, float("-inf"))
-        t = _dot(q, k_self, w) * c                                     # (B, H, L) self scores
-        m = torch.maximum(P.amax(-1), t)                               # finite: the self key is always allowed
-        P.sub_(m[..., None]).exp_()
-        e_self = (t - m).exp()
-        denom = P.sum(-1) + e_self
-        P.div_(denom[..., None])
-        p_self = e_self / denom
-        o = _mm(P, v_obs, v_obs.dtype) + p_self[..., None].to(v_self.dtype) * v_self   # (B, H, L, hd)
+        o, P, p_self = kernel(_attention_forward, compiled)(q, k_obs, v_obs, k_self, v_self, allowed, c)
         ctx.save_for_backward(q, k_obs, v_obs, k_self, v_self, P, p_self)
-        ctx.scale, ctx.obs_nodes = c, (_node(k_obs), _node(v_obs))
+        ctx.scale, ctx.compiled, ctx.obs_nodes = c, compiled, (_node(k_obs), _node(v_obs))
         return o, P, p_self
 
     @staticmethod
@@ -94,10 +102,11 @@ class PredictionAttention(torch.autograd.Function):
                 raise RuntimeError("third-order derivatives through the fused prediction attention are not "
                                    "supported: use model.attn_impl=math")
             grads = PredictionAttentionGrad.apply(dO, P, p_self, q, k_obs, v_obs, k_self, v_self, ctx.scale,
-                                                  need_obs)
-            return (*grads, None)
-        return (*_softmax_backward(dO, gP, gp_self, q, k_obs, v_obs, k_self, v_self, P, p_self, ctx.scale,
-                                   need_obs), None)
+                                                  need_obs, ctx.compiled)
+            return (*grads, None, None)
+        grads = kernel(_softmax_backward, ctx.compiled)(dO, gP, gp_self, q, k_obs, v_obs, k_self, v_self, P,
+                                                        p_self, ctx.scale, need_obs)
+        return (*grads, None, None)
 
 
 def _softmax_backward(dO, gP, gp_self, q, k_obs, v_obs, k_self, v_self, P, p_self, c, need_obs):
@@ -124,66 +133,74 @@ def _softmax_backward(dO, gP, gp_self, q, k_obs, v_obs, k_self, v_self, P, p_sel
 
 class PredictionAttentionGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, dO, P, p_self, q, k_obs, v_obs, k_self, v_self, c, need_obs):
+    def forward(ctx, dO, P, p_self, q, k_obs, v_obs, k_self, v_self, c, need_obs, compiled):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(dO, P, p_self, q, k_obs, v_obs, k_self, v_self)
-        ctx.scale = c
-        return _softmax_backward(dO, None, None, q, k_obs, v_obs, k_self, v_self, P, p_self, c, need_obs)
+        ctx.scale, ctx.compiled = c, compiled
+        return kernel(_softmax_backward, compiled)(dO, None, None, q, k_obs, v_obs, k_self, v_self, P, p_self, c,
+                                                   need_obs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gq, gk_obs, gv_obs, gk_self, gv_self):
-        dO, P, p_self, q, k_obs, v_obs, k_self, v_self = ctx.saved_tensors
-        c, w = ctx.scale, P.dtype
-        f = lambda t: None if t is None else t.to(w)                   # noqa: E731  (float32 for half inputs)
-        dOw, qw, kw, vw, ksw, vsw = f(dO), f(q), f(k_obs), f(v_obs), f(k_self), f(v_self)
-        gq, gk_obs, gv_obs, gk_self, gv_self = f(gq), f(gk_obs), f(gv_obs), f(gk_self), f(gv_self)
-        D = torch.matmul(dOw, vw.transpose(-2, -1))                   # dP (B, H, L, S), recomputed
-        D_self = _dot(dOw, vsw, w)
-        delta = torch.linalg.vecdot(P, D) + p_self * D_self
-        D.sub_(delta[..., None])                                       # D = dP - delta
-        D_self = D_self - delta
-        zero = torch.zeros_like(p_self)
-        # a = c (Qb.k_j + Kb_j.q), per observed key and for the self key
-        a = torch.zeros_like(P) if gq is None else torch.matmul(gq * c, kw.transpose(-2, -1))
-        if gk_obs is not None:
-            a.add_(torch.matmul(qw * c, gk_obs.transpose(-2, -1)))
-        a_self = c * ((zero if gq is None else _dot(gq, ksw, w)) + (zero if gk_self is None else _dot(gk_self, qw, w)))
-        abar = torch.linalg.vecdot(P, a) + p_self * a_self
-        a.sub_(abar[..., None])
-        a_self = a_self - abar
-        gP = D * a                                                     # dPhi/dP = D (a - abar) + b
-        gp_self = D_self * a_self
-        if gv_obs is not None:
-            gP.add_(torch.matmul(dOw, gv_obs.transpose(-2, -1)))
-        if gv_self is not None:
-            gp_self = gp_self + _dot(dOw, gv_self, w)
-        tau = a.mul_(P)                                                # P (a - abar)
-        tau_self = (p_self * a_self)[..., None]
-        g_dO = torch.matmul(tau, vw) + tau_self * vsw
-        if gv_obs is not None:
-            g_dO += torch.matmul(P, gv_obs)
-        if gv_self is not None:
-            g_dO += p_self[..., None] * gv_self
-        g_v = torch.matmul(tau.transpose(-2, -1), dOw)
-        g_vs = tau_self * dOw
-        dS = D.mul_(P)                                                 # dPhi/da = dS = P (dP - delta)
-        dS_self = (p_self * D_self * c)[..., None]
-        g_q = torch.zeros_like(qw) if gk_obs is None else torch.matmul(dS, gk_obs).mul_(c)
-        g_ks = torch.zeros_like(ksw)
-        if gk_self is not None:
-            g_q += dS_self * gk_self
-        g_k = torch.zeros_like(kw)
-        if gq is not None:
-            g_k = torch.matmul(dS.transpose(-2, -1), gq).mul_(c)
-            g_ks = dS_self * gq
-        cast = lambda g, ref: g.to(ref.dtype)                          # noqa: E731
-        return (cast(g_dO, dO), gP, gp_self, cast(g_q, q), cast(g_k, k_obs), cast(g_v, v_obs), cast(g_ks, k_self),
-                cast(g_vs, v_self), None, None)
+        return (*kernel(_attention_second, ctx.compiled)(*ctx.saved_tensors, ctx.scale, gq, gk_obs, gv_obs, gk_self,
+                                                         gv_self), None, None, None)
+
+
+def _attention_second(dO, P, p_self, q, k_obs, v_obs, k_self, v_self, c, gq, gk_obs, gv_obs, gk_self, gv_self):
+    """Gradients w.r.t. (dO, P, p_self, q, k_obs, v_obs, k_self, v_self) of the gradient pass's outputs against
+    adjoints (gq, gk_obs, gv_obs, gk_self, gv_self), any of which may be None (module docstring)."""
+    w = P.dtype
+    f = lambda t: None if t is None else t.to(w)                   # noqa: E731  (float32 for half inputs)
+    dOw, qw, kw, vw, ksw, vsw = f(dO), f(q), f(k_obs), f(v_obs), f(k_self), f(v_self)
+    gq, gk_obs, gv_obs, gk_self, gv_self = f(gq), f(gk_obs), f(gv_obs), f(gk_self), f(gv_self)
+    D = torch.matmul(dOw, vw.transpose(-2, -1))                   # dP (B, H, L, S), recomputed
+    D_self = _dot(dOw, vsw, w)
+    delta = torch.linalg.vecdot(P, D) + p_self * D_self
+    D.sub_(delta[..., None])                                       # D = dP - delta
+    D_self = D_self - delta
+    zero = torch.zeros_like(p_self)
+    # a = c (Qb.k_j + Kb_j.q), per observed key and for the self key
+    a = torch.zeros_like(P) if gq is None else torch.matmul(gq * c, kw.transpose(-2, -1))
+    if gk_obs is not None:
+        a.add_(torch.matmul(qw * c, gk_obs.transpose(-2, -1)))
+    a_self = c * ((zero if gq is None else _dot(gq, ksw, w)) + (zero if gk_self is None else _dot(gk_self, qw, w)))
+    abar = torch.linalg.vecdot(P, a) + p_self * a_self
+    a.sub_(abar[..., None])
+    a_self = a_self - abar
+    gP = D * a                                                     # dPhi/dP = D (a - abar) + b
+    gp_self = D_self * a_self
+    if gv_obs is not None:
+        gP.add_(torch.matmul(dOw, gv_obs.transpose(-2, -1)))
+    if gv_self is not None:
+        gp_self = gp_self + _dot(dOw, gv_self, w)
+    tau = a.mul_(P)                                                # P (a - abar)
+    tau_self = (p_self * a_self)[..., None]
+    g_dO = torch.matmul(tau, vw) + tau_self * vsw
+    if gv_obs is not None:
+        g_dO += torch.matmul(P, gv_obs)
+    if gv_self is not None:
+        g_dO += p_self[..., None] * gv_self
+    g_v = torch.matmul(tau.transpose(-2, -1), dOw)
+    g_vs = tau_self * dOw
+    dS = D.mul_(P)                                                 # dPhi/da = dS = P (dP - delta)
+    dS_self = (p_self * D_self * c)[..., None]
+    g_q = torch.zeros_like(qw) if gk_obs is None else torch.matmul(dS, gk_obs).mul_(c)
+    g_ks = torch.zeros_like(ksw)
+    if gk_self is not None:
+        g_q += dS_self * gk_self
+    g_k = torch.zeros_like(kw)
+    if gq is not None:
+        g_k = torch.matmul(dS.transpose(-2, -1), gq).mul_(c)
+        g_ks = dS_self * gq
+    cast = lambda g, ref: g.to(ref.dtype)                          # noqa: E731
+    return (cast(g_dO, dO), gP, gp_self, cast(g_q, q), cast(g_k, k_obs), cast(g_v, v_obs), cast(g_ks, k_self),
+            cast(g_vs, v_self))
 
 
 def fused_prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: Tensor, v_self: Tensor,
-                               allowed: Tensor) -> Tensor:
+                               allowed: Tensor, compiled: bool = False) -> Tensor:
     """Same contract and result as `layers.prediction_attention`: q, k_self, v_self (B, H, L, hd); k_obs, v_obs
-    (B, H, S, hd); allowed (L, S) bool (every row also attends to its own key) -> (B, H, L, hd)."""
-    return PredictionAttention.apply(q, k_obs, v_obs, k_self, v_self, allowed)[0]
+    (B, H, S, hd); allowed (L, S) bool (every row also attends to its own key) -> (B, H, L, hd).
+    compiled=True runs the kernels through torch.compile (fused_ops.kernel)."""
+    return PredictionAttention.apply(q, k_obs, v_obs, k_self, v_self, allowed, compiled)[0]

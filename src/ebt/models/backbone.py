@@ -10,10 +10,12 @@ the observed stream be computed once when the step conditioning does not touch i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ebt.config import ModelConfig
 from ebt.models.attention import fused_prediction_attention
@@ -26,10 +28,24 @@ class Observed:
     (B, S, D) when it was asked for (Transformer++), else None."""
     kv: list[tuple[Tensor, Tensor]]
     hidden: Optional[Tensor] = None
+    buffers: Optional[list[tuple[Tensor, Tensor]]] = None
+    """Preallocated (B, H, capacity, hd) storage that `kv` are views of: appending a token then writes one slot
+    instead of copying the whole cache (set by `with_capacity`; inference only)."""
 
     @property
     def length(self) -> int:
         return self.kv[0][0].shape[2]
+
+    def with_capacity(self, capacity: int) -> "Observed":
+        """Copy the cache into buffers that can grow to `capacity` positions without reallocating."""
+        buffers, kv = [], []
+        for k, v in self.kv:
+            kb = k.new_empty(*k.shape[:2], max(capacity, k.shape[2]), k.shape[3])
+            vb = v.new_empty(*v.shape[:2], max(capacity, v.shape[2]), v.shape[3])
+            kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]] = k, v
+            buffers.append((kb, vb))
+            kv.append((kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]]))
+        return Observed(kv, self.hidden, buffers)
 
     def repeat(self, n: int) -> "Observed":
         """Repeat every batch row n times (row b -> rows b*n .. b*n+n-1), for best-of-N candidates."""
@@ -44,9 +60,10 @@ class Block(nn.Module):
         super().__init__()
         self.attention = Attention(cfg.dim, cfg.heads)
         self.feed_forward = SwiGLU(cfg.dim, int(cfg.dim * cfg.ffn_mult))
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.prediction_attention = fused_prediction_attention if cfg.attn_impl == "fused" else prediction_attention
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.compile_kernels)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.compile_kernels)
+        self.prediction_attention = (partial(fused_prediction_attention, compiled=cfg.compile_kernels)
+                                     if cfg.attn_impl == "fused" else prediction_attention)
         if adaln:  # shift/scale/gate for attention and FFN from the step embedding
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
@@ -69,11 +86,16 @@ class Block(nn.Module):
         return x + self._gate(self.feed_forward(self._norm(self.ffn_norm, x, shift, scale)), gate)
 
     def observe(self, x: Tensor, rope: tuple[Tensor, Tensor], allowed: Tensor, mods: tuple,
-                past: Optional[tuple[Tensor, Tensor]], need_output: bool) -> tuple[Optional[Tensor], Tensor, Tensor]:
+                past: Optional[tuple[Tensor, Tensor]], need_output: bool,
+                buffer: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Optional[Tensor], Tensor, Tensor]:
         """Causal self-attention over observed tokens x (B, S, D); returns (output or None, k_all, v_all)."""
         shift, scale, gate = mods[:3]
         q, k, v = self.attention.qkv(self._norm(self.attention_norm, x, shift, scale), *rope)
-        if past is not None:
+        if buffer is not None:  # write into preallocated storage (no copy of the past)
+            start, end = past[0].shape[2], past[0].shape[2] + k.shape[2]
+            buffer[0][:, :, start:end], buffer[1][:, :, start:end] = k, v
+            k, v = buffer[0][:, :, :end], buffer[1][:, :, :end]
+        elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if not need_output:  # the last layer's observed output is never read by an EBT
             return None, k, v
@@ -97,7 +119,7 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.head_dim = cfg.dim // cfg.heads
         self.layers = nn.ModuleList(Block(cfg, adaln) for _ in range(cfg.layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.compile_kernels)
 
     def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         return rope_angles(positions, self.head_dim, self.cfg.rope_theta)
@@ -114,21 +136,34 @@ class Backbone(nn.Module):
         rope = self.rope(positions)
         allowed = torch.arange(start + S, device=x.device)[None, :] <= positions[:, None]  # (S, start+S)
         kv = []
+        buffers = past.buffers if past is not None and past.buffers is not None else None
+        if buffers is not None and start + S > buffers[0][0].shape[2]:
+            buffers = None  # outgrew the preallocated storage: fall back to concatenation
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            x_new, k, v = layer.observe(x, rope, allowed, layer.modulation(cond),
-                                        past.kv[i] if past is not None else None, need_output=need_hidden or not last)
+            x_new, k, v = self._block("observed", layer.observe, x, rope, allowed, layer.modulation(cond),
+                                      past.kv[i] if past is not None else None, need_output=need_hidden or not last,
+                                      buffer=buffers[i] if buffers is not None else None)
             kv.append((k, v))
             x = x_new if x_new is not None else x
-        return Observed(kv, self.norm(x) if need_hidden else None)
+        return Observed(kv, self.norm(x) if need_hidden else None, buffers)
 
     def predict(self, x: Tensor, positions: Tensor, obs: Observed, allowed: Tensor,
                 cond: Optional[Tensor] = None) -> Tensor:
         """Prediction stream x (B, L, D) at RoPE `positions` (L,); allowed (L, S_obs) -> hidden (B, L, D)."""
         rope = self.rope(positions)
         for layer, kv in zip(self.layers, obs.kv):
-            x = layer.predict(x, rope, kv, allowed, layer.modulation(cond))
+            x = self._block("prediction", layer.predict, x, rope, kv, allowed, layer.modulation(cond))
         return x
+
+    def _block(self, stream: str, fn, *args, **kwargs):
+        """fn(*args) with activation checkpointing when ModelConfig.checkpointing covers this stream: the block's
+        activations are recomputed in the backward passes instead of kept (exact; double backward works with
+        non-reentrant checkpointing)."""
+        mode = self.cfg.checkpointing
+        if torch.is_grad_enabled() and mode in (stream, "all"):
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        return fn(*args, **kwargs)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["rms_norm"]
+__all__ = ["rms_norm", "kernel"]
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -38,22 +38,39 @@ def _rms(xf: Tensor, eps: float) -> Tensor:
     return torch.rsqrt(torch.linalg.vecdot(xf, xf).div_(xf.shape[-1]).add_(eps))[..., None]
 
 
+def kernel(fn, compiled: bool):
+    """`fn` itself, or (compiled=True) its torch.compile'd version, built on first use and shared by all callers.
+
+    Only pure tensor functions that run outside autograd (the bodies of these Functions) are compiled, which
+    sidesteps compile's lack of double-backward support: inductor fuses their element-wise chains into a few
+    kernels. Needs a C++ compiler on CPU (Triton on GPU) and costs seconds of compilation on first use."""
+    if not compiled:
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
+
+
+_COMPILED: dict = {}
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, eps):
+    def forward(ctx, x, w, eps, compiled):
         xf = _upcast(x)
         r = _rms(xf, eps)
         ctx.save_for_backward(x, w, r)
+        ctx.compiled = compiled
         return (xf * r).to(x.dtype) * w        # normalised in float32, cast, then weighted (as layers.RMSNorm)
 
     @staticmethod
     def backward(ctx, g):
         x, w, r = ctx.saved_tensors
         if torch.is_grad_enabled():
-            gx, gw = _RMSNormGrad.apply(g, x, w, r)
+            gx, gw = _RMSNormGrad.apply(g, x, w, r, ctx.compiled)
         else:
-            gx, gw = _rms_grad(g, x, w, r)
-        return gx, gw, None
+            gx, gw = kernel(_rms_grad, ctx.compiled)(g, x, w, r)
+        return gx, gw, None, None
 
 
 def _rms_grad(g, x, w, r):
@@ -66,43 +83,50 @@ def _rms_grad(g, x, w, r):
     return gx.to(x.dtype), gw
 
 
+def _rms_second(g, x, w, r, Xb, Wb):
+    """Gradients w.r.t. (g, x, w) of <Xb, gx> + <Wb, gw> (module docstring); Xb or Wb may be None."""
+    xf, gf = _upcast(x), _upcast(g)
+    D = x.shape[-1]
+    n = xf * r
+    grad_g = grad_w = grad_x = None
+    if Xb is not None:
+        Xb = _upcast(Xb)
+        h = gf * w
+        mu = torch.linalg.vecdot(h, n)[..., None] / D
+        xi = torch.linalg.vecdot(Xb, n)[..., None]
+        q = r * Xb - (r * xi / D) * n                              # shared by grad g and grad w
+        grad_g = q * w
+        grad_w = _rows_sum(gf * q)
+        xh = torch.linalg.vecdot(Xb, h)[..., None]
+        r2 = r * r
+        grad_x = (r2 / D) * ((3 * mu * xi - xh) * n - xi * h) - (r2 * mu) * Xb
+    if Wb is not None:
+        Wb = _upcast(Wb)
+        u = Wb * gf
+        un = torch.linalg.vecdot(u, n)[..., None] / D
+        part = r * (u - un * n)
+        grad_x = part if grad_x is None else grad_x + part
+        grad_g = Wb * n if grad_g is None else grad_g + Wb * n
+    cast = lambda t, ref: None if t is None else t.to(ref.dtype)  # noqa: E731
+    return cast(grad_g, g), cast(grad_x, x), cast(grad_w, w)
+
+
 class _RMSNormGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, g, x, w, r):
+    def forward(ctx, g, x, w, r, compiled):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(g, x, w, r)
-        return _rms_grad(g, x, w, r)
+        ctx.compiled = compiled
+        return kernel(_rms_grad, compiled)(g, x, w, r)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, Xb, Wb):
         g, x, w, r = ctx.saved_tensors
-        xf, gf = _upcast(x), _upcast(g)
-        D = x.shape[-1]
-        n = xf * r
-        grad_g = grad_w = grad_x = None
-        if Xb is not None:
-            Xb = _upcast(Xb)
-            h = gf * w
-            mu = torch.linalg.vecdot(h, n)[..., None] / D
-            xi = torch.linalg.vecdot(Xb, n)[..., None]
-            q = r * Xb - (r * xi / D) * n                              # shared by grad g and grad w
-            grad_g = q * w
-            grad_w = _rows_sum(gf * q)
-            xh = torch.linalg.vecdot(Xb, h)[..., None]
-            r2 = r * r
-            grad_x = (r2 / D) * ((3 * mu * xi - xh) * n - xi * h) - (r2 * mu) * Xb
-        if Wb is not None:
-            Wb = _upcast(Wb)
-            u = Wb * gf
-            un = torch.linalg.vecdot(u, n)[..., None] / D
-            part = r * (u - un * n)
-            grad_x = part if grad_x is None else grad_x + part
-            grad_g = Wb * n if grad_g is None else grad_g + Wb * n
-        cast = lambda t, ref: None if t is None else t.to(ref.dtype)  # noqa: E731
-        return cast(grad_g, g), cast(grad_x, x), cast(grad_w, w), None
+        return (*kernel(_rms_second, ctx.compiled)(g, x, w, r, Xb, Wb), None, None)
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """(x / rms(x)) * weight over the last dimension; equal to `layers.RMSNorm` to round-off."""
-    return _RMSNorm.apply(x, weight, eps)
+def rms_norm(x: Tensor, weight: Tensor, eps: float, compiled: bool = False) -> Tensor:
+    """(x / rms(x)) * weight over the last dimension; equal to `layers.RMSNorm` to round-off. compiled=True runs
+    the backward passes as torch.compile'd kernels (see `kernel`)."""
+    return _RMSNorm.apply(x, weight, eps, compiled)

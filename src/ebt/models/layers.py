@@ -23,15 +23,17 @@ def upcast(x: Tensor) -> Tensor:
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32 and cast back, with a learnable weight (reference: eps 1e-5)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5, compiled: bool = False):
         super().__init__()
         self.eps = eps
+        self.compiled = compiled
+        """Run the backward passes as torch.compile'd kernels (ModelConfig.compile_kernels)."""
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
         # the same arithmetic as a custom Function with a closed-form second derivative (fused_ops.py): EBT
         # training differentiates it twice, and autograd's generic double backward of it is many small kernels
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps, self.compiled)
 
 
 class SwiGLU(nn.Module):

@@ -26,6 +26,16 @@ from torch import Tensor
 __all__ = ["embed_probs", "candidate_update", "candidate_cross_entropy"]
 
 
+_CHUNK_ELEMENTS = 1 << 21
+"""Row chunks of about 8 MB for (rows, V) temporaries: large fresh CPU allocations are mapped and page-faulted
+anew each time (a (32 MB) temporary costs as much as several element-wise passes), small ones are reused."""
+
+
+def _row_chunks(t: Tensor, vocab: int) -> list[Tensor]:
+    """(..., n) -> views of the flattened rows in chunks of about _CHUNK_ELEMENTS / vocab rows."""
+    return list(t.reshape(-1, t.shape[-1]).split(max(1, _CHUNK_ELEMENTS // vocab)))
+
+
 def _mm_dtype(*ts: Tensor) -> torch.dtype:
     """The matmul dtype autocast would pick for these tensors (bf16/fp16 under autocast, else their dtype)."""
     dev = ts[0].device.type
@@ -46,9 +56,12 @@ class _EmbedProbs(torch.autograd.Function):
     def backward(ctx, dx):
         logits, M = ctx.saved_tensors
         dM = None
-        if ctx.needs_input_grad[2]:
-            p = logits.softmax(-1).to(ctx.dt)                        # recomputed: the probabilities were not kept
-            dM = torch.matmul(p.flatten(0, -2).transpose(0, 1), dx.to(ctx.dt).flatten(0, -2)).to(M.dtype)
+        if ctx.needs_input_grad[2]:  # dM = p^T dx with p = softmax(logits) recomputed chunk by chunk
+            dM = torch.zeros(M.shape, dtype=ctx.dt, device=M.device)
+            V = logits.shape[-1]
+            for zc, dc in zip(_row_chunks(logits, V), _row_chunks(dx.to(ctx.dt), V)):
+                dM.addmm_(zc.softmax(-1).to(ctx.dt).transpose(0, 1), dc)
+            dM = dM.to(M.dtype)
         return None, None, dM
 
 
@@ -98,7 +111,7 @@ class _CrossEntropy(torch.autograd.Function):
         zf = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
         keep = targets != ignore_index                                # (B, L)
         n = keep.sum().clamp_min(1)
-        lse = torch.logsumexp(zf, -1)                                 # (B, L)
+        lse = torch.cat([torch.logsumexp(c, -1) for c in _row_chunks(zf, zf.shape[-1])]).view(zf.shape[:-1])   # (B, L)
         picked = zf.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
         loss = ((lse - picked) * keep).sum() / n
         ctx.save_for_backward(z, targets, lse, keep, n)
@@ -109,8 +122,12 @@ class _CrossEntropy(torch.autograd.Function):
         z, targets, lse, keep, n = ctx.saved_tensors
         zf = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
         scale = (keep.to(zf.dtype) * (dl / n))[..., None]             # (B, L, 1)
+        index = targets.clamp_min(0)[..., None]
+        if torch.is_grad_enabled():  # create_graph: stay differentiable (and let lse depend on z again)
+            dz = torch.softmax(zf, -1) * scale
+            return dz.scatter_add(-1, index, -scale).to(z.dtype), None, None
         dz = (zf - lse[..., None]).exp_().mul_(scale)                 # scaled softmax, one (B, L, V) buffer
-        dz.scatter_add_(-1, targets.clamp_min(0)[..., None], -scale)
+        dz.scatter_add_(-1, index, -scale)
         return dz.to(z.dtype), None, None
 
 

@@ -1,0 +1,81 @@
+"""`ebt bench` and the scripts in bench/: they run, report what they promise, and the reference-style baseline
+computes the same loss and gradients as the library."""
+import json
+import runpy
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from ebt.bench import TrainSpec, load_reference_style, measure_memory
+from ebt.cli import main
+from ebt.config import ModelConfig, ThinkConfig
+from ebt.lm import TextEBT
+
+TINY = ["--size", "tiny", "--ctx", "8", "--batch", "2", "--vocab", "32", "--steps", "1", "--warmup", "1",
+        "--threads", "1"]
+
+
+def test_bench_train_pair_reports_ratios(capsys):
+    assert main(["bench", "train", "--pair", "--reference", "--no-memory", "--json",
+                 "--variant", "math:model.attn_impl=math", *TINY]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"ebt", "math", "ebt-ref", "transformer"}
+    assert rows["transformer"]["time_ratio"] == 1.0
+    assert all(r["step_ms"] > 0 and r["time_ratio"] > 0 for r in rows.values())
+
+
+def test_peak_memory_is_measured_in_a_subprocess():
+    mem = measure_memory(TrainSpec(model="ebt", dim=16, layers=1, heads=2, ctx=8, batch=2, vocab=32, threads=1), 1)
+    assert "error" not in mem and mem["mem_mib"] >= 0 and mem["peak_rss_mib"] > mem["mem_mib"]
+
+
+def test_bench_generate(capsys):
+    assert main(["bench", "generate", "--size", "tiny", "--ctx", "16", "--prompt", "4", "--new", "2",
+                 "--steps", "1", "--threads", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["tokens_per_s"]["cached"] > 0 and res["tokens_per_s"]["uncached"] > 0
+
+
+def test_bench_rejects_bad_override(capsys):
+    assert main(["bench", "train", "--set", "model.attn_impl=flash", "--no-memory", *TINY]) == 2
+    assert "attn_impl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("conditioning", ["time_embed", "pred_embed", "none", "adaln"])
+def test_reference_style_baseline_matches_ours(conditioning):
+    ReferenceStyleEBT = load_reference_style().ReferenceStyleEBT
+    torch.manual_seed(0)
+    mc = ModelConfig(vocab_size=13, dim=16, layers=2, heads=2, context=6, conditioning=conditioning)
+    ours = TextEBT(mc, ThinkConfig(steps=2, alpha=2.0)).double()
+    ref = ReferenceStyleEBT(mc, ThinkConfig(steps=2, alpha=2.0)).double()
+    ref.load_state_dict(ours.state_dict())
+    ids = torch.randint(1, 13, (2, 7))
+    z0 = torch.randn(2, 6, 13, dtype=torch.float64)
+    losses = []
+    for m in (ours, ref):
+        out = m(ids, z0=z0.clone(), training=True)
+        out.loss.backward()
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-10)
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_gpu_suite_tiny_smoke(capsys, monkeypatch):
+    suite = runpy.run_path(str(ROOT / "bench" / "gpu_suite.py"))
+    monkeypatch.setitem(suite["main"].__globals__, "MODELS", suite["MODELS"][::3])  # Transformer++ and ours
+    assert suite["main"](["--tiny", "--no-memory"]) == 0
+    table = capsys.readouterr().out
+    assert "| tiny | fp32 | Transformer++ |" in table and "EBT ours (pred_embed, stepwise)" in table
+    assert "error" not in table.lower()
+
+
+def test_train_pair_script(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train_pair.py", *TINY, "--no-memory"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "bench" / "train_pair.py"), run_name="__main__")
+    assert exc.value.code == 0
+    assert "| transformer |" in capsys.readouterr().out

@@ -1,0 +1,259 @@
+"""The performance kernels are exact: float64 gradcheck / gradgradcheck (finite differences of the first and second
+derivatives), explicit central differences, and equality with the plain formulations they replace."""
+import os
+import random
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from ebt.config import ModelConfig, ThinkConfig
+from ebt.lm import TextEBT, cross_entropy
+from ebt.models.attention import fused_prediction_attention
+from ebt.models.fused_ops import rms_norm
+from ebt.models.layers import apply_rope, prediction_attention, rope_angles
+from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
+
+F64 = torch.float64
+
+
+def attn_inputs(B=2, H=2, L=4, S=5, d=4, shift=1):
+    torch.manual_seed(0)
+    q, ks, vs = (torch.randn(B, H, L, d, dtype=F64, requires_grad=True) for _ in range(3))
+    k, v = (torch.randn(B, H, S, d, dtype=F64, requires_grad=True) for _ in range(2))
+    allowed = torch.arange(S)[None, :] <= torch.arange(L)[:, None] + shift   # a causal prefix per prediction
+    return (q, k, v, ks, vs), allowed
+
+
+def test_fused_attention_gradcheck_and_gradgradcheck():
+    ins, allowed = attn_inputs()
+    fn = lambda *a: fused_prediction_attention(*a, allowed)  # noqa: E731
+    assert gradcheck(fn, ins)
+    assert gradgradcheck(fn, ins)
+
+
+def test_fused_attention_matches_math_to_second_order():
+    ins, allowed = attn_inputs(L=5, S=7, shift=2)
+    outs = []
+    for f in (prediction_attention, fused_prediction_attention):
+        o = f(*ins, allowed)
+        r = torch.linspace(-1, 1, o.numel(), dtype=F64).reshape(o.shape)
+        g = torch.autograd.grad((o * r).sum(), ins, create_graph=True)
+        h = torch.autograd.grad(sum((gi * gi).sum() for gi in g), ins)
+        outs.append((o, g, h))
+    for a, b in zip(outs[0], outs[1]):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_attention_second_derivative_by_central_differences():
+    """d/dk_obs of <r, dq> where dq is the input gradient the EBT differentiates (only q needs it)."""
+    ins, allowed = attn_inputs()
+    q, k, v, ks, vs = ins
+    r = torch.randn_like(q)
+
+    def phi(k_):
+        o = fused_prediction_attention(q, k_, v, ks, vs, allowed)
+        (dq,) = torch.autograd.grad(o.pow(2).sum(), q, create_graph=True)
+        return (dq * r).sum()
+
+    (analytic,) = torch.autograd.grad(phi(k), k)
+    eps = 1e-6
+    for idx in [(0, 0, 1, 2), (1, 1, 4, 0), (0, 1, 0, 3)]:
+        kp, km = k.detach().clone(), k.detach().clone()
+        kp[idx] += eps
+        km[idx] -= eps
+        fd = (phi(kp.requires_grad_()) - phi(km.requires_grad_())).item() / (2 * eps)
+        assert abs(fd - analytic[idx].item()) < 1e-6 * max(1.0, abs(fd))
+
+
+def test_fused_attention_skips_observed_grads_only_when_unused():
+    """The candidates' input-gradient pass does not need dk_obs/dv_obs; the outer backward still gets them."""
+    ins, allowed = attn_inputs()
+    q, k, v, ks, vs = ins
+    k2, v2 = k * 1.0, v * 1.0                       # non-leaves, like the observed stream's keys/values
+    ref = prediction_attention(q, k2, v2, ks, vs, allowed)
+    out = fused_prediction_attention(q, k2, v2, ks, vs, allowed)
+    grads = []
+    for o in (ref, out):
+        (dq,) = torch.autograd.grad(o.pow(2).sum(), q, create_graph=True)
+        grads.append(torch.autograd.grad(dq.pow(2).sum(), (k, v), retain_graph=True))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_rms_norm_is_exact_to_second_order():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, dtype=F64, requires_grad=True)
+    w = torch.randn(6, dtype=F64, requires_grad=True)
+    fn = lambda a, b: rms_norm(a, b, 1e-5)  # noqa: E731
+    assert gradcheck(fn, (x, w)) and gradgradcheck(fn, (x, w))
+    plain = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+    torch.testing.assert_close(fn(x, w), plain)
+
+
+def test_complex_rope_equals_real_rotation():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, dtype=F64)
+    cos, sin = rope_angles(torch.arange(5), 8, 1e4)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+    torch.testing.assert_close(apply_rope(x, cos, sin), expected)
+    assert gradgradcheck(lambda t: apply_rope(t, cos, sin).pow(2), (x.requires_grad_(),))
+
+
+def vocab_inputs(V=7, D=3):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, V, dtype=F64)
+    p = logits.softmax(-1)
+    M = torch.randn(V, D, dtype=F64, requires_grad=True)
+    dx = torch.randn(2, 3, D, dtype=F64, requires_grad=True)
+    return logits, p, M, dx
+
+
+def test_embed_probs_matches_matmul():
+    logits, p, M, _ = vocab_inputs()
+    assert gradcheck(lambda m: embed_probs(p, logits, m), (M,))
+    r = torch.randn(2, 3, M.shape[1], dtype=F64)
+    (a,) = torch.autograd.grad((embed_probs(p, logits, M) * r).sum(), M)
+    (b,) = torch.autograd.grad(((p @ M) * r).sum(), M)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("alpha_shape", [(1,), (2, 3, 1), ()])
+def test_candidate_update_is_exact(alpha_shape):
+    _, p, M, dx = vocab_inputs()
+    p = p.clone().requires_grad_(True)
+    alpha = (torch.rand(alpha_shape, dtype=F64) + 0.5).requires_grad_(True)
+    ins = (p, dx, M, alpha)
+    assert gradcheck(candidate_update, ins)
+    assert gradgradcheck(candidate_update, ins)
+    torch.testing.assert_close(candidate_update(*ins), p - alpha * (dx @ M.t()))
+
+
+def test_candidate_cross_entropy_matches_f_cross_entropy():
+    torch.manual_seed(0)
+    z = torch.randn(2, 5, 7, dtype=F64, requires_grad=True)
+    y = torch.randint(0, 7, (2, 5))
+    y[0, 0] = 0                                               # a pad target (ignored)
+    assert gradcheck(lambda t: candidate_cross_entropy(t, y, 0), (z,))
+    assert gradgradcheck(lambda t: candidate_cross_entropy(t, y, 0), (z,))
+    torch.testing.assert_close(candidate_cross_entropy(z, y, 0), cross_entropy(z, y))
+
+
+class PlainEnergy:
+    """Hides the embedding-space fast path from the thinking loop: it then differentiates w.r.t. p (B, L, V)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, p, k):
+        return self.fn(p, k)
+
+
+@pytest.mark.parametrize("conditioning", ["time_embed", "none", "pred_embed", "adaln"])
+def test_fast_model_equals_math_model(conditioning):
+    """Training loss and every parameter gradient: fused kernels + embedding-space thinking vs the math path."""
+    torch.manual_seed(0)
+    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning=conditioning)
+    fast = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0)).double()
+    slow = TextEBT(ModelConfig(**mc, attn_impl="math"), ThinkConfig(steps=2, alpha=3.0)).double()
+    slow.load_state_dict(fast.state_dict())
+    ids = torch.randint(1, 11, (2, 7))
+    z0 = torch.randn(2, 6, 11, dtype=F64)
+
+    make_energy = slow.context_energy
+    slow.context_energy = lambda x: PlainEnergy(make_energy(x))
+    results = []
+    for m in (fast, slow):
+        out = m(ids, z0=z0.clone(), training=True)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(g, results[1][1][name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("think", [dict(steps=2), dict(steps=2, rand_alpha_scale=2.0, rand_steps=1)])
+def test_stepwise_gradients_equal_joint_backward(think):
+    torch.manual_seed(0)
+    mc = ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="time_embed")
+    joint = TextEBT(mc, ThinkConfig(alpha=3.0, **think)).double()
+    step = TextEBT(mc, ThinkConfig(alpha=3.0, stepwise_grad=True, **think)).double()
+    step.load_state_dict(joint.state_dict())
+    ids = torch.randint(1, 11, (2, 7))
+    losses = []
+    for m in (joint, step):
+        torch.manual_seed(5)  # the same random step sizes and step counts
+        random.seed(5)
+        out = m(ids, z0=torch.randn(2, 6, 11, dtype=F64, generator=torch.Generator().manual_seed(3)))
+        out.loss.backward()
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    for (n, a), b in zip(joint.named_parameters(), step.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    torch.manual_seed(0)
+    mc = ModelConfig(vocab_size=32, dim=32, layers=2, heads=2, context=8, conditioning="pred_embed")
+    model = TextEBT(mc, ThinkConfig(steps=2, alpha=3.0))
+    ids = torch.randint(1, 32, (2, 9))
+    z0 = torch.randn(2, 8, 32)
+    ref = model(ids, z0=z0.clone(), training=True).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(ids, z0=z0.clone(), training=True).loss
+    low.backward()
+    assert torch.isfinite(low) and abs(low.item() - ref.item()) < 0.05 * abs(ref.item()) + 0.05
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_vocab_functions_chunk_rows(monkeypatch):
+    """Row-chunked log-sum-exp and softmax recomputation (large V) give the unchunked results."""
+    import ebt.models.vocab as vocab
+
+    monkeypatch.setattr(vocab, "_CHUNK_ELEMENTS", 14)          # two rows of V=7 per chunk
+    logits, p, M, _ = vocab_inputs()
+    r = torch.randn(2, 3, M.shape[1], dtype=F64)
+    (a,) = torch.autograd.grad((embed_probs(p, logits, M) * r).sum(), M)
+    (b,) = torch.autograd.grad(((p @ M) * r).sum(), M)
+    torch.testing.assert_close(a, b)
+    z = torch.randn(3, 5, 7, dtype=F64, requires_grad=True)
+    y = torch.randint(1, 7, (3, 5))
+    torch.testing.assert_close(candidate_cross_entropy(z, y, 0), cross_entropy(z, y))
+
+
+def test_activation_checkpointing_is_exact():
+    torch.manual_seed(0)
+    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="time_embed")
+    plain = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0)).double()
+    ckpt = TextEBT(ModelConfig(**mc, checkpointing="all"), ThinkConfig(steps=2, alpha=3.0)).double()
+    ckpt.load_state_dict(plain.state_dict())
+    ids, z0 = torch.randint(1, 11, (2, 7)), torch.randn(2, 6, 11, dtype=F64)
+    for m in (plain, ckpt):
+        m(ids, z0=z0.clone(), training=True).loss.backward()
+    for (n, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_no_second_order_graph_outside_training():
+    torch.manual_seed(0)
+    model = TextEBT(ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6), ThinkConfig(steps=2)).eval()
+    out = model(torch.randint(1, 11, (2, 7)))
+    assert not out.loss.requires_grad and all(not z.requires_grad for z in out.thought.logits)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EBT_SLOW_TESTS"), reason="torch.compile takes ~1 min: set EBT_SLOW_TESTS=1")
+def test_compiled_kernels_match_eager():
+    torch.manual_seed(0)
+    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="pred_embed")
+    eager = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0))
+    comp = TextEBT(ModelConfig(**mc, compile_kernels=True), ThinkConfig(steps=2, alpha=3.0))
+    comp.load_state_dict(eager.state_dict())
+    ids, z0 = torch.randint(1, 11, (2, 7)), torch.randn(2, 6, 11)
+    for m in (eager, comp):
+        m(ids, z0=z0.clone(), training=True).loss.backward()
+    for (n, a), b in zip(eager.named_parameters(), comp.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=n)
