@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from ebt.bench import TrainSpec, load_reference_style, measure_memory
 from ebt.cli import main
 from ebt.config import ModelConfig, ThinkConfig

@@ -211,7 +211,7 @@ def test_bf16_autocast_runs_and_stays_close():
 
 def test_vocab_functions_chunk_rows(monkeypatch):
     """Row-chunked log-sum-exp and softmax recomputation (large V) give the unchunked results."""
-    import ebt.models.vocab as vocab
+    from ebt.models import vocab
 
     monkeypatch.setattr(vocab, "_CHUNK_ELEMENTS", 14)          # two rows of V=7 per chunk
     logits, p, M, _ = vocab_inputs()

@@ -70,9 +70,6 @@ def read_config(path: str | Path) -> tuple[RunConfig, dict]:
 
 def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu") -> tuple[nn.Module, RunConfig]:
     """Rebuild the model saved at `path`; `kind` ("ebt"/"transformer") refuses a checkpoint of another type."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from ebt.lm import build_lm
 
     path = find_checkpoint(path)
@@ -84,6 +81,15 @@ def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu"
         raise UserError(f"{str(path)!r} holds a {cfg.model.kind} model, but this command needs {kind}: "
                         "pass a checkpoint of the right model type")
     model = build_lm(cfg)
+    load_checked_weights(model, path)
+    return model.to(device), cfg
+
+
+def load_checked_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint folder's weights into `model`, with a one-line error for damaged or mismatched files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(Path(path) / WEIGHTS))
     except (OSError, SafetensorError) as exc:
@@ -92,7 +98,6 @@ def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu"
     if missing or unexpected:
         raise UserError(f"weights in {str(path)!r} do not match its config (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}): the checkpoint is damaged")
-    return model.to(device), cfg
 
 
 def load_trainer_state(path: str | Path) -> Optional[dict]:

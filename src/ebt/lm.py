@@ -43,6 +43,20 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
 
 
+def adamw_groups(module: nn.Module, optim: OptimConfig, thinker: Optional[Thinker] = None,
+                 alpha_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW groups: decayed matrices, undecayed vectors, and a learnable step size alpha with its own learning-rate
+    multiplier, no weight decay and its own cosine floor (the reference shares the other groups' floor)."""
+    alpha = thinker.alpha if thinker is not None else None
+    decay, no_decay = decay_groups(module, exclude=(alpha,) if alpha is not None else ())
+    groups = [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    if alpha is not None and alpha.requires_grad:
+        groups.append({"params": [alpha], "weight_decay": 0.0, "name": "alpha", "lr_mult": alpha_lr_mult,
+                       "min_lr_ratio": optim.alpha_min_lr_ratio})
+    return groups
+
+
 def decay_groups(module: nn.Module, exclude: tuple = ()) -> tuple[list, list]:
     """Split parameters into weight-decayed matrices and non-decayed vectors (norms, biases, scalars)."""
     decay, no_decay = [], []
@@ -121,13 +135,7 @@ class TextEBT(nn.Module):
         return LMOutput(loss, ces[-1].detach(), int((y != PAD_ID).sum()), metrics, thought)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
-        decay, no_decay = decay_groups(self, exclude=(self.thinker.alpha,))
-        groups = [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
-                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-        if self.thinker.alpha.requires_grad:
-            groups.append({"params": [self.thinker.alpha], "weight_decay": 0.0, "name": "alpha",
-                           "lr_mult": self.think_cfg.alpha_lr_mult, "min_lr_ratio": optim.alpha_min_lr_ratio})
-        return groups
+        return adamw_groups(self, optim, self.thinker, self.think_cfg.alpha_lr_mult)
 
 
 class TextTransformer(nn.Module):
@@ -146,9 +154,7 @@ class TextTransformer(nn.Module):
         return LMOutput(ce, ce.detach(), int((y != PAD_ID).sum()), {"final_ce": ce.item()})
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
-        decay, no_decay = decay_groups(self)
-        return [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
-                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        return adamw_groups(self, optim)
 
 
 def build_lm(cfg: RunConfig) -> nn.Module:

@@ -66,18 +66,27 @@ def sweep_plot(records: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     sets = list(dict.fromkeys(r["set"] for r in records))
     fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.4), squeeze=False)
     for ax, s in zip(axes[0], sets):
         ebt_rows = [r for r in records if r["set"] == s and r["model"] == "ebt"]
-        ax.plot([r["nfe_per_token"] for r in ebt_rows], [r["ppl"] for r in ebt_rows], "o-", label="EBT")
+        longer = [r for r in ebt_rows if not r["setting"].startswith("best-of")]
+        best = [r for r in ebt_rows if r["setting"].startswith("best-of")]
+        for rows, style, label in ((longer, "o-", "EBT: more steps"), (best, "s-", "EBT: best-of-N")):
+            if rows:
+                ax.plot([r["nfe_per_token"] for r in rows], [r["ppl"] for r in rows], style, label=label)
         tpp = [r for r in records if r["set"] == s and r["model"] == "transformer"]
         if tpp:
             ax.axhline(tpp[0]["ppl"], color="gray", ls="--", label="Transformer++")
+        nfes = sorted({r["nfe_per_token"] for r in ebt_rows})
         ax.set_xscale("log")
-        ax.set(title=s, xlabel="forward passes per token", ylabel="perplexity")
-        ax.legend(fontsize=8)
+        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_yscale("log")
+        ax.set(title=s, xlabel="forward passes per token", ylabel="perplexity (log)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -20,7 +20,7 @@ from ebt.errors import UserError
 from ebt.images.config import ImageRunConfig
 from ebt.images.diffusion import DDPMSchedule, SampleOutput
 from ebt.images.models import DiTNet, EnergyNet
-from ebt.lm import decay_groups
+from ebt.lm import adamw_groups
 from ebt.thinking import DescentOptions, Thinker, Thought
 
 
@@ -99,13 +99,7 @@ class EBTDenoiser(nn.Module):
                         [e.detach().squeeze(-1) for e in thought.energies])
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
-        decay, no_decay = decay_groups(self, exclude=(self.thinker.alpha,))
-        groups = [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
-                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-        if self.thinker.alpha.requires_grad:
-            groups.append({"params": [self.thinker.alpha], "weight_decay": 0.0, "name": "alpha",
-                           "lr_mult": self.cfg.think.alpha_lr_mult, "min_lr_ratio": optim.alpha_min_lr_ratio})
-        return groups
+        return adamw_groups(self, optim, self.thinker, self.cfg.think.alpha_lr_mult)
 
 
 class DiTDenoiser(nn.Module):
@@ -137,9 +131,7 @@ class DiTDenoiser(nn.Module):
                         [0] * len(out.chains))
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
-        decay, no_decay = decay_groups(self)
-        return [{"params": decay, "weight_decay": optim.weight_decay, "name": "decay"},
-                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        return adamw_groups(self, optim)
 
 
 def build_image_model(cfg: ImageRunConfig) -> nn.Module:
@@ -152,10 +144,7 @@ def build_image_model(cfg: ImageRunConfig) -> nn.Module:
 def load_image_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu") -> tuple[nn.Module,
                                                                                                 ImageRunConfig]:
     """Rebuild an image denoiser from a checkpoint folder (or run folder); `kind` refuses the other model type."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ebt.checkpoint import WEIGHTS, find_checkpoint, read_config
+    from ebt.checkpoint import find_checkpoint, load_checked_weights, read_config
 
     path = find_checkpoint(path)
     cfg, _ = read_config(path)
@@ -165,12 +154,5 @@ def load_image_model(path: str | Path, kind: Optional[str] = None, device: Any =
     if kind is not None and cfg.model.kind != kind:
         raise UserError(f"{str(path)!r} holds a {cfg.model.kind} denoiser, but {kind} is expected here")
     model = build_image_model(cfg)
-    try:
-        state = load_file(str(Path(path) / WEIGHTS))
-    except (OSError, SafetensorError) as exc:
-        raise UserError(f"cannot read weights in {str(path)!r} ({exc}): the checkpoint is damaged") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"weights in {str(path)!r} do not match its config (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}): the checkpoint is damaged")
+    load_checked_weights(model, path)
     return model.to(device).eval(), cfg
