@@ -12,6 +12,8 @@ depends on it).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -92,6 +94,10 @@ class ReferenceStyleEnergy:
 
 class ReferenceStyleEBT(TextEBT):
     """A TextEBT whose training step computes the energy the reference's way (same parameters, same loss)."""
+
+    def __init__(self, model, think):
+        # the reference keeps every step's graph until the backward (no stepwise gradients)
+        super().__init__(model, dataclasses.replace(think, stepwise_grad=False))
 
     def context_energy(self, context: Tensor) -> ReferenceStyleEnergy:
         return ReferenceStyleEnergy(self.energy, context)

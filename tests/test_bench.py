@@ -69,7 +69,7 @@ def test_gpu_suite_tiny_smoke(capsys, monkeypatch):
     monkeypatch.setitem(suite["main"].__globals__, "MODELS", suite["MODELS"][::3])  # Transformer++ and ours
     assert suite["main"](["--tiny", "--no-memory"]) == 0
     table = capsys.readouterr().out
-    assert "| tiny | fp32 | Transformer++ |" in table and "EBT ours (pred_embed, stepwise)" in table
+    assert "| tiny | fp32 | Transformer++ |" in table and "EBT ours (pred_embed)" in table
     assert "error" not in table.lower()
 
 

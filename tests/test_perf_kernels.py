@@ -113,9 +113,9 @@ def vocab_inputs(V=7, D=3):
 
 def test_embed_probs_matches_matmul():
     logits, p, M, _ = vocab_inputs()
-    assert gradcheck(lambda m: embed_probs(p, logits, m), (M,))
+    assert gradcheck(lambda m: embed_probs(p, m), (M,))
     r = torch.randn(2, 3, M.shape[1], dtype=F64)
-    (a,) = torch.autograd.grad((embed_probs(p, logits, M) * r).sum(), M)
+    (a,) = torch.autograd.grad((embed_probs(p, M) * r).sum(), M)
     (b,) = torch.autograd.grad(((p @ M) * r).sum(), M)
     torch.testing.assert_close(a, b)
 
@@ -179,7 +179,7 @@ def test_fast_model_equals_math_model(conditioning):
 def test_stepwise_gradients_equal_joint_backward(think):
     torch.manual_seed(0)
     mc = ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="time_embed")
-    joint = TextEBT(mc, ThinkConfig(alpha=3.0, **think)).double()
+    joint = TextEBT(mc, ThinkConfig(alpha=3.0, stepwise_grad=False, **think)).double()
     step = TextEBT(mc, ThinkConfig(alpha=3.0, stepwise_grad=True, **think)).double()
     step.load_state_dict(joint.state_dict())
     ids = torch.randint(1, 11, (2, 7))
@@ -209,16 +209,11 @@ def test_bf16_autocast_runs_and_stays_close():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_vocab_functions_chunk_rows(monkeypatch):
-    """Row-chunked log-sum-exp and softmax recomputation (large V) give the unchunked results."""
+def test_cross_entropy_chunks_rows(monkeypatch):
+    """Row-chunked log-sum-exp (large V) gives the unchunked result."""
     from ebt.models import vocab
 
     monkeypatch.setattr(vocab, "_CHUNK_ELEMENTS", 14)          # two rows of V=7 per chunk
-    logits, p, M, _ = vocab_inputs()
-    r = torch.randn(2, 3, M.shape[1], dtype=F64)
-    (a,) = torch.autograd.grad((embed_probs(p, logits, M) * r).sum(), M)
-    (b,) = torch.autograd.grad(((p @ M) * r).sum(), M)
-    torch.testing.assert_close(a, b)
     z = torch.randn(3, 5, 7, dtype=F64, requires_grad=True)
     y = torch.randint(1, 7, (3, 5))
     torch.testing.assert_close(candidate_cross_entropy(z, y, 0), cross_entropy(z, y))

@@ -107,10 +107,11 @@ class ThinkConfig:
     """Fraction of the batch size appended from the replay buffer."""
     replay_dtype: str = "bfloat16"
     """Storage precision of replayed logits: float32, bfloat16 or float16."""
-    stepwise_grad: bool = False
-    """System 1 (detach, no truncation) only: take each thinking step's parameter gradient right after the step and
-    free its second-order graph, so training memory holds one step's graph instead of all of them. Exact (the
-    returned loss carries the summed gradients; ebt/stepwise.py); not with FSDP2."""
+    stepwise_grad: bool = True
+    """System 1 (detach, no truncation): take each thinking step's parameter gradient right after the step and free
+    its second-order graph, so training memory holds one step's graph instead of all of them (same compute). Exact:
+    the returned loss carries the summed gradients (ebt/stepwise.py). Skipped, silently, for FSDP2-sharded
+    parameters and outside S1; False always keeps every step's graph until loss.backward()."""
     replay_topk: int = 0
     """> 0: store only each position's top-k logits (plus the mean of the rest, which fills the other entries on
     replay) instead of all V; see docs/s2.md for what this approximation costs. 0 stores all V logits."""

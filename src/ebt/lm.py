@@ -115,13 +115,14 @@ class TextEBT(nn.Module):
             z0 = torch.cat([z0, z_r.to(z0)])
         x, y = input_ids[:, :-1], input_ids[:, 1:]
         energy, hook, stepwise = self.context_energy(x), {}, None
-        if training and self.think_cfg.stepwise_grad and self.think_cfg.detach and not self.think_cfg.truncate:
+        if training and torch.is_grad_enabled() and StepwiseGradients.applies(self, self.think_cfg):
             stepwise = StepwiseGradients(self, self.energy, x, y, PAD_ID)   # frees each step's graph after it
             energy, hook = stepwise.energy, {"on_step": stepwise.on_step}
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
             thought = self.thinker.train_descent(energy, z0, training=training, randomize=randomize, **hook)
             if stepwise is None:
-                ces = [candidate_cross_entropy(z, y, PAD_ID) for z in thought.logits]   # keeps z, not log-softmax
+                ces = [candidate_cross_entropy(z, y, PAD_ID, self.cfg.compile_kernels)  # keeps z, not log-softmax
+                       for z in thought.logits]
                 loss = ces[-1] if self.think_cfg.truncate else torch.stack(ces).mean()
             else:
                 ces, loss = stepwise.ces, stepwise.loss()

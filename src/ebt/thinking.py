@@ -153,7 +153,7 @@ class Thinker(nn.Module):
                     # constant candidates (S1, inference): differentiate w.r.t. the (B, L, D) embedding x = p M and
                     # form p - alpha dE/dp = p - alpha (dE/dx) M^T in an exact Function that stores no (B, L, V)
                     # tensor (models/vocab.py); p itself then needs no gradient and no .grad
-                    x = energy.embed(p, noisy)
+                    x = energy.embed(p)
                     if not x.requires_grad:  # frozen weights
                         x.requires_grad_(True)
                     e = energy.from_embedding(x, k)                            # (B, L)

@@ -156,9 +156,9 @@ class ContextEnergy:
 
     # The thinking loop's fast path for constant candidates (System 1, inference): it differentiates the energy
     # w.r.t. the (B, L, D) embedding and lets these exact Functions handle the (B, L, V) side (models/vocab.py).
-    def embed(self, probs: Tensor, logits: Tensor) -> Tensor:
-        """Embedded candidates (B, L, D) for constant probs = softmax(logits) (B, L, V)."""
-        return embed_probs(probs, logits, self.model.candidate_matrix())
+    def embed(self, probs: Tensor) -> Tensor:
+        """Embedded candidates (B, L, D) for constant probs (B, L, V)."""
+        return embed_probs(probs, self.model.candidate_matrix())
 
     def from_embedding(self, x: Tensor, step: int) -> Tensor:
         """Energies (B, L) of embedded candidates x (B, L, D)."""
