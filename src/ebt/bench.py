@@ -179,6 +179,29 @@ def time_train(specs: list[TrainSpec], steps: int = 5, warmup: int = 2) -> list[
     return rows
 
 
+def matmul_flops(spec: TrainSpec) -> float:
+    """FLOPs of the matrix products (mm/bmm/addmm/baddbmm) in one training step's forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    mms = {torch.ops.aten.mm.default: 0, torch.ops.aten.bmm.default: 0,
+           torch.ops.aten.addmm.default: 1, torch.ops.aten.baddbmm.default: 1}   # index of the first factor
+
+    class Count(TorchDispatchMode):
+        total = 0.0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in mms:
+                a, b = args[mms[func]], args[mms[func] + 1]
+                Count.total += 2.0 * a.numel() * b.shape[-1]
+            return func(*args, **(kwargs or {}))
+
+    device = resolve_device(spec.device)
+    model, _, batch = build(spec, device)
+    with Count():
+        model(batch).loss.backward()
+    return Count.total
+
+
 def _peak_rss_mib(reset: bool = False) -> float:
     """Peak resident set of this process (VmHWM). reset=True first lowers the peak to the current resident set
     (Linux `clear_refs` 5), so that import-time transients do not hide what the training step needs."""
@@ -233,18 +256,22 @@ def _single_cuda(specs: list[TrainSpec]) -> bool:
     return len(specs) == 1 and resolve_device(specs[0].device).type == "cuda"
 
 
-def train_bench(specs: list[TrainSpec], steps: int, warmup: int, memory: bool = True) -> dict:
+def train_bench(specs: list[TrainSpec], steps: int, warmup: int, memory: bool = True, flops: bool = False) -> dict:
     """Time `specs` side by side, measure each one's peak memory, and give ratios against the Transformer++."""
     # memory first, each configuration in its own process, so a GPU never holds the timed models at the same time
     mems = [measure_memory(s) for s in specs] if memory and not _single_cuda(specs) else [{} for _ in specs]
     rows = time_train(specs, steps, warmup)
     for row, mem in zip(rows, mems):
         row.update(mem)
+    if flops:
+        for spec, row in zip(specs, rows):
+            row["matmul_gflops"] = round(matmul_flops(spec) / 1e9, 4)
     base = next((r for r in rows if r["model"] == "transformer"), None)
-    if base is not None and base.get("mem_mib"):
-        for r in rows:
-            if r.get("mem_mib"):
-                r["mem_ratio"] = round(r["mem_mib"] / base["mem_mib"], 2)
+    for r in rows if base is not None else []:
+        if r.get("mem_mib") and base.get("mem_mib"):
+            r["mem_ratio"] = round(r["mem_mib"] / base["mem_mib"], 2)
+        if r.get("matmul_gflops") and base.get("matmul_gflops"):
+            r["flop_ratio"] = round(r["matmul_gflops"] / base["matmul_gflops"], 2)
     device = resolve_device(specs[0].device)
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
@@ -253,7 +280,8 @@ def train_bench(specs: list[TrainSpec], steps: int, warmup: int, memory: bool = 
 
 
 def format_table(result: dict) -> str:
-    cols = ["name", "step_ms", "step_ms_cpu", "tokens_per_s", "mem_mib", "time_ratio", "cpu_time_ratio", "mem_ratio"]
+    cols = ["name", "step_ms", "step_ms_cpu", "tokens_per_s", "mem_mib", "time_ratio", "cpu_time_ratio", "mem_ratio",
+            "flop_ratio"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         lines.append("| " + " | ".join(str(r.get(c, r.get("error", "")) if c != "name" else r[c]) for c in cols) + " |")
@@ -318,6 +346,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                    help="with --pair: one more EBT with these overrides, timed in the same process")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--flops", action="store_true", help="also count each step's matmul FLOPs (one extra step)")
     p.add_argument("--prompt", type=int, default=16, help="generate: prompt tokens")
     p.add_argument("--new", type=int, default=32, help="generate: new tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -359,7 +388,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.reference:
             specs.append(dataclasses.replace(base, model="ebt-ref"))
         specs.append(dataclasses.replace(base, model="transformer", overrides={}))
-    result = train_bench(specs, args.steps, args.warmup, memory=not args.no_memory)
+    result = train_bench(specs, args.steps, args.warmup, memory=not args.no_memory, flops=args.flops)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 

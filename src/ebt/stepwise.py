@@ -30,20 +30,22 @@ class _LeafContext(ContextEnergy):
 
     def __init__(self, model: AREnergyModel, input_ids: Tensor):
         super().__init__(model, input_ids)
-        self.pairs: dict[int, tuple[Observed, Observed]] = {}   # id(observed with graph) -> (it, its leaf copy)
+        self.pairs: dict[int, tuple[Observed, list]] = {}   # id(observed with graph) -> (it, [(leaf k, leaf v)])
 
     def observed(self, step: int) -> Observed:
         obs = super().observed(step)
         if id(obs) not in self.pairs:
-            leaf = Observed([(k.detach().requires_grad_(True), v.detach().requires_grad_(True)) for k, v in obs.kv])
-            self.pairs[id(obs)] = (obs, leaf)
-        return self.pairs[id(obs)][1]
+            leaves = [(k.detach().requires_grad_(True), v.detach().requires_grad_(True)) for k, v in obs.kv]
+            self.pairs[id(obs)] = (obs, leaves)
+        # the prediction stream gets views: non-leaf inputs, so that the fused attention can ask the autograd engine
+        # whether their gradient is needed in the current pass (it cannot ask about leaves under autograd.grad)
+        return Observed([(k.view_as(k), v.view_as(v)) for k, v in self.pairs[id(obs)][1]])
 
     def kv(self) -> tuple[list[Tensor], list[Tensor]]:
         """(observed keys/values with their graph, the matching leaves), flattened."""
         graph, leaves = [], []
-        for obs, leaf in self.pairs.values():
-            for (k, v), (lk, lv) in zip(obs.kv, leaf.kv):
+        for obs, pairs in self.pairs.values():
+            for (k, v), (lk, lv) in zip(obs.kv, pairs):
                 graph += [k, v]
                 leaves += [lk, lv]
         return graph, leaves
