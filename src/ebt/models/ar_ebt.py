@@ -66,7 +66,8 @@ class AREnergyModel(nn.Module):
         if cfg.conditioning == "adaln_zero":
             for m in self.modules():
                 if isinstance(m, nn.Sequential):
-                    nn.init.zeros_(m[1].weight), nn.init.zeros_(m[1].bias)
+                    nn.init.zeros_(m[1].weight)
+                    nn.init.zeros_(m[1].bias)
             nn.init.zeros_(self.transformer.final_layer.linear.weight)
 
     # ---- conditioning helpers -------------------------------------------------------------------------------
