@@ -10,8 +10,8 @@ configuration only loses its own row and peak memory is that model's alone (torc
 Rows: the Transformer++; the reference implementation's formulation (2L-token masked sequence recomputed at
 every step, time_embed as in the paper's S1 recipe); ours with time_embed (observed stream once per step); ours
 with pred_embed (observed stream once per batch). Both of ours use the defaults: fused attention, stepwise
-gradients (one thinking step's graph in memory at a time); add e.g. `--set model.compile_kernels=true` by
-editing MODELS below.
+gradients (one thinking step's graph in memory at a time); `--compiled` adds ours with pred_embed and
+model.compile_kernels=true (Triton kernels for the custom Functions' bodies).
 """
 from __future__ import annotations
 
@@ -70,7 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration")
     p.add_argument("--no-memory", action="store_true", help="CPU: skip the peak-memory subprocesses")
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON object")
+    p.add_argument("--compiled", action="store_true",
+                   help="add a row: ours (pred_embed) with model.compile_kernels=true (Triton; ~1 min to compile)")
     args = p.parse_args(argv)
+    models = MODELS + ([("EBT ours (pred_embed, compiled kernels)", "ebt", "pred_embed",
+                         ["model.compile_kernels=true"])] if args.compiled else [])
     if args.tiny:
         args.sizes, args.dtypes, args.batch, args.ctx, args.vocab = "tiny", "fp32", 2, 16, 64
         args.steps, args.warmup, args.device, args.threads = 1, 1, "cpu", 1
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         for dtype in args.dtypes.split(","):
             base = None
-            for label, model, cond, sets in MODELS:
+            for label, model, cond, sets in models:
                 r = run_one(model, cond, sets, size, dtype, args)
                 r.update(size=size, dtype=dtype, label=label)
                 if model == "transformer":
@@ -88,8 +92,9 @@ def main(argv=None) -> int:
                     if r.get("mem_mib") and base.get("mem_mib"):
                         r["x_mem"] = round(r["mem_mib"] / base["mem_mib"], 2)
                 rows.append(r)
-                print(f"[{time.time() - t0:6.0f}s] {size} {dtype} {label}: {r.get('error') or r.get('step_ms')}",
-                      file=sys.stderr, flush=True)
+                done = r.get("error") or (f"{r['step_ms']} ms, {r['tokens_per_s']:.0f} tokens/s, "
+                                          f"{r.get('mem_mib')} MiB, x{r.get('x_time')} time, x{r.get('x_mem')} mem")
+                print(f"[{time.time() - t0:6.0f}s] {size} {dtype} {label}: {done}", file=sys.stderr, flush=True)
     print(f"batch {args.batch}, context {args.ctx}, vocabulary {args.vocab}, {args.steps} timed steps after "
           f"{args.warmup} warm-up; memory = peak allocated (CUDA) or resident-set growth (CPU)\n")
     print("| size | dtype | model | step ms | tokens/s | memory MiB | x T++ time | x T++ memory |")

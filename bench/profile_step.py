@@ -1,0 +1,57 @@
+"""Where a training step's time goes: torch.profiler over a few steps of one configuration, top operators.
+
+    PYTHONPATH=src python bench/profile_step.py --size small --dtype bf16 --batch 32 --ctx 256 --vocab 50277
+    python bench/profile_step.py --size tiny --device cpu --vocab 64 --ctx 16 --batch 2      # smoke test
+
+Prints the operator table sorted by device time (CUDA) or CPU time, and writes a Chrome trace with --trace.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ebt.bench import SIZES, TrainSpec, _sync, build, resolve_device, train_step  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="ebt", choices=["ebt", "transformer", "ebt-ref"])
+    p.add_argument("--size", default="cpu", choices=sorted(SIZES))
+    p.add_argument("--conditioning", default="pred_embed")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--ctx", type=int, default=128)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=2, help="profiled steps (after 2 warm-up steps)")
+    p.add_argument("--rows", type=int, default=30)
+    p.add_argument("--trace", help="also write a Chrome trace to this path")
+    args = p.parse_args(argv)
+    spec = TrainSpec(model=args.model, ctx=args.ctx, batch=args.batch, vocab=args.vocab, dtype=args.dtype,
+                     conditioning=args.conditioning, device=args.device, **SIZES[args.size])
+    device = resolve_device(spec.device)
+    model, opt, batch = build(spec, device)
+    for _ in range(2):
+        train_step(model, opt, batch, device, spec.dtype)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(args.steps):
+            train_step(model, opt, batch, device, spec.dtype)
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"{args.model} {args.size} {args.dtype} batch {args.batch} ctx {args.ctx} vocab {args.vocab}, "
+          f"{args.steps} steps")
+    print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
