@@ -7,12 +7,15 @@
    float64 gradcheck and gradgradcheck on the device.
 2. A tiny EBT's training loss and every parameter gradient (thinking steps with their second-order graph) are
    the same on the device as on the CPU in float64, for each conditioning and attention path, with the same
-   weights, batch and initial candidates. Prints one JSON line; exits 1 if a check fails.
+   weights, batch and initial candidates (with --compiled also for model.compile_kernels=true on the device).
+   On CUDA this runs the vocabulary matmuls at their padded width (models/vocab.padded_vocab).
+   Prints one JSON line; exits 1 if a check fails.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 
@@ -48,7 +51,7 @@ def kernel_checks(device: torch.device) -> dict:
     return {name: bool(gradcheck(fn, ins) and gradgradcheck(fn, ins)) for name, (fn, ins) in cases.items()}
 
 
-def step_parity(device: torch.device, conditioning: str, attn_impl: str) -> float:
+def step_parity(device: torch.device, conditioning: str, attn_impl: str, compiled: bool = False) -> float:
     """Worst relative difference (loss and every gradient) of one training step on `device` vs CPU, float64."""
     from ebt.config import ModelConfig, ThinkConfig
     from ebt.lm import TextEBT
@@ -58,6 +61,9 @@ def step_parity(device: torch.device, conditioning: str, attn_impl: str) -> floa
                       attn_impl=attn_impl)
     cpu_model = TextEBT(cfg, ThinkConfig(steps=2)).double().train()
     dev_model = copy.deepcopy(cpu_model).to(device)
+    if compiled:   # the device model's custom-Function bodies through torch.compile (Triton on CUDA)
+        dev_model = TextEBT(dataclasses.replace(cfg, compile_kernels=True), ThinkConfig(steps=2)).double().to(device)
+        dev_model.load_state_dict(cpu_model.state_dict())
     ids = torch.randint(1, 11, (3, 7))
     z0 = torch.randn(3, 6, 11, dtype=F64)
     results = []
@@ -74,6 +80,7 @@ def step_parity(device: torch.device, conditioning: str, attn_impl: str) -> floa
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
+    p.add_argument("--compiled", action="store_true", help="also check model.compile_kernels=true (slow to compile)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -82,6 +89,8 @@ def main(argv=None) -> int:
     kernels = kernel_checks(device)
     parity = {f"{c}/{a}": step_parity(device, c, a)
               for c in ("pred_embed", "time_embed", "adaln") for a in ("fused", "math")}
+    if args.compiled:
+        parity["pred_embed/fused/compiled"] = step_parity(device, "pred_embed", "fused", compiled=True)
     ok = all(kernels.values()) and all(v < 1e-9 for v in parity.values())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(json.dumps({"device": name, "torch": torch.__version__, "ok": ok, "gradgradcheck": kernels,

@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON object")
     p.add_argument("--compiled", action="store_true",
                    help="add a row: ours (pred_embed) with model.compile_kernels=true (Triton; ~1 min to compile)")
+    p.add_argument("--skip-reference", action="store_true", help="leave out the reference-style EBT rows")
     args = p.parse_args(argv)
-    models = MODELS + ([("EBT ours (pred_embed, compiled kernels)", "ebt", "pred_embed",
+    models = [m for m in MODELS if not (args.skip_reference and m[1] == "ebt-ref")] + ([("EBT ours (pred_embed, compiled kernels)", "ebt", "pred_embed",
                          ["model.compile_kernels=true"])] if args.compiled else [])
     if args.tiny:
         args.sizes, args.dtypes, args.batch, args.ctx, args.vocab = "tiny", "fp32", 2, 16, 64

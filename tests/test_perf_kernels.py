@@ -213,7 +213,7 @@ def test_cross_entropy_chunks_rows(monkeypatch):
     """Row-chunked log-sum-exp (large V) gives the unchunked result."""
     from ebt.models import vocab
 
-    monkeypatch.setattr(vocab, "_CHUNK_ELEMENTS", 14)          # two rows of V=7 per chunk
+    monkeypatch.setattr(vocab, "_CHUNK_ELEMENTS", {"cpu": 14, "cuda": 14})   # two rows of V=7 per chunk
     z = torch.randn(3, 5, 7, dtype=F64, requires_grad=True)
     y = torch.randint(1, 7, (3, 5))
     torch.testing.assert_close(candidate_cross_entropy(z, y, 0), cross_entropy(z, y))

@@ -112,6 +112,10 @@ class ThinkConfig:
     its second-order graph, so training memory holds one step's graph instead of all of them (same compute). Exact:
     the returned loss carries the summed gradients (ebt/stepwise.py). Skipped, silently, for FSDP2-sharded
     parameters and outside S1; False always keeps every step's graph until loss.backward()."""
+    keep_logits: bool = False
+    """With stepwise gradients: keep every step's logits in the training output (`LMOutput.thought.logits`, for
+    parity checks and analysis). Off, only the final step's are kept: each is a (B, L, V) float32 tensor, 1.6 GB
+    at batch 32, context 256, V = 50,277."""
     replay_topk: int = 0
     """> 0: store only each position's top-k logits (plus the mean of the rest, which fills the other entries on
     replay) instead of all V; see docs/s2.md for what this approximation costs. 0 stores all V logits."""

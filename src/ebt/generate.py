@@ -80,7 +80,7 @@ def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOption
                 pass
             else:
                 cache = model.net.observe(window).with_capacity(ctx)
-            logits, extra = model.net.output(cache.hidden[:, -1:]).float()[:, -1], None
+            logits, extra = model.net.head(cache.hidden[:, -1:])[:, -1], None
         token = pick(logits)[:, None]
         yield DecodeStep(token[:, 0], logits, extra)
         ids = torch.cat([ids, token], dim=1)

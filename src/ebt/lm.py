@@ -117,7 +117,7 @@ class TextEBT(nn.Module):
         energy, hook, stepwise = self.context_energy(x), {}, None
         if training and torch.is_grad_enabled() and StepwiseGradients.applies(self, self.think_cfg):
             stepwise = StepwiseGradients(self, self.energy, x, y, PAD_ID)   # frees each step's graph after it
-            energy, hook = stepwise.energy, {"on_step": stepwise.on_step}
+            energy, hook = stepwise.energy, {"on_step": stepwise.on_step, "keep_all": self.think_cfg.keep_logits}
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
             thought = self.thinker.train_descent(energy, z0, training=training, randomize=randomize, **hook)
             if stepwise is None:

@@ -101,7 +101,8 @@ class Thinker(nn.Module):
 
     # ---- training descent -----------------------------------------------------------------------------------
     def train_descent(self, energy: EnergyFn, z0: Tensor, training: bool = True,
-                      randomize: Optional[bool] = None, on_step: Optional[StepHook] = None) -> Thought:
+                      randomize: Optional[bool] = None, on_step: Optional[StepHook] = None,
+                      keep_all: bool = True) -> Thought:
         """The training-time descent (also used for validation loss, without randomisation or a second-order graph).
 
         training=True: create_graph on every step (S1) or on the final step only (truncate, S2).
@@ -118,16 +119,17 @@ class Thinker(nn.Module):
             alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device).to(z0.dtype)  # (B, L, 1)
         return self.descend(energy, z0, schedule, create_graph=training, alpha=alpha,
                             langevin_std=c.langevin_std if randomize else 0.0,
-                            detach=c.detach, truncate=c.truncate, on_step=on_step)
+                            detach=c.detach, truncate=c.truncate, on_step=on_step, keep_all=keep_all)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def descend(self, energy: EnergyFn, z0: Tensor, schedule: list[int], *, create_graph: bool = False,
                 alpha: Optional[Tensor] = None, langevin_std: float = 0.0, detach: bool = True,
                 truncate: bool = False, options: Optional[DescentOptions] = None,
-                on_step: Optional[StepHook] = None) -> Thought:
+                on_step: Optional[StepHook] = None, keep_all: bool = True) -> Thought:
         """Run `schedule`. on_step(i, logits, energies, alpha) -> (logits, energies), if given, sees each step's
         result and the step size it used before they are recorded, and may replace them (ebt.stepwise takes the
-        step's gradient there and detaches)."""
+        step's gradient there and detaches). keep_all=False keeps only the final logits (earlier entries of
+        `Thought.logits` are None): at V = 50k each is 1.6 GB."""
         opts = options or DescentOptions(langevin_std=langevin_std)
         if alpha is None:
             alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
@@ -160,6 +162,7 @@ class Thinker(nn.Module):
                     (dx,) = torch.autograd.grad(e.sum(), x, create_graph=graph)  # (B, L, D)
                     finite = torch.isfinite(dx).all()   # dE/dp = dx M^T: checking the (B, L, D) factor is enough
                     new_z = energy.update(p, dx, alpha)
+                    p = noisy = None   # (B, L, V) each: not needed again, free before the step's backward
                 else:
                     if not p.requires_grad:
                         p.requires_grad_(True)
@@ -193,6 +196,8 @@ class Thinker(nn.Module):
                 else:
                     steps_used += 1
                 z = new_z
+                if not keep_all and out.logits:
+                    out.logits[-1] = None   # release the previous step's (B, L, V) logits before on_step's backward
                 if on_step is not None:
                     z, e = on_step(i, z, e, alpha)
                 out.logits.append(z)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ebt.config import ModelConfig
 from ebt.models.backbone import Backbone, Observed, init_weights
+from ebt.models.vocab import vocab_logits
 
 
 class TransformerPP(nn.Module):
@@ -25,5 +26,9 @@ class TransformerPP(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Next-token logits (B, S, V)."""
-        logits = self.output(self.observe(input_ids).hidden)
+        return self.head(self.observe(input_ids).hidden)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """Normalised states (..., D) -> float logits (..., V) (the matmul at an aligned width on CUDA)."""
+        logits = vocab_logits(hidden, self.output.weight)
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits

@@ -27,17 +27,50 @@ from torch import Tensor
 
 from ebt.models.fused_ops import kernel
 
-__all__ = ["embed_probs", "candidate_update", "candidate_cross_entropy"]
+__all__ = ["embed_probs", "candidate_update", "candidate_cross_entropy", "vocab_logits", "padded_vocab"]
 
 
-_CHUNK_ELEMENTS = 1 << 21
-"""Row chunks of about 8 MB for (rows, V) temporaries: large fresh CPU allocations are mapped and page-faulted
-anew each time (a (32 MB) temporary costs as much as several element-wise passes), small ones are reused."""
+_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}
+"""Row chunks for (rows, V) temporaries. CPU: about 8 MB, since large fresh CPU allocations are mapped and
+page-faulted anew each time (a (32 MB) temporary costs as much as several element-wise passes) while small ones
+are reused. CUDA: about 64 MB, enough to keep kernel launches few (8 MB chunks at V = 50k meant 200 chunks of
+three kernels each) while no full (B, L, V) temporary is formed."""
 
 
 def _row_chunks(t: Tensor, vocab: int) -> list[Tensor]:
-    """(..., n) -> views of the flattened rows in chunks of about _CHUNK_ELEMENTS / vocab rows."""
-    return list(t.reshape(-1, t.shape[-1]).split(max(1, _CHUNK_ELEMENTS // vocab)))
+    """(..., n) -> views of the flattened rows in chunks of about _CHUNK_ELEMENTS[device] / vocab rows."""
+    per_chunk = _CHUNK_ELEMENTS["cpu" if t.device.type == "cpu" else "cuda"]
+    return list(t.reshape(-1, t.shape[-1]).split(max(1, per_chunk // vocab)))
+
+
+def padded_vocab(vocab: int, device: torch.device) -> int:
+    """The vocabulary width the (rows, V) matmuls run at. cuBLAS falls back to slow kernels (an sm_75 CUTLASS
+    kernel, ~4x slower on an H100) when a bf16 operand's leading dimension is not a multiple of 8 elements, as
+    with V = 50,277; on CUDA the vocabulary side is zero-padded to a multiple of 64 (like nanoGPT's 50,304),
+    which changes no result. On CPU the padding would only cost a copy."""
+    return vocab if device.type != "cuda" or vocab % 64 == 0 else (vocab + 63) // 64 * 64
+
+
+def _pad_cast(t: Tensor, dim: int, width: int, dtype: torch.dtype) -> Tensor:
+    """t cast to dtype with dimension `dim` zero-padded to `width`, contiguous; t itself when nothing changes."""
+    if t.shape[dim] == width:
+        return t.to(dtype)
+    shape = list(t.shape)
+    shape[dim] = width
+    out = t.new_empty(shape, dtype=dtype)
+    out.narrow(dim, 0, t.shape[dim]).copy_(t)
+    out.narrow(dim, t.shape[dim], width - t.shape[dim]).zero_()
+    return out
+
+
+def vocab_logits(h: Tensor, weight: Tensor) -> Tensor:
+    """h (..., D) @ weight (V, D)^T -> logits (..., V), the output head of the Transformer++; differentiable by
+    autograd. The matmul runs at the padded width of `padded_vocab` (the padded logits are sliced away)."""
+    width = padded_vocab(weight.shape[0], h.device)
+    if width == weight.shape[0]:
+        return torch.nn.functional.linear(h, weight)
+    w = torch.nn.functional.pad(weight, (0, 0, 0, width - weight.shape[0]))
+    return torch.nn.functional.linear(h, w)[..., :weight.shape[0]]
 
 
 def _mm_dtype(*ts: Tensor) -> torch.dtype:
@@ -51,17 +84,19 @@ def _mm_dtype(*ts: Tensor) -> torch.dtype:
 class _EmbedProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, M):
-        dt = _mm_dtype(p, M)
-        ctx.save_for_backward(p, M)
-        ctx.dt = dt
-        return torch.matmul(p.to(dt), M.to(dt))                      # (B, L, D)
+        dt, width = _mm_dtype(p, M), padded_vocab(M.shape[0], M.device)
+        pp = _pad_cast(p, -1, width, dt)                              # (B, L, V'): the matmul's operand, kept
+        ctx.save_for_backward(pp)                                     # (in bf16 under autocast: half of p's bytes)
+        ctx.dt, ctx.vocab, ctx.m_dtype = dt, M.shape[0], M.dtype
+        return torch.matmul(pp, _pad_cast(M, 0, width, dt))          # (B, L, D)
 
     @staticmethod
     def backward(ctx, dx):
-        p, M = ctx.saved_tensors
+        (pp,) = ctx.saved_tensors
         dM = None
         if ctx.needs_input_grad[1]:                                   # p^T dx; p itself needs no gradient
-            dM = torch.matmul(p.to(ctx.dt).flatten(0, -2).transpose(0, 1), dx.to(ctx.dt).flatten(0, -2)).to(M.dtype)
+            dM = torch.matmul(pp.flatten(0, -2).transpose(0, 1), dx.to(ctx.dt).flatten(0, -2))
+            dM = dM[:ctx.vocab].to(ctx.m_dtype)
         return None, dM
 
 
@@ -75,23 +110,31 @@ def embed_probs(p: Tensor, M: Tensor) -> Tensor:
 class _CandidateUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, dx, M, alpha):
-        dt = _mm_dtype(dx, M)
-        g = torch.matmul(dx.to(dt), M.to(dt).transpose(0, 1))        # dE/dp (B, L, V), never saved
-        z = g.to(p.dtype).mul_(-alpha).add_(p)                       # in g's buffer when the dtypes agree
-        ctx.save_for_backward(dx, M, alpha)
-        ctx.dt = dt
+        dt, V = _mm_dtype(dx, M), M.shape[0]
+        width = padded_vocab(V, M.device)
+        Mp = _pad_cast(M, 0, width, dt)                               # (V', D)
+        g = torch.matmul(dx.to(dt), Mp.transpose(0, 1))               # dE/dp (B, L, V'), never saved
+        if width == V and g.dtype == p.dtype:
+            z = g.mul_(-alpha).add_(p)                                # in g's buffer
+        else:
+            z = torch.addcmul(p, g[..., :V], -alpha)                 # one pass, in p's dtype
+        ctx.save_for_backward(dx, M, alpha)   # M, not Mp: the backward must stay differentiable w.r.t. M
+        ctx.dt, ctx.vocab, ctx.m_dtype = dt, V, M.dtype
         return z
 
     @staticmethod
     def backward(ctx, dz):
         dx, M, alpha = ctx.saved_tensors
         dt = ctx.dt
-        t = torch.matmul(dz.to(dt), M.to(dt)).to(dx.dtype)           # dz M (B, L, D) = dz . dE/dp per dx entry
+        Mp = _pad_cast(M, 0, padded_vocab(M.shape[0], M.device), dt)
+        dzp = _pad_cast(dz, -1, Mp.shape[0], dt)                      # (B, L, V')
+        t = torch.matmul(dzp, Mp).to(dx.dtype)                        # dz M (B, L, D) = dz . dE/dp per dx entry
         d_dx = -alpha.to(t.dtype) * t if ctx.needs_input_grad[1] else None
         dM = d_alpha = None
         if ctx.needs_input_grad[2]:
-            scaled = dz * alpha if alpha.numel() > 1 else dz
-            dM = -torch.matmul(scaled.to(dt).flatten(0, -2).transpose(0, 1), dx.to(dt).flatten(0, -2)).to(M.dtype)
+            scaled = _pad_cast(dz * alpha, -1, Mp.shape[0], dt) if alpha.numel() > 1 else dzp
+            dM = -torch.matmul(scaled.flatten(0, -2).transpose(0, 1), dx.to(dt).flatten(0, -2))
+            dM = dM[:ctx.vocab].to(ctx.m_dtype)
             if alpha.numel() == 1:
                 dM = dM * alpha.to(dM.dtype)
         if ctx.needs_input_grad[3]:
