@@ -151,6 +151,10 @@ class Thinker(nn.Module):
                 if opts.langevin_std > 0 and (i == 0 or not opts.langevin_first_only):
                     noisy = z + noise.randn_like(z) * opts.langevin_std
                 p = noisy.softmax(-1) if self.softmax else noisy
+                if not keep_all and self.softmax and not (opts.accept_lower or opts.tol is not None):
+                    z = noisy = None   # only p is needed from here: free the (B, L, V) logits during the step
+                    if out.logits:
+                        out.logits[-1] = None
                 if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
                     # constant candidates (S1, inference): differentiate w.r.t. the (B, L, D) embedding x = p M and
                     # form p - alpha dE/dp = p - alpha (dE/dx) M^T in an exact Function that stores no (B, L, V)

@@ -19,7 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ebt.config import ModelConfig
 from ebt.models.attention import fused_prediction_attention
-from ebt.models.layers import Attention, RMSNorm, SwiGLU, masked_attention, modulate, prediction_attention, rope_angles
+from ebt.models.layers import (Attention, RMSNorm, SwiGLU, modulate, observed_attention, prediction_attention,
+                               rope_angles)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Block(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if not need_output:  # the last layer's observed output is never read by an EBT
             return None, k, v
-        x = x + self._gate(self.attention.out(masked_attention(q, k, v, allowed)), gate)
+        x = x + self._gate(self.attention.out(observed_attention(q, k, v, allowed, causal=past is None)), gate)
         return self._ffn(x, mods), k, v
 
     def predict(self, x: Tensor, rope: tuple[Tensor, Tensor], kv: tuple[Tensor, Tensor], allowed: Tensor,

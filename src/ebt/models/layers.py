@@ -83,6 +83,19 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor
     return (scores.softmax(-1).type_as(v)) @ v
 
 
+def observed_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, causal: bool) -> Tensor:
+    """Attention of the observed (context) stream through PyTorch's fused SDPA kernels (flash on CPU and GPU).
+
+    The fused kernels have no double backward, and none is needed here: the thinking gradient is taken w.r.t. the
+    candidates, whose path never enters the observed stream, so the observed stream is only differentiated once,
+    by the outer backward (DESIGN.md; tests/test_gradients.py checks the training loss by finite differences).
+    causal=True: the square causal mask of a stream without a KV cache; else `allowed` (Sq, Sk) bool is the mask.
+    """
+    if causal:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
 def prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: Tensor, v_self: Tensor,
                          allowed: Tensor) -> Tensor:
     """Attention of prediction tokens over observed keys plus their own key (REFERENCE_SPEC §1.3).
