@@ -17,7 +17,9 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -82,6 +84,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--compiled", action="store_true", help="also check model.compile_kernels=true (slow to compile)")
     args = p.parse_args(argv)
+    if args.compiled and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # a private compile cache: kernels compiled here for tiny float64 shapes must not be what a later benchmark
+        # process finds in the shared cache (suspected of slowing the compiled row of a GPU run; docs/performance.md)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ebt_gpu_check_")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device is visible; run with --device cpu for the CPU version", file=sys.stderr)

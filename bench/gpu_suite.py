@@ -11,7 +11,8 @@ Rows: the Transformer++; the reference implementation's formulation (2L-token ma
 every step, time_embed as in the paper's S1 recipe); ours with time_embed (observed stream once per step); ours
 with pred_embed (observed stream once per batch). Both of ours use the defaults: fused attention, stepwise
 gradients (one thinking step's graph in memory at a time); `--compiled` adds ours with pred_embed and
-model.compile_kernels=true (Triton kernels for the custom Functions' bodies).
+model.compile_kernels=true (Triton kernels for the custom Functions' bodies), `--variant LABEL:KEY=VALUE,...`
+any other configuration of ours, e.g. `--variant ckpt:model.checkpointing=observed`.
 """
 from __future__ import annotations
 
@@ -72,10 +73,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON object")
     p.add_argument("--compiled", action="store_true",
                    help="add a row: ours (pred_embed) with model.compile_kernels=true (Triton; ~1 min to compile)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                   help="one more row: ours (pred_embed) with these overrides, e.g. ckpt:model.checkpointing=observed")
     p.add_argument("--skip-reference", action="store_true", help="leave out the reference-style EBT rows")
     args = p.parse_args(argv)
-    models = [m for m in MODELS if not (args.skip_reference and m[1] == "ebt-ref")] + ([("EBT ours (pred_embed, compiled kernels)", "ebt", "pred_embed",
-                         ["model.compile_kernels=true"])] if args.compiled else [])
+    models = [m for m in MODELS if not (args.skip_reference and m[1] == "ebt-ref")]
+    if args.compiled:
+        args.variant.append("compiled kernels:model.compile_kernels=true")
+    for v in args.variant:   # "LABEL:KEY=VALUE,..." -> ours with pred_embed and these overrides
+        label, _, sets = v.partition(":")
+        models.append((f"EBT ours (pred_embed, {label})", "ebt", "pred_embed", [x for x in sets.split(",") if x]))
     if args.tiny:
         args.sizes, args.dtypes, args.batch, args.ctx, args.vocab = "tiny", "fp32", 2, 16, 64
         args.steps, args.warmup, args.device, args.threads = 1, 1, "cpu", 1

@@ -180,7 +180,8 @@ def time_train(specs: list[TrainSpec], steps: int = 5, warmup: int = 2) -> list[
 
 
 def matmul_flops(spec: TrainSpec) -> float:
-    """FLOPs of the matrix products (mm/bmm/addmm/baddbmm) in one training step's forward and backward."""
+    """FLOPs of the matrix products (mm/bmm/addmm/baddbmm, and those inside fused SDPA kernels, counted as the
+    plain attention's) in one training step's forward and backward."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     mms = {torch.ops.aten.mm.default: 0, torch.ops.aten.bmm.default: 0,
@@ -193,6 +194,10 @@ def matmul_flops(spec: TrainSpec) -> float:
             if func in mms:
                 a, b = args[mms[func]], args[mms[func] + 1]
                 Count.total += 2.0 * a.numel() * b.shape[-1]
+            elif "scaled_dot_product" in func.__name__:   # fused SDPA: counted as the math path's 2 (4) matmuls
+                backward = func.__name__.split(".")[0].endswith("_backward")
+                q, k = args[1:3] if backward else args[0:2]          # (B, H, Lq, hd), (B, H, Lk, hd)
+                Count.total += (8.0 if backward else 4.0) * q.numel() * k.shape[-2]
             return func(*args, **(kwargs or {}))
 
     device = resolve_device(spec.device)
