@@ -106,6 +106,7 @@ class TextEBT(nn.Module):
         randomize = training if randomize is None else randomize
         fresh = input_ids.shape[0]
         replay = self.replay if (training and randomize and z0 is None) else None
+        own_start = z0 is None     # our own scratch: the descent may free it after the first step
         if z0 is None:
             z0 = self.initial_logits(fresh, input_ids.shape[1] - 1, input_ids.device)   # (B, L, V)
         replayed = replay.sample(int(fresh * self.think_cfg.replay_frac), input_ids.shape[1]) if replay else None
@@ -117,7 +118,8 @@ class TextEBT(nn.Module):
         energy, hook, stepwise = self.context_energy(x), {}, None
         if training and torch.is_grad_enabled() and StepwiseGradients.applies(self, self.think_cfg):
             stepwise = StepwiseGradients(self, self.energy, x, y, PAD_ID)   # frees each step's graph after it
-            energy, hook = stepwise.energy, {"on_step": stepwise.on_step, "keep_all": self.think_cfg.keep_logits}
+            energy, hook = stepwise.energy, {"on_step": stepwise.on_step, "keep_all": self.think_cfg.keep_logits,
+                                             "release_start": own_start}
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
             thought = self.thinker.train_descent(energy, z0, training=training, randomize=randomize, **hook)
             if stepwise is None:

@@ -102,7 +102,7 @@ class Thinker(nn.Module):
     # ---- training descent -----------------------------------------------------------------------------------
     def train_descent(self, energy: EnergyFn, z0: Tensor, training: bool = True,
                       randomize: Optional[bool] = None, on_step: Optional[StepHook] = None,
-                      keep_all: bool = True) -> Thought:
+                      keep_all: bool = True, release_start: bool = False) -> Thought:
         """The training-time descent (also used for validation loss, without randomisation or a second-order graph).
 
         training=True: create_graph on every step (S1) or on the final step only (truncate, S2).
@@ -119,17 +119,20 @@ class Thinker(nn.Module):
             alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device).to(z0.dtype)  # (B, L, 1)
         return self.descend(energy, z0, schedule, create_graph=training, alpha=alpha,
                             langevin_std=c.langevin_std if randomize else 0.0,
-                            detach=c.detach, truncate=c.truncate, on_step=on_step, keep_all=keep_all)
+                            detach=c.detach, truncate=c.truncate, on_step=on_step, keep_all=keep_all,
+                            release_start=release_start)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def descend(self, energy: EnergyFn, z0: Tensor, schedule: list[int], *, create_graph: bool = False,
                 alpha: Optional[Tensor] = None, langevin_std: float = 0.0, detach: bool = True,
                 truncate: bool = False, options: Optional[DescentOptions] = None,
-                on_step: Optional[StepHook] = None, keep_all: bool = True) -> Thought:
+                on_step: Optional[StepHook] = None, keep_all: bool = True, release_start: bool = False) -> Thought:
         """Run `schedule`. on_step(i, logits, energies, alpha) -> (logits, energies), if given, sees each step's
         result and the step size it used before they are recorded, and may replace them (ebt.stepwise takes the
         step's gradient there and detaches). keep_all=False keeps only the final logits (earlier entries of
-        `Thought.logits` are None): at V = 50k each is 1.6 GB."""
+        `Thought.logits` are None): at V = 50k each is 1.6 GB. release_start=True (with keep_all=False and detached
+        steps) says z0 is scratch that the caller never reads again: its storage is freed after the first step's
+        probabilities are formed (the callers' frames would otherwise keep it alive through every step)."""
         opts = options or DescentOptions(langevin_std=langevin_std)
         if alpha is None:
             alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
@@ -155,6 +158,8 @@ class Thinker(nn.Module):
                     z = noisy = None   # only p is needed from here: free the (B, L, V) logits during the step
                     if out.logits:
                         out.logits[-1] = None
+                    if i == 0 and release_start and detach:
+                        z0.untyped_storage().resize_(0)   # the caller's scratch start, never read again
                 if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
                     # constant candidates (S1, inference): differentiate w.r.t. the (B, L, D) embedding x = p M and
                     # form p - alpha dE/dp = p - alpha (dE/dx) M^T in an exact Function that stores no (B, L, V)
@@ -199,7 +204,7 @@ class Thinker(nn.Module):
                     steps_used += (~keep).long()
                 else:
                     steps_used += 1
-                z = new_z
+                z, new_z = new_z, None   # one reference: the next step frees it as soon as its probabilities exist
                 if not keep_all and out.logits:
                     out.logits[-1] = None   # release the previous step's (B, L, V) logits before on_step's backward
                 if on_step is not None:
