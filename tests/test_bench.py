@@ -79,3 +79,28 @@ def test_train_pair_script(capsys, monkeypatch):
         runpy.run_path(str(ROOT / "bench" / "train_pair.py"), run_name="__main__")
     assert exc.value.code == 0
     assert "| transformer |" in capsys.readouterr().out
+
+
+def test_alloc_peak_extrapolates_the_batch_exactly(capsys, monkeypatch):
+    """bench/alloc_peak.py: the peak predicted for batch 4 from batches 2 and 3 is the peak measured at batch 4."""
+    monkeypatch.setattr(sys, "path", list(sys.path))   # the script puts src/ on sys.path
+    tool = runpy.run_path(str(ROOT / "bench" / "alloc_peak.py"))
+    args = ["--size", "tiny", "--ctx", "8", "--vocab", "50", "--threads", "1"]
+    assert tool["main"]([*args, "--batch", "2", "--predict-batch", "4"]) == 0
+    predicted = json.loads(capsys.readouterr().out)["predicted_peak_mib"]
+    assert tool["main"]([*args, "--batch", "4"]) == 0
+    measured = json.loads(capsys.readouterr().out)["peak_mib"]
+    assert predicted == pytest.approx(measured, rel=0.02)
+
+
+def test_s1_training_keeps_one_step_of_candidate_tensors():
+    """With stepwise gradients, the training step frees each step's (B, L, V) logits, probabilities and the scratch
+    start as soon as they are used: its peak is lower than when every step's logits are kept, by about 3 (B, L, V)
+    float32 tensors (the start, an earlier step's logits and the stale update result)."""
+    tool = runpy.run_path(str(ROOT / "bench" / "alloc_peak.py"))
+    spec = TrainSpec(model="ebt", dim=16, layers=1, heads=2, ctx=32, batch=4, vocab=4096, device="cpu",
+                     think_steps=3)
+    one = 4 * 32 * 4096 * 4
+    _, lean, _ = tool["measure"](spec, False)
+    _, kept, _ = tool["measure"](TrainSpec(**{**spec.__dict__, "overrides": {"think.keep_logits": "true"}}), False)
+    assert max(kept) - max(lean) > 2.5 * one
