@@ -119,12 +119,13 @@ def _softmax_backward(dO, gP, gp_self, q, k_obs, v_obs, k_self, v_self, P, p_sel
     delta = torch.linalg.vecdot(P, dS) + p_self * d_self             # softmax Jacobian over S + 1 columns
     dS.sub_(delta[..., None]).mul_(P)
     ds_self = (p_self * (d_self - delta) * c)[..., None]
-    dq = _mm(dS, k_obs, q.dtype).mul_(c) + ds_self.to(q.dtype) * k_self
+    dS_mm = dS.to(k_obs.dtype)                                         # cast once for both products below
+    dq = _mm(dS_mm, k_obs, q.dtype).mul_(c) + ds_self.to(q.dtype) * k_self
     dk_self = ds_self.to(q.dtype) * q
     dv_self = None if dO is None else p_self[..., None].to(dO.dtype) * dO
     dk_obs = dv_obs = None
     if need_obs:
-        dk_obs = _mm(dS.transpose(-2, -1), q, k_obs.dtype).mul_(c)
+        dk_obs = _mm(dS_mm.transpose(-2, -1), q.to(k_obs.dtype), k_obs.dtype).mul_(c)
         dv_obs = None if dO is None else _mm(P.transpose(-2, -1), dO, v_obs.dtype)
     return dq, dk_obs, dv_obs, dk_self, dv_self
 
