@@ -47,7 +47,10 @@ def kernel(fn, compiled: bool):
     if not compiled:
         return fn
     if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+        # default shape handling: kernels specialised to the first (training) shapes, a dynamic version only once a
+        # second shape appears. dynamic=True tunes every launch configuration for whichever shape comes first and
+        # reuses it for all others (pytorch/pytorch#197842), e.g. tiny test shapes' configs for a real batch
+        _COMPILED[fn] = torch.compile(fn)
     return _COMPILED[fn]
 
 
