@@ -125,3 +125,26 @@ def test_transformer_cache_and_generation_shapes():
     torch.testing.assert_close(torch.stack(a), torch.stack(b), rtol=1e-5, atol=1e-5)
     out = generate(model, prompt, SampleOptions(max_new_tokens=10, temperature=0.0))
     assert out.shape == (1, 13)  # runs past the context by sliding the window
+
+
+def test_frozen_weights_reuse_the_fused_projection_until_a_weight_changes():
+    """Inference reuses one detached concatenation of the q/k/v (and w1/w3) weights; an optimizer-style in-place
+    update invalidates it, and outside `frozen_weights` the weights keep their gradients."""
+    from ebt.models.layers import Attention, fused_weight, frozen_weights
+
+    torch.manual_seed(0)
+    att = Attention(8, 2)
+    ws = (att.wq.weight, att.wk.weight, att.wv.weight)
+    with frozen_weights():
+        first = fused_weight(att, *ws)
+        assert fused_weight(att, *ws) is first and not first.requires_grad
+        torch.testing.assert_close(first, torch.cat(ws))
+        with torch.no_grad():
+            att.wk.weight.add_(1.0)                     # bumps the version counter
+        second = fused_weight(att, *ws)
+        assert second is not first
+        torch.testing.assert_close(second, torch.cat(ws))
+    live = fused_weight(att, *ws)
+    assert live.requires_grad
+    live.sum().backward()
+    assert all(w.grad is not None for w in ws)

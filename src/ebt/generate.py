@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ebt.errors import UserError
 from ebt.inference import ThinkOptions, build_cache, extend_cache, think
+from ebt.models.layers import frozen_weights
 
 
 @dataclass(kw_only=True)
@@ -79,7 +80,8 @@ def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOption
             if use_cache and cache is not None and ids.shape[1] <= ctx:
                 pass
             else:
-                cache = model.net.observe(window).with_capacity(ctx)
+                with frozen_weights():
+                    cache = model.net.observe(window).with_capacity(ctx)
             logits, extra = model.net.head(cache.hidden[:, -1:])[:, -1], None
         token = pick(logits)[:, None]
         yield DecodeStep(token[:, 0], logits, extra)
@@ -88,7 +90,8 @@ def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOption
             if model.kind == "ebt":
                 cache = extend_cache(model, cache, token)
             else:
-                cache = model.net.observe(token, past=cache)
+                with frozen_weights():
+                    cache = model.net.observe(token, past=cache)
         else:
             cache = None  # the window slid: rebuild from the last `ctx` tokens
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from ebt.errors import UserError
 from ebt.models.ar_ebt import ContextEnergy
 from ebt.models.backbone import Observed
+from ebt.models.layers import frozen_weights
 from ebt.thinking import DescentOptions
 
 SELECTIONS = ("min", "max", "max_gap")
@@ -100,7 +101,8 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     d = DescentOptions(langevin_std=opts.langevin_std, langevin_first_only=opts.langevin_first_only,
                        alpha=opts.alpha, alpha_scale=opts.alpha_scale, accept_lower=opts.accept_lower, tol=opts.tol,
                        final_energy=final_energy)
-    out = thinker.descend(fn, z0, schedule, options=d)
+    with frozen_weights():   # gradients w.r.t. the candidates only
+        out = thinker.descend(fn, z0, schedule, options=d)
     energies = torch.stack(out.energies)                      # (steps, B*N, L)
     final = out.final_energy                                  # (B*N, L) or None
     logits, steps_used = out.final, out.steps_used
@@ -132,10 +134,12 @@ def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:
 def extend_cache(model, cache: dict, new_ids: Tensor) -> dict:
     """Append new context tokens (B, T) to a per-step KV cache of the observed stream."""
     energy_model = model.energy
-    return {k: energy_model.observe(new_ids, 0 if k is None else k, past=o) for k, o in cache.items()}
+    with frozen_weights():
+        return {k: energy_model.observe(new_ids, 0 if k is None else k, past=o) for k, o in cache.items()}
 
 
 def build_cache(model, input_ids: Tensor) -> dict[Optional[int], Observed]:
     energy_model = model.energy
     keys = list(range(energy_model.num_landscapes)) if energy_model.context_depends_on_step else [None]
-    return {k: energy_model.observe(input_ids, 0 if k is None else k) for k in keys}
+    with frozen_weights():
+        return {k: energy_model.observe(input_ids, 0 if k is None else k) for k in keys}

@@ -7,6 +7,9 @@ gradient of the energy.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +50,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # w1 and w3 as one matmul (see Attention.qkv)
-        a, b = F.linear(x, torch.cat([self.w1.weight, self.w3.weight])).chunk(2, dim=-1)
+        a, b = F.linear(x, fused_weight(self, self.w1.weight, self.w3.weight)).chunk(2, dim=-1)
         return self.w2(F.silu(a) * b)
 
 
@@ -111,6 +114,34 @@ def prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: Tensor
     return weights[..., :-1] @ v_obs + weights[..., -1:] * v_self
 
 
+_FROZEN_WEIGHTS: ContextVar[bool] = ContextVar("ebt_frozen_weights", default=False)
+
+
+@contextmanager
+def frozen_weights() -> Iterator[None]:
+    """Inside: no gradient w.r.t. the weights will be asked for (inference thinking differentiates the energy w.r.t.
+    the candidates only), so the fused projections reuse one detached concatenation of their weights instead of
+    concatenating them at every call."""
+    token = _FROZEN_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        _FROZEN_WEIGHTS.reset(token)
+
+
+def fused_weight(module: nn.Module, *weights: Tensor) -> Tensor:
+    """torch.cat(weights) along the output dimension; under `frozen_weights` a cached, detached copy that is rebuilt
+    whenever a weight changes (in-place updates bump its version counter, moves change its storage)."""
+    if not _FROZEN_WEIGHTS.get():
+        return torch.cat(weights)
+    key = tuple((w.data_ptr(), w._version) for w in weights)
+    cached = module.__dict__.get("_fused_weight_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, torch.cat([w.detach() for w in weights]))
+        module.__dict__["_fused_weight_cache"] = cached   # not a parameter or buffer: never in checkpoints
+    return cached[1]
+
+
 class Attention(nn.Module):
     """Multi-head attention projections (no GQA, no biases); the attention pattern is chosen by the caller."""
 
@@ -128,7 +159,7 @@ class Attention(nn.Module):
         One matmul against the concatenated weights instead of three (fewer, larger kernels in every pass of the
         double backward); the parameters stay separate so checkpoints keep the reference's names.
         """
-        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])            # (3D, D)
+        w = fused_weight(self, self.wq.weight, self.wk.weight, self.wv.weight)     # (3D, D)
         q, k, v = F.linear(x, w).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
         # v contiguous: the attention matmuls would otherwise copy it at every use, and the view would keep the whole
         # (B, S, 3D) projection alive in the autograd graph
