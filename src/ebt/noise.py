@@ -79,11 +79,11 @@ def _rows(fn, shape: tuple, device, dtype) -> Optional[Tensor]:
     if len(shape) == 0 or shape[0] != len(ctx.positions):
         return None
     device = torch.device(device) if device is not None else torch.device("cpu")
-    rows = []
-    for p in ctx.positions:
+    out = torch.empty(shape, device=device, dtype=dtype)   # filled row by row: no stacked copy of a (B, L, V) draw
+    for row, p in zip(out, ctx.positions):
         g = torch.Generator(device=device).manual_seed(mix(ctx.seed, p, draw))
-        rows.append(fn(tuple(shape[1:]), generator=g, device=device, dtype=dtype))
-    return torch.stack(rows)
+        fn(tuple(shape[1:]), generator=g, out=row)
+    return out
 
 
 def randn(shape, device=None, dtype=None) -> Tensor:
