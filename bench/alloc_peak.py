@@ -13,11 +13,13 @@ choices (padded vocabulary matmuls, row chunks). Check a prediction against one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import weakref
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -101,27 +103,32 @@ def measure(spec: TrainSpec, as_cuda: bool, chunks_at: int = 0) -> tuple[int, li
 
     chunks_at=N: split (rows, V) work into as many row chunks as a batch of N makes, whatever the batch here, so
     that two batch sizes run the same operators (the chunks' sizes then scale with the batch)."""
-    if as_cuda:   # the choices the kernels make on CUDA: padded vocabulary matmuls, larger row chunks
-        vocab.padded_vocab = lambda v, device: v if v % 64 == 0 else (v + 63) // 64 * 64
-        vocab._CHUNK_ELEMENTS = {"cpu": vocab._CHUNK_ELEMENTS["cuda"], "cuda": vocab._CHUNK_ELEMENTS["cuda"]}
-    if chunks_at:
-        per_chunk = vocab._CHUNK_ELEMENTS["cuda" if as_cuda else "cpu"]
-        n = -(-chunks_at * spec.ctx // max(1, per_chunk // spec.vocab))
-        vocab._row_chunks = lambda t, v: list(t.reshape(-1, t.shape[-1]).tensor_split(n))
-    device = torch.device("cpu")
-    model, opt, batch = build(spec, device)
-    train_step(model, opt, batch, device, spec.dtype)            # optimizer state now exists
-    state = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-    base = storage_bytes(list(model.parameters()) + state)       # parameters + optimizer state, alive throughout
-    opt.zero_grad(set_to_none=True)
-    torch.manual_seed(0)
-    tracker = LiveBytes()
-    with tracker:                                                 # phase 1: forward, thinking, backward
-        with autocast(device, "bf16" if spec.dtype == "bf16" else "fp32"):
-            model(batch).loss.backward()
-        n = len(tracker.trace)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # phase 2: clipping and the optimizer step
-        opt.step()
+    patches = contextlib.ExitStack()
+    with patches:
+        if as_cuda:   # the choices the kernels make on CUDA: padded vocabulary matmuls, larger row chunks
+            cuda_chunk = vocab._CHUNK_ELEMENTS["cuda"]
+            patches.enter_context(mock.patch.object(vocab, "padded_vocab",
+                                                    lambda v, device: v if v % 64 == 0 else (v + 63) // 64 * 64))
+            patches.enter_context(mock.patch.object(vocab, "_CHUNK_ELEMENTS", {"cpu": cuda_chunk, "cuda": cuda_chunk}))
+        if chunks_at:
+            per_chunk = vocab._CHUNK_ELEMENTS["cpu"]
+            n_chunks = -(-chunks_at * spec.ctx // max(1, per_chunk // spec.vocab))
+            patches.enter_context(mock.patch.object(
+                vocab, "_row_chunks", lambda t, v: list(t.reshape(-1, t.shape[-1]).tensor_split(n_chunks))))
+        device = torch.device("cpu")
+        model, opt, batch = build(spec, device)
+        train_step(model, opt, batch, device, spec.dtype)            # optimizer state now exists
+        state = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        base = storage_bytes(list(model.parameters()) + state)       # parameters + optimizer state, alive throughout
+        opt.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        tracker = LiveBytes()
+        with tracker:                                                 # phase 1: forward, thinking, backward
+            with autocast(device, "bf16" if spec.dtype == "bf16" else "fp32"):
+                model(batch).loss.backward()
+            n = len(tracker.trace)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # phase 2: clipping and the optimizer step
+            opt.step()
     return base, tracker.trace[:n], tracker.trace[n:]
 
 

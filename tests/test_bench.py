@@ -91,6 +91,8 @@ def test_alloc_peak_extrapolates_the_batch_exactly(capsys, monkeypatch):
     assert tool["main"]([*args, "--batch", "4"]) == 0
     measured = json.loads(capsys.readouterr().out)["peak_mib"]
     assert predicted == pytest.approx(measured, rel=0.02)
+    from ebt.models import vocab                         # the tool's kernel patches do not outlive it
+    assert vocab._row_chunks.__module__ == "ebt.models.vocab" and vocab.padded_vocab(7, torch.device("cpu")) == 7
 
 
 def test_s1_training_keeps_one_step_of_candidate_tensors():
