@@ -10,7 +10,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.lm import TextEBT, cross_entropy
 from ebt.models.attention import fused_prediction_attention
-from ebt.models.fused_ops import rms_norm
+from ebt.models.fused_ops import rms_norm, swiglu_gate
 from ebt.models.layers import apply_rope, prediction_attention, rope_angles
 from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
 
@@ -90,6 +90,20 @@ def test_rms_norm_is_exact_to_second_order():
     assert gradcheck(fn, (x, w)) and gradgradcheck(fn, (x, w))
     plain = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
     torch.testing.assert_close(fn(x, w), plain)
+
+
+def test_swiglu_gate_is_exact_to_second_order():
+    """The gate used with compiled kernels: gradcheck/gradgradcheck and autograd's second derivative of silu(a) b."""
+    torch.manual_seed(0)
+    a, b = (torch.randn(2, 3, 5, dtype=F64, requires_grad=True) for _ in range(2))
+    assert gradcheck(swiglu_gate, (a, b)) and gradgradcheck(swiglu_gate, (a, b))
+    r = torch.randn(2, 3, 5, dtype=F64)
+    seconds = []
+    for f in (swiglu_gate, lambda x, y: torch.nn.functional.silu(x) * y):
+        ga, gb = torch.autograd.grad((f(a, b) * r).sum(), (a, b), create_graph=True)
+        seconds.append(torch.autograd.grad((ga.pow(2) + gb.sin()).sum(), (a, b)))
+    for x, y in zip(*seconds):
+        torch.testing.assert_close(x, y)
 
 
 def test_complex_rope_equals_real_rotation():

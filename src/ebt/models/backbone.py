@@ -60,7 +60,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, adaln: bool = False):
         super().__init__()
         self.attention = Attention(cfg.dim, cfg.heads)
-        self.feed_forward = SwiGLU(cfg.dim, int(cfg.dim * cfg.ffn_mult))
+        self.feed_forward = SwiGLU(cfg.dim, int(cfg.dim * cfg.ffn_mult), cfg.compile_kernels)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.compile_kernels)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.compile_kernels)
         self.prediction_attention = (partial(fused_prediction_attention, compiled=cfg.compile_kernels)

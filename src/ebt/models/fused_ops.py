@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["rms_norm", "kernel"]
+__all__ = ["rms_norm", "swiglu_gate", "kernel"]
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -133,3 +133,80 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, compiled: bool = False) -> T
     """(x / rms(x)) * weight over the last dimension; equal to `layers.RMSNorm` to round-off. compiled=True runs
     the backward passes as torch.compile'd kernels (see `kernel`)."""
     return _RMSNorm.apply(x, weight, eps, compiled)
+
+
+# ---- the SwiGLU gate silu(a) * b, the same way (used with compiled kernels) ------------------------------------------
+# With s = sigmoid(a): silu = a s, silu' = s (1 + a (1 - s)) =: d1, silu'' = s (1 - s) (2 + a (1 - 2 s)) =: d2.
+#   first derivative for output adjoint g:  ga = g b d1,  gb = g silu
+#   second derivative for adjoints (A, Bb) of (ga, gb):
+#     grad g = A b d1 + Bb silu,  grad a = g (A b d2 + Bb d1),  grad b = A g d1
+# Eager, autograd's own graph of F.silu(a) * b was measured faster on CPU (8.9 vs 6.4 ms), so this pair is only
+# used when the kernels are compiled, where each pass becomes one fused kernel.
+
+def _silu_parts(af: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    s = torch.sigmoid(af)
+    return s, af * s, s * (1 + af * (1 - s))
+
+
+def _gate(a, b):
+    return (torch.nn.functional.silu(_upcast(a)) * _upcast(b)).to(a.dtype)
+
+
+def _gate_grad(g, a, b):
+    af, bf, gf = _upcast(a), _upcast(b), _upcast(g)
+    _, silu, d1 = _silu_parts(af)
+    return (gf * bf * d1).to(a.dtype), (gf * silu).to(b.dtype)
+
+
+def _gate_second(g, a, b, A, Bb):
+    af, bf, gf = _upcast(a), _upcast(b), _upcast(g)
+    s, silu, d1 = _silu_parts(af)
+    grad_g = grad_a = grad_b = None
+    if A is not None:
+        Af = _upcast(A)
+        d2 = s * (1 - s) * (2 + af * (1 - 2 * s))
+        grad_g = Af * bf * d1
+        grad_a = Af * gf * bf * d2
+        grad_b = Af * gf * d1
+    if Bb is not None:
+        Bf = _upcast(Bb)
+        grad_g = Bf * silu if grad_g is None else grad_g + Bf * silu
+        grad_a = Bf * gf * d1 if grad_a is None else grad_a + Bf * gf * d1
+    cast = lambda t, ref: None if t is None else t.to(ref.dtype)  # noqa: E731
+    return cast(grad_g, g), cast(grad_a, a), cast(grad_b, b)
+
+
+class _SwiGLUGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, compiled):
+        ctx.save_for_backward(a, b)
+        ctx.compiled = compiled
+        return kernel(_gate, compiled)(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            ga, gb = _SwiGLUGateGrad.apply(g, a, b, ctx.compiled)
+        else:
+            ga, gb = kernel(_gate_grad, ctx.compiled)(g, a, b)
+        return ga, gb, None
+
+
+class _SwiGLUGateGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, a, b, compiled):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(g, a, b)
+        ctx.compiled = compiled
+        return kernel(_gate_grad, compiled)(g, a, b)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, A, Bb):
+        return (*kernel(_gate_second, ctx.compiled)(*ctx.saved_tensors, A, Bb), None)
+
+
+def swiglu_gate(a: Tensor, b: Tensor, compiled: bool = False) -> Tensor:
+    """silu(a) * b with hand-written first and second derivatives (exact; float32 arithmetic for half inputs)."""
+    return _SwiGLUGate.apply(a, b, compiled)

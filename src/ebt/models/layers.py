@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebt.models.fused_ops import rms_norm
+from ebt.models.fused_ops import rms_norm, swiglu_gate
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -42,16 +42,18 @@ class RMSNorm(nn.Module):
 class SwiGLU(nn.Module):
     """W2(silu(W1 x) * W3 x), no biases."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, compiled: bool = False):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.compiled = compiled
+        """With compiled kernels the gate runs as fused_ops.swiglu_gate (one fused kernel per pass)."""
 
     def forward(self, x: Tensor) -> Tensor:
         # w1 and w3 as one matmul (see Attention.qkv)
         a, b = F.linear(x, fused_weight(self, self.w1.weight, self.w3.weight)).chunk(2, dim=-1)
-        return self.w2(F.silu(a) * b)
+        return self.w2(swiglu_gate(a, b, True) if self.compiled else F.silu(a) * b)
 
 
 def rope_angles(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
