@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ebt.bench import SIZES, TrainSpec, build, train_step  # noqa: E402
+from ebt.bench import TrainSpec, add_spec_args, build, spec_from_args, train_step  # noqa: E402
 from ebt.models import vocab  # noqa: E402
 from ebt.train import autocast  # noqa: E402
 
@@ -134,24 +134,15 @@ def measure(spec: TrainSpec, as_cuda: bool, chunks_at: int = 0) -> tuple[int, li
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="ebt", choices=["ebt", "transformer", "ebt-ref"])
-    p.add_argument("--size", default="cpu", choices=sorted(SIZES))
-    p.add_argument("--conditioning", default="pred_embed")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--ctx", type=int, default=128)
-    p.add_argument("--vocab", type=int, default=256)
+    add_spec_args(p)
     p.add_argument("--predict-batch", type=int, default=0,
                    help="also run at batch+1 and extrapolate the peak to this batch, operator by operator")
     p.add_argument("--as-cuda", action="store_true", help="make the kernels' CUDA-specific choices on CPU")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EBT config override")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = TrainSpec(model=args.model, ctx=args.ctx, batch=args.batch, vocab=args.vocab, dtype=args.dtype,
-                     conditioning=args.conditioning, device="cpu",
-                     overrides=dict(s.split("=", 1) for s in args.set), **SIZES[args.size])
+    spec = spec_from_args(args, device="cpu")
     base, fb, op = measure(spec, args.as_cuda, args.predict_batch)
     mib = lambda b: round(b / 2**20, 1)  # noqa: E731
     row = {"model": args.model, "size": args.size, "batch": args.batch, "ctx": args.ctx, "vocab": args.vocab,

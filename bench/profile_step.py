@@ -11,30 +11,22 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ebt.bench import SIZES, TrainSpec, _sync, build, resolve_device, train_step  # noqa: E402
+from ebt.bench import _sync, add_spec_args, build, resolve_device, spec_from_args, train_step  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="ebt", choices=["ebt", "transformer", "ebt-ref"])
-    p.add_argument("--size", default="cpu", choices=sorted(SIZES))
-    p.add_argument("--conditioning", default="pred_embed")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--ctx", type=int, default=128)
-    p.add_argument("--vocab", type=int, default=256)
+    add_spec_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=2, help="profiled steps (after 2 warm-up steps)")
     p.add_argument("--rows", type=int, default=30)
     p.add_argument("--trace", help="also write a Chrome trace to this path")
     args = p.parse_args(argv)
-    spec = TrainSpec(model=args.model, ctx=args.ctx, batch=args.batch, vocab=args.vocab, dtype=args.dtype,
-                     conditioning=args.conditioning, device=args.device, **SIZES[args.size])
+    spec = spec_from_args(args, device=args.device)
     device = resolve_device(spec.device)
     model, opt, batch = build(spec, device)
     for _ in range(2):

@@ -1,7 +1,6 @@
 """End-to-end: training, resume, checkpoints, generation, evaluation, conversion and bad input via the CLI."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 

@@ -357,7 +357,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
@@ -365,6 +365,24 @@ def _overrides(items: list[str]) -> dict:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    """Flags for one training configuration, shared by the single-configuration scripts in bench/."""
+    p.add_argument("--model", default="ebt", choices=MODELS)
+    p.add_argument("--size", default="cpu", choices=sorted(SIZES))
+    p.add_argument("--conditioning", default="pred_embed")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--ctx", type=int, default=128)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EBT config override")
+
+
+def spec_from_args(args: argparse.Namespace, device: str) -> TrainSpec:
+    return TrainSpec(model=args.model, ctx=args.ctx, batch=args.batch, vocab=args.vocab, dtype=args.dtype,
+                     conditioning=args.conditioning, device=device, overrides=parse_overrides(args.set),
+                     **SIZES[args.size])
 
 
 @command("bench", _bench_args)
@@ -382,14 +400,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     base = TrainSpec(model=args.model, ctx=args.ctx, batch=args.batch, vocab=args.vocab,
                      think_steps=args.think_steps, dtype=args.dtype, conditioning=args.conditioning,
-                     device=args.device, threads=args.threads, overrides=_overrides(args.set), **size)
+                     device=args.device, threads=args.threads, overrides=parse_overrides(args.set), **size)
     specs = [base]
     if args.pair:
         specs = [dataclasses.replace(base, model="ebt")]
         for v in args.variant:
             label, _, sets = v.partition(":")
             specs.append(dataclasses.replace(base, model="ebt", label=label,
-                                             overrides={**base.overrides, **_overrides(sets.split(",") if sets else [])}))
+                                             overrides={**base.overrides, **parse_overrides(sets.split(",") if sets else [])}))
         if args.reference:
             specs.append(dataclasses.replace(base, model="ebt-ref"))
         specs.append(dataclasses.replace(base, model="transformer", overrides={}))
