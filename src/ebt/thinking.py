@@ -205,8 +205,6 @@ class Thinker(nn.Module):
                 else:
                     steps_used += 1
                 z, new_z = new_z, None   # one reference: the next step frees it as soon as its probabilities exist
-                if not keep_all and out.logits:
-                    out.logits[-1] = None   # release the previous step's (B, L, V) logits before on_step's backward
                 if on_step is not None:
                     z, e = on_step(i, z, e, alpha)
                 out.logits.append(z)
