@@ -68,20 +68,29 @@ def read_config(path: str | Path) -> tuple[RunConfig, dict]:
         raise UserError(f"{str(cfg_file)!r} is unreadable ({exc}): the checkpoint is damaged") from None
 
 
+def load_checked(path: str | Path, cls: type, build, kind: Optional[str], wrong_type: str,
+                 wrong_kind: str) -> tuple[nn.Module, Any]:
+    """find the checkpoint, read its config, refuse another run type (`wrong_type`) or model kind (`wrong_kind`;
+    both formatted with found=, kind=), build the model and load its weights. Shared by text and image models."""
+    path = find_checkpoint(path)
+    cfg, _ = read_config(path)
+    if not isinstance(cfg, cls):
+        raise UserError(f"{str(path)!r} " + wrong_type.format(found=cfg.model.kind, kind=kind))
+    if kind is not None and cfg.model.kind != kind:
+        raise UserError(f"{str(path)!r} " + wrong_kind.format(found=cfg.model.kind, kind=kind))
+    model = build(cfg)
+    load_checked_weights(model, path)
+    return model, cfg
+
+
 def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu") -> tuple[nn.Module, RunConfig]:
     """Rebuild the model saved at `path`; `kind` ("ebt"/"transformer") refuses a checkpoint of another type."""
     from ebt.lm import build_lm
 
-    path = find_checkpoint(path)
-    cfg, _ = read_config(path)
-    if not isinstance(cfg, RunConfig):
-        raise UserError(f"{str(path)!r} holds an image denoiser ({cfg.model.kind}), not a language model: "
-                        "use `ebt denoise` or `ebt eval denoise` with it")
-    if kind is not None and cfg.model.kind != kind:
-        raise UserError(f"{str(path)!r} holds a {cfg.model.kind} model, but this command needs {kind}: "
-                        "pass a checkpoint of the right model type")
-    model = build_lm(cfg)
-    load_checked_weights(model, path)
+    model, cfg = load_checked(
+        path, RunConfig, build_lm, kind,
+        "holds an image denoiser ({found}), not a language model: use `ebt denoise` or `ebt eval denoise` with it",
+        "holds a {found} model, but this command needs {kind}: pass a checkpoint of the right model type")
     return model.to(device), cfg
 
 

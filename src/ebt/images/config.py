@@ -9,16 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ebt.config import DistConfig, OptimConfig, ThinkConfig, TrainConfig
-from ebt.errors import UserError
+from ebt.config import DistConfig, OptimConfig, ThinkConfig, TrainConfig, _check
 
 MODEL_KINDS = ("ebt", "dit")
 EMBEDDED = ("photos", "digits")
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise UserError(msg)
 
 
 def check_noise_level(level: float, what: str = "noise level") -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from ebt.images.config import ImageRunConfig
 from ebt.images.diffusion import DDPMSchedule, SampleOutput
 from ebt.images.models import DiTNet, EnergyNet
 from ebt.lm import adamw_groups
-from ebt.thinking import DescentOptions, Thinker, Thought
+from ebt.thinking import Thinker, Thought
 
 
 @dataclass
@@ -41,7 +41,6 @@ class Denoised:
     """Cumulative network forward passes for each entry of `steps`."""
     backwards: list
     """Cumulative input-gradient backward passes (EBT only; 0 for the DiT)."""
-    energies: Optional[list] = None
 
 
 class EBTDenoiser(nn.Module):
@@ -82,21 +81,17 @@ class EBTDenoiser(nn.Module):
                    "energy_gap": gap, "alpha": self.thinker.step_size().item(), "steps": len(preds)}
         return ImageOutput(loss, metrics)
 
-    def denoise(self, x_t: Tensor, steps: Optional[int] = None, options: Optional[DescentOptions] = None) -> Denoised:
+    def denoise(self, x_t: Tensor, steps: Optional[int] = None) -> Denoised:
         """`steps` gradient steps (default: the trained evaluation schedule) from the noisy image; no
         second-order graph."""
         steps = steps or len(self.thinker.schedule(training=False))
         n = self.cfg.think.steps
         schedule = [min(i, n - 1) for i in range(steps)]
         thought: Thought = self.thinker.descend(self._energy_fn(x_t.shape), x_t.flatten(1)[:, None], schedule,
-                                                create_graph=False, options=options)
+                                                create_graph=False)
         preds = [z.detach().view_as(x_t) for z in thought.logits]
-        # Each step is one energy forward plus one backward to the input; acceptance checks add forwards.
-        extra = thought.nfe - len(preds)
-        fwd = [i + 1 for i in range(len(preds))]
-        fwd[-1] += extra
-        return Denoised(preds[-1], preds, fwd, [i + 1 for i in range(len(preds))],
-                        [e.detach().squeeze(-1) for e in thought.energies])
+        counts = list(range(1, len(preds) + 1))   # each step: one energy forward and one backward to the input
+        return Denoised(preds[-1], preds, counts, counts)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
         return adamw_groups(self, optim, self.thinker, self.cfg.think.alpha_lr_mult)
@@ -141,18 +136,12 @@ def build_image_model(cfg: ImageRunConfig) -> nn.Module:
     return EBTDenoiser(cfg) if cfg.model.kind == "ebt" else DiTDenoiser(cfg)
 
 
-def load_image_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu") -> tuple[nn.Module,
-                                                                                                ImageRunConfig]:
+def load_image_model(path: str | Path, kind: Optional[str] = None) -> tuple[nn.Module, ImageRunConfig]:
     """Rebuild an image denoiser from a checkpoint folder (or run folder); `kind` refuses the other model type."""
-    from ebt.checkpoint import find_checkpoint, load_checked_weights, read_config
+    from ebt.checkpoint import load_checked
 
-    path = find_checkpoint(path)
-    cfg, _ = read_config(path)
-    if not isinstance(cfg, ImageRunConfig):
-        raise UserError(f"{str(path)!r} holds a text model, not an image denoiser: pass a checkpoint trained "
-                        "with --preset denoise-tiny or dit-tiny")
-    if kind is not None and cfg.model.kind != kind:
-        raise UserError(f"{str(path)!r} holds a {cfg.model.kind} denoiser, but {kind} is expected here")
-    model = build_image_model(cfg)
-    load_checked_weights(model, path)
-    return model.to(device).eval(), cfg
+    model, cfg = load_checked(
+        path, ImageRunConfig, build_image_model, kind,
+        "holds a text model, not an image denoiser: pass a checkpoint trained with --preset denoise-tiny or dit-tiny",
+        "holds a {found} denoiser, but {kind} is expected here")
+    return model.eval(), cfg

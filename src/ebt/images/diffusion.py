@@ -59,6 +59,9 @@ class DDPMSchedule:
         self.post_logvar = torch.cat([post_var[1:2], post_var[1:]]).log()
         self.post_coef_x0 = betas * abar_prev.sqrt() / (1 - self.abar)
         self.post_coef_xt = (1 - abar_prev) * (1 - betas).sqrt() / (1 - self.abar)
+        self.sqrt_abar, self.sqrt_1m_abar = self.abar.sqrt(), (1 - self.abar).sqrt()
+        self.log_betas = betas.log()
+        self._on_device: dict = {}   # (table id, device) -> the table there: one copy per device, not per call
 
     # ---- noise levels -----------------------------------------------------------------------------------------
     def t_for_level(self, level: float) -> int:
@@ -74,13 +77,15 @@ class DDPMSchedule:
         u = noise.rand((batch,), device=device)  # per sample inside ebt.noise.per_sample (world-size invariant)
         return (u * top).long().clamp_(max=top - 1)
 
-    @staticmethod
-    def _at(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    def _at(self, table: Tensor, t: Tensor, like: Tensor) -> Tensor:
         """table[t] as a (B, 1, 1, 1) tensor of like's dtype and device."""
-        return table.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+        key = (id(table), like.device)
+        if key not in self._on_device:
+            self._on_device[key] = table.to(like.device)
+        return self._on_device[key][t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
     def signal_noise(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        return self._at(self.abar.sqrt(), t, like), self._at((1 - self.abar).sqrt(), t, like)
+        return self._at(self.sqrt_abar, t, like), self._at(self.sqrt_1m_abar, t, like)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; x0, noise (B, C, H, W), t (B,)."""
@@ -105,7 +110,7 @@ class DDPMSchedule:
             return mse.mean(), {"mse_eps": mse.mean().item()}
         # VB term trains only the variance: the mean comes from the detached noise prediction (improved DDPM).
         v = out[:, c:]
-        min_log, max_log = self._at(self.post_logvar, t, x0), self._at(self.betas.log(), t, x0)
+        min_log, max_log = self._at(self.post_logvar, t, x0), self._at(self.log_betas, t, x0)
         model_logvar = (v + 1) / 2 * max_log + (1 - v) / 2 * min_log
         pred_x0 = self.predict_x0(x_t, t, eps.detach())
         coef_x0, coef_xt = self._at(self.post_coef_x0, t, x0), self._at(self.post_coef_xt, t, x0)
@@ -126,10 +131,10 @@ class DDPMSchedule:
 
     @torch.no_grad()
     def ddim(self, eps_fn: EpsFn, x_t: Tensor, t_start: int, steps: Optional[int] = None,
-             recurse: int = 0, clip: Optional[bool] = None) -> SampleOutput:
+             recurse: int = 0) -> SampleOutput:
         """Deterministic DDIM from timestep t_start to 0; `recurse` re-runs the whole chain on its own output
         (the reference's infer_recurse_diffusion_n_times), each chain starting at t_start again."""
-        clip = self.cfg.clip_denoised if clip is None else clip
+        clip = self.cfg.clip_denoised
         seq = self.timesteps(t_start, steps)
         x, nfe, chains = x_t, 0, []
         for _ in range(recurse + 1):
