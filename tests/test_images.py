@@ -120,6 +120,8 @@ def test_ddim_from_t_with_true_noise_recovers_clean(steps):
     out = sched.ddim(lambda x, tt: noise, x_t, t, steps=steps)                 # an oracle noise predictor
     assert out.nfe == (t + 1 if steps is None else 7)
     torch.testing.assert_close(out.sample, x0, rtol=0, atol=1e-10)
+    # the oracle recovers x0 whatever the timesteps are, so check them directly: evenly spaced, descending to 0
+    assert sched.timesteps(t, steps) == (list(range(199, -1, -1)) if steps is None else [199, 166, 133, 100, 66, 33, 0])
 
 
 def test_schedule_matches_reference_levels():
