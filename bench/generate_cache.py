@@ -60,7 +60,7 @@ def run(args) -> dict:
     if args.weight_cache:
         modes = {"cached": greedy(True), "cached_no_weight_cache": without_weight_cache}
     if args.skip_reference:
-        modes.pop("reference")
+        modes.pop("reference", None)
     times = {m: [] for m in modes}
     for fn in modes.values():  # warm-up
         fn()

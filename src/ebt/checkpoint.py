@@ -114,13 +114,6 @@ def load_trainer_state(path: str | Path) -> Optional[dict]:
     return torch.load(f, weights_only=False, map_location="cpu") if f.is_file() else None
 
 
-def load_weights_into(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint folder's weights into an already built model (resume)."""
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)))
-
-
 def find_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint folder or a run folder (whose latest checkpoint is `RUN/checkpoint`)."""
     path = Path(path)

@@ -86,12 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
         return 0
-    task = None
-    if getattr(cfg, "task", None) == "denoise":  # image presets build an ImageRunConfig
-        from ebt.images.task import DenoiseTask
-
-        task = DenoiseTask(cfg)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite, task=task)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)   # the task follows the config (tasks.task_for)
     from ebt import distributed as dist
 
     if dist.is_main():
@@ -145,14 +140,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Continue a prompt with an EBT or Transformer++ checkpoint."""
     import torch
 
-    from ebt.checkpoint import find_checkpoint, load_model
+    from ebt.checkpoint import load_model
     from ebt.data.text import ByteTokenizer
     from ebt.generate import SampleOptions, generate
 
     topts = think_options(args)
     opts = SampleOptions(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p,
                          seed=args.seed, use_cache=not args.no_cache)
-    model, _ = load_model(find_checkpoint(args.checkpoint))
+    model, _ = load_model(args.checkpoint)
     tok = ByteTokenizer()
     prompt = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
     out = generate(model, prompt, opts, topts)
@@ -174,12 +169,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 @command("eval", _eval_args)
 def cmd_eval(args: argparse.Namespace) -> int:
     """Cross-entropy, perplexity and forward passes per token on held-out text."""
-    from ebt.checkpoint import find_checkpoint, load_model
+    from ebt.checkpoint import load_model
     from ebt.evaluate import evaluate_text, heldout_windows
 
     if args.windows < 1 or args.batch_size < 1:
         raise UserError("--windows and --batch-size must be >= 1")
-    model, cfg = load_model(find_checkpoint(args.checkpoint))
+    model, cfg = load_model(args.checkpoint)
     topts = think_options(args)
     windows = heldout_windows(cfg, args.data)
     res = evaluate_text(model, windows, topts, args.windows, args.batch_size, args.seed)

@@ -254,7 +254,7 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_comm_device())
     tdist.all_reduce(t)
-    return {k: (t[i] / world()).item() for i, k in enumerate(keys)}
+    return dict(zip(keys, (t / world()).tolist()))   # one device-to-host copy, not one per key
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

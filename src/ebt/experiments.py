@@ -137,6 +137,7 @@ def run_s2_ablation(out: Path, s: AblationSettings, log: Callable[[str], None] =
 
 
 def _run(out: Path, s: AblationSettings, log: Callable[[str], None]) -> dict:
+    from ebt.checkpoint import load_model
     from ebt.evaluate import evaluate_text, heldout_windows, windows_for
     from ebt.train import train
 
@@ -144,13 +145,14 @@ def _run(out: Path, s: AblationSettings, log: Callable[[str], None]) -> dict:
     texts = ood_texts(s.quick)
     results: dict = {"settings": dataclasses.asdict(s), "vocab_size": base.model.vocab_size, "variants": {}}
     t_start = time.time()
+    # variants change only the thinking settings: the evaluation windows are the same for all of them
+    data = {"held-out": heldout_windows(base, None)}
+    data.update({name: windows_for(text, base.model.context) for name, text in texts.items()})
     for key in s.variants:
         cfg = variant_config(base, key, out)
         t0 = time.time()
         res = train(cfg)
-        model = _load(res.out_dir)
-        data = {"held-out": heldout_windows(cfg, None)}
-        data.update({name: windows_for(text, cfg.model.context) for name, text in texts.items()})
+        model, _ = load_model(res.out_dir)
         modes = think_modes(model, s)
         row = {"label": VARIANTS[key][0], "train_seconds": round(res.seconds, 1), "val": res.val, "sets": {}}
         for name, windows in data.items():  # the same seed: every mode starts from the same initial noise
@@ -167,13 +169,6 @@ def _run(out: Path, s: AblationSettings, log: Callable[[str], None]) -> dict:
     plot(results, list(texts), out / "s2_ablation.png")
     log(table)
     return results
-
-
-def _load(run_dir: Path):
-    from ebt.checkpoint import find_checkpoint, load_model
-
-    model, _ = load_model(find_checkpoint(str(run_dir)))
-    return model
 
 
 def comparable_sets(results: dict, ood: list[str]) -> list[str]:

@@ -92,11 +92,9 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
         fn.observed(0 if key is None else key)  # fill the cache before repeating it for the samples
     if N > 1:
         fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
-    V = model.cfg.vocab_size
     dtype = energy_model.embeddings.weight.dtype
     if z0 is None:  # rows b*N .. b*N+N-1 are the N candidates of context b
-        z0 = torch.randn(B * N, L, V, device=input_ids.device, generator=generator).to(dtype)
-        z0 = z0 * model.think_cfg.init_std
+        z0 = model.initial_logits(B * N, L, input_ids.device, generator).to(dtype)
     schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
     d = DescentOptions(langevin_std=opts.langevin_std, langevin_first_only=opts.langevin_first_only,
                        alpha=opts.alpha, alpha_scale=opts.alpha_scale, accept_lower=opts.accept_lower, tol=opts.tol,

@@ -15,6 +15,15 @@ from ebt.errors import UserError
 from ebt.train import autocast
 
 
+def task_for(cfg):
+    """The task a config trains: image denoising for an ImageRunConfig (task = "denoise"), else text."""
+    if getattr(cfg, "task", None) == "denoise":
+        from ebt.images.task import DenoiseTask
+
+        return DenoiseTask(cfg)
+    return TextTask(cfg)
+
+
 class TextTask:
     """Next-token prediction on packed byte-level windows of the embedded corpus or a user's text."""
 

@@ -146,6 +146,8 @@ class Thinker(nn.Module):
         prev_energy = None
         with torch.enable_grad():
             for i, k in enumerate(schedule):
+                if not keep_all and out.logits:
+                    out.logits[-1] = None   # keep only the final logits: release the previous step's (B, L, V)
                 last = i == len(schedule) - 1
                 graph = create_graph and (last or not truncate)
                 if detach or not create_graph:
@@ -156,8 +158,6 @@ class Thinker(nn.Module):
                 p = noisy.softmax(-1) if self.softmax else noisy
                 if not keep_all and self.softmax and not (opts.accept_lower or opts.tol is not None):
                     z = noisy = None   # only p is needed from here: free the (B, L, V) logits during the step
-                    if out.logits:
-                        out.logits[-1] = None
                     if i == 0 and release_start and detach:
                         z0.untyped_storage().resize_(0)   # the caller's scratch start, never read again
                 if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):

@@ -126,7 +126,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
     `stop_at` ends the run early at that step (with a checkpoint) while keeping the schedule of train.steps, so a
     later `resume=True` continues exactly as if the run had not stopped.
     """
-    from ebt.tasks import TextTask
+    from ebt.tasks import task_for
 
     t = cfg.train
     dcfg = dist.dist_config(cfg)
@@ -140,7 +140,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
         torch.set_flush_denormal(True)
     if t.threads:
         torch.set_num_threads(t.threads)
-    task = task or TextTask(cfg)
+    task = task or task_for(cfg)
     prepare_run_dir(out_dir, resume, overwrite)
     torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
     random.seed(t.seed)
@@ -152,9 +152,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, task=No
         if state is None:
             raise UserError(f"--resume: {str(out_dir / CHECKPOINT_DIR)!r} has no trainer state (it was not written "
                             "by `ebt train`): start a new run from it instead")
-        from ebt.checkpoint import load_weights_into
+        from ebt.checkpoint import load_checked_weights
 
-        load_weights_into(model, out_dir / CHECKPOINT_DIR)  # whole weights, before any sharding
+        load_checked_weights(model, out_dir / CHECKPOINT_DIR)  # whole weights, before any sharding
     wrapped = dist.wrap(model, cfg)
     opt, sched = build_optimizer(model, cfg.optim, t.steps)  # after wrapping: FSDP2 replaces the parameters
     if state is not None:
