@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ebt import noise
 from ebt.config import ModelConfig, OptimConfig, RunConfig, ThinkConfig
 from ebt.models.ar_ebt import AREnergyModel, ContextEnergy
+from ebt.models.fused_ops import upcast
 from ebt.models.transformer_pp import TransformerPP
 from ebt.models.vocab import candidate_cross_entropy
 from ebt.stepwise import StepwiseGradients
@@ -39,8 +40,7 @@ class LMOutput:
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean CE over non-pad targets; logits (B, L, V), targets (B, L)."""
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
+    return F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
 
 
 def adamw_groups(module: nn.Module, optim: OptimConfig, thinker: Optional[Thinker] = None,

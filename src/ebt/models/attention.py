@@ -33,14 +33,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ebt.models.fused_ops import kernel
+from ebt.models.fused_ops import kernel, upcast
 
 __all__ = ["fused_prediction_attention"]
-
-
-def _work_dtype(t: Tensor) -> torch.dtype:
-    """Softmax arithmetic in float32 for half-precision inputs (like the math path), else the input dtype."""
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
 def _node(t: Tensor):
@@ -69,8 +64,8 @@ def _mm(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _attention_forward(q, k_obs, v_obs, k_self, v_self, allowed, c: float):
     """(o, P, p_self): the output (B, H, L, hd) and the probabilities over observed keys and the self key."""
-    w = _work_dtype(q)
-    s = torch.matmul(q, k_obs.transpose(-2, -1)).to(w)                # (B, H, L, S) scores, a fresh tensor
+    s = upcast(torch.matmul(q, k_obs.transpose(-2, -1)))              # (B, H, L, S) scores, float32 for half inputs
+    w = s.dtype
     s.mul_(c).masked_fill_(~allowed, float("-inf"))
     t = _dot(q, k_self, w) * c                                         # (B, H, L) self scores
     # torch.softmax over [observed, self] (the self key is always allowed, so no row is empty): its fused kernel
@@ -185,13 +180,12 @@ def _attention_second(dO, P, p_self, q, k_obs, v_obs, k_self, v_self, c, gq, gk_
     dS = D.mul_(P)                                                 # dPhi/da = dS = P (dP - delta)
     dS_self = (p_self * D_self * c)[..., None]
     g_q = torch.zeros_like(qw) if gk_obs is None else torch.matmul(dS, gk_obs).mul_(c)
-    g_ks = torch.zeros_like(ksw)
     if gk_self is not None:
         g_q += dS_self * gk_self
-    g_k = torch.zeros_like(kw)
     if gq is not None:
-        g_k = torch.matmul(dS.transpose(-2, -1), gq).mul_(c)
-        g_ks = dS_self * gq
+        g_k, g_ks = torch.matmul(dS.transpose(-2, -1), gq).mul_(c), dS_self * gq
+    else:
+        g_k, g_ks = torch.zeros_like(kw), torch.zeros_like(ksw)
     cast = lambda g, ref: g.to(ref.dtype)                          # noqa: E731
     return (cast(g_dO, dO), gP, gp_self, cast(g_q, q), cast(g_k, k_obs), cast(g_v, v_obs), cast(g_ks, k_self),
             cast(g_vs, v_self))

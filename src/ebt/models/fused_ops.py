@@ -21,10 +21,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["rms_norm", "swiglu_gate", "kernel"]
+__all__ = ["rms_norm", "swiglu_gate", "kernel", "upcast"]
 
 
-def _upcast(x: Tensor) -> Tensor:
+def upcast(x: Tensor) -> Tensor:
+    """float32 for half-precision tensors (numerically sensitive ops), unchanged otherwise (keeps float64 exact)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
@@ -60,7 +61,7 @@ _COMPILED: dict = {}
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, eps, compiled):
-        xf = _upcast(x)
+        xf = upcast(x)
         r = _rms(xf, eps)
         ctx.save_for_backward(x, w, r)
         ctx.compiled = compiled
@@ -77,7 +78,7 @@ class _RMSNorm(torch.autograd.Function):
 
 
 def _rms_grad(g, x, w, r):
-    xf, gf = _upcast(x), _upcast(g)
+    xf, gf = upcast(x), upcast(g)
     n = xf * r
     gw = _rows_sum(gf * n).to(w.dtype)
     h = gf * w
@@ -88,12 +89,12 @@ def _rms_grad(g, x, w, r):
 
 def _rms_second(g, x, w, r, Xb, Wb):
     """Gradients w.r.t. (g, x, w) of <Xb, gx> + <Wb, gw> (module docstring); Xb or Wb may be None."""
-    xf, gf = _upcast(x), _upcast(g)
+    xf, gf = upcast(x), upcast(g)
     D = x.shape[-1]
     n = xf * r
     grad_g = grad_w = grad_x = None
     if Xb is not None:
-        Xb = _upcast(Xb)
+        Xb = upcast(Xb)
         h = gf * w
         mu = torch.linalg.vecdot(h, n)[..., None] / D
         xi = torch.linalg.vecdot(Xb, n)[..., None]
@@ -104,7 +105,7 @@ def _rms_second(g, x, w, r, Xb, Wb):
         r2 = r * r
         grad_x = (r2 / D) * ((3 * mu * xi - xh) * n - xi * h) - (r2 * mu) * Xb
     if Wb is not None:
-        Wb = _upcast(Wb)
+        Wb = upcast(Wb)
         u = Wb * gf
         un = torch.linalg.vecdot(u, n)[..., None] / D
         part = r * (u - un * n)
@@ -149,27 +150,27 @@ def _silu_parts(af: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _gate(a, b):
-    return (torch.nn.functional.silu(_upcast(a)) * _upcast(b)).to(a.dtype)
+    return (torch.nn.functional.silu(upcast(a)) * upcast(b)).to(a.dtype)
 
 
 def _gate_grad(g, a, b):
-    af, bf, gf = _upcast(a), _upcast(b), _upcast(g)
+    af, bf, gf = upcast(a), upcast(b), upcast(g)
     _, silu, d1 = _silu_parts(af)
     return (gf * bf * d1).to(a.dtype), (gf * silu).to(b.dtype)
 
 
 def _gate_second(g, a, b, A, Bb):
-    af, bf, gf = _upcast(a), _upcast(b), _upcast(g)
+    af, bf, gf = upcast(a), upcast(b), upcast(g)
     s, silu, d1 = _silu_parts(af)
     grad_g = grad_a = grad_b = None
     if A is not None:
-        Af = _upcast(A)
+        Af = upcast(A)
         d2 = s * (1 - s) * (2 + af * (1 - 2 * s))
         grad_g = Af * bf * d1
         grad_a = Af * gf * bf * d2
         grad_b = Af * gf * d1
     if Bb is not None:
-        Bf = _upcast(Bb)
+        Bf = upcast(Bb)
         grad_g = Bf * silu if grad_g is None else grad_g + Bf * silu
         grad_a = Bf * gf * d1 if grad_a is None else grad_a + Bf * gf * d1
     cast = lambda t, ref: None if t is None else t.to(ref.dtype)  # noqa: E731

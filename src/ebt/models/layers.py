@@ -1,8 +1,9 @@
 """Building blocks of the Llama-style backbone: RMSNorm, RoPE, SwiGLU and exact attention.
 
-All attention here is written with plain differentiable ops (matmul, masked softmax) so that it supports
-double backward: PyTorch's fused SDPA kernels do not (DESIGN.md), and EBT training differentiates the
-gradient of the energy.
+The prediction (candidate) attention is written with plain differentiable ops (matmul, masked softmax) so that
+it supports double backward: PyTorch's fused SDPA kernels do not (DESIGN.md), and EBT training differentiates
+the gradient of the energy. The observed (context) stream is only differentiated once, so `observed_attention`
+uses SDPA; `masked_attention` is its plain-ops equivalent (reference-style benchmark and tests).
 """
 from __future__ import annotations
 
@@ -15,12 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebt.models.fused_ops import rms_norm, swiglu_gate
-
-
-def upcast(x: Tensor) -> Tensor:
-    """float32 for half-precision tensors (numerically sensitive ops), unchanged otherwise (keeps float64 exact)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from ebt.models.fused_ops import rms_norm, swiglu_gate, upcast
 
 
 class RMSNorm(nn.Module):

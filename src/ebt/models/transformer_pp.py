@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
 from ebt.models.backbone import Backbone, Observed, init_weights
+from ebt.models.fused_ops import upcast
 from ebt.models.vocab import vocab_logits
 
 
@@ -31,4 +31,4 @@ class TransformerPP(nn.Module):
     def head(self, hidden: Tensor) -> Tensor:
         """Normalised states (..., D) -> float logits (..., V) (the matmul at an aligned width on CUDA)."""
         logits = vocab_logits(hidden, self.output.weight)
-        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        return upcast(logits)

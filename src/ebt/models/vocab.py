@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ebt.models.fused_ops import kernel
+from ebt.models.fused_ops import kernel, upcast
 
 __all__ = ["embed_probs", "candidate_update", "candidate_cross_entropy", "vocab_logits", "padded_vocab"]
 
@@ -174,7 +174,7 @@ def _ce_grad(zf: Tensor, targets: Tensor, keep: Tensor, n: Tensor, dl: Tensor) -
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, targets, ignore_index, compiled):
-        zf = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        zf = upcast(z)
         keep = targets != ignore_index                                # (B, L)
         n = keep.sum().clamp_min(1)
         loss = kernel(_ce_loss, compiled)(zf, targets, keep, n, not compiled)
@@ -185,7 +185,7 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dl):
         z, targets, keep, n = ctx.saved_tensors
-        zf = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        zf = upcast(z)
         if torch.is_grad_enabled():  # create_graph: stay differentiable, out of place
             scale = (keep.to(zf.dtype) * (dl / n))[..., None]
             dz = torch.softmax(zf, -1) * scale
