@@ -106,9 +106,9 @@ def measure(spec: TrainSpec, as_cuda: bool, chunks_at: int = 0) -> tuple[int, li
     patches = contextlib.ExitStack()
     with patches:
         if as_cuda:   # the choices the kernels make on CUDA: padded vocabulary matmuls, larger row chunks
-            cuda_chunk = vocab._CHUNK_ELEMENTS["cuda"]
+            cuda_chunk, cuda_width = vocab._CHUNK_ELEMENTS["cuda"], vocab.padded_vocab
             patches.enter_context(mock.patch.object(vocab, "padded_vocab",
-                                                    lambda v, device: v if v % 64 == 0 else (v + 63) // 64 * 64))
+                                                    lambda v, device: cuda_width(v, torch.device("cuda"))))
             patches.enter_context(mock.patch.object(vocab, "_CHUNK_ELEMENTS", {"cpu": cuda_chunk, "cuda": cuda_chunk}))
         if chunks_at:
             per_chunk = vocab._CHUNK_ELEMENTS["cpu"]

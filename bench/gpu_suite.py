@@ -38,7 +38,7 @@ def run_one(model: str, conditioning: str, sets: list[str], size: str, dtype: st
     cmd = [sys.executable, "-m", "ebt", "bench", "train", "--model", model, "--conditioning", conditioning,
            "--dtype", dtype, "--batch", str(args.batch), "--ctx", str(args.ctx), "--vocab", str(args.vocab),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--json"]
-    cmd += ["--size", size] if size in ("tiny", "cpu", "xxs", "xs", "small", "medium") else []
+    cmd += ["--size", size]   # an unknown size is refused by `ebt bench`, not silently replaced
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.no_memory:

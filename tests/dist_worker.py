@@ -46,7 +46,7 @@ def step_grads(strategy: str, param_dtype: str = "fp32") -> dict[str, torch.Tens
     wrapped = dist.wrap(model, cfg)
     b = GLOBAL_BATCH // dist.world()
     tokens = grad_tokens()[dist.rank() * b:(dist.rank() + 1) * b]
-    positions = rank_positions(0, b, dist.rank(), dist.world()).tolist()
+    positions = rank_positions(0, b, dist.rank()).tolist()
     precision = torch.autocast("cpu", dtype=torch.bfloat16) if param_dtype == "bf16" else torch.autocast("cpu",
                                                                                                         enabled=False)
     with dist.gathered(wrapped), noise.per_sample(SEED, positions, key=0), precision:

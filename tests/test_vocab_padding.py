@@ -12,9 +12,15 @@ from ebt.lm import TextEBT, TextTransformer
 F64 = torch.float64
 
 
+def force_padding(monkeypatch):
+    """The CUDA choice on CPU."""
+    cuda_width = vocab.padded_vocab
+    monkeypatch.setattr(vocab, "padded_vocab", lambda v, device: cuda_width(v, torch.device("cuda")))
+
+
 @pytest.fixture
 def padded(monkeypatch):
-    monkeypatch.setattr(vocab, "padded_vocab", lambda v, device: (v + 63) // 64 * 64)
+    force_padding(monkeypatch)
 
 
 def test_padding_is_on_for_cuda_only():
@@ -58,7 +64,7 @@ def test_padded_training_step_equals_unpadded(kind, monkeypatch):
     ids = torch.randint(1, 11, (2, 7))
     z0 = torch.randn(2, 6, 11, dtype=F64) if kind == "ebt" else None
     loss_a, grads_a = _step(plain, ids, z0)
-    monkeypatch.setattr(vocab, "padded_vocab", lambda v, device: (v + 63) // 64 * 64)
+    force_padding(monkeypatch)
     loss_b, grads_b = _step(pad, ids, z0)
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-12, atol=0)
     assert len(grads_a) == len(grads_b)

@@ -196,10 +196,10 @@ def as_float(x: Any) -> float:
 
 
 # ---- state dicts ------------------------------------------------------------------------------------------------
-def _options(**kw):
+def _options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def full_model_state(model: nn.Module) -> Optional[dict]:

@@ -226,7 +226,7 @@ def sample_noise(enabled: bool, seed: int, start: int, batch_size: int):
         return nullcontext()
     from ebt.data.sharding import rank_positions
 
-    return noise.per_sample(seed, rank_positions(start, batch_size, dist.rank(), dist.world()).tolist(), key=start)
+    return noise.per_sample(seed, rank_positions(start, batch_size, dist.rank()).tolist(), key=start)
 
 
 def seed_rngs(state: Optional[dict], seed: int, step: int) -> None:

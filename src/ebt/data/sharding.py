@@ -23,7 +23,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def rank_positions(start: int, batch_size: int, rank: int = 0, world: int = 1) -> Tensor:
+def rank_positions(start: int, batch_size: int, rank: int = 0) -> Tensor:
     """Stream positions of this process's rows in the global micro-batch that starts at stream position `start`."""
     first = start + rank * batch_size
     return torch.arange(first, first + batch_size)
@@ -57,5 +57,5 @@ def sharded_indices(n: int, batch_size: int, seed: int, start: int = 0, rank: in
                         f"{n} training items: use more data or a smaller batch")
     stream, pos = EpochStream(n, seed), start
     while True:
-        yield stream.items(rank_positions(pos, batch_size, rank, world))
+        yield stream.items(rank_positions(pos, batch_size, rank))
         pos += world * batch_size

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from ebt.data.sharding import epoch_permutation, sharded_indices
+from ebt.data.sharding import sharded_indices
 from ebt.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
@@ -96,10 +96,6 @@ class PackedWindows:
 
     def batch(self, indices) -> Tensor:
         return torch.stack([self.window(int(i)) for i in indices])  # (B, length)
-
-    def epoch_order(self, epoch: int, seed: int) -> Tensor:
-        """A different shuffle each epoch, the same on every rank."""
-        return epoch_permutation(self.count, seed, epoch)
 
     def batches(self, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
         """Endless (B, length) batches of process `rank` of `world`; `start` = samples all processes consumed before

@@ -73,12 +73,13 @@ def vocab_logits(h: Tensor, weight: Tensor) -> Tensor:
     return torch.nn.functional.linear(h, w)[..., :weight.shape[0]]
 
 
-def _mm_dtype(*ts: Tensor) -> torch.dtype:
-    """The matmul dtype autocast would pick for these tensors (bf16/fp16 under autocast, else their dtype)."""
-    dev = ts[0].device.type
+def _mm_dtype(a: Tensor, b: Tensor) -> torch.dtype:
+    """The matmul dtype autocast would pick for a @ b (bf16/fp16 under autocast, else their promoted dtype); custom
+    Functions' backward passes do not run under autocast, so they need it recorded."""
+    dev = a.device.type
     if torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
-    return torch.promote_types(*[t.dtype for t in ts]) if len(ts) > 1 else ts[0].dtype
+    return torch.promote_types(a.dtype, b.dtype)
 
 
 class _EmbedProbs(torch.autograd.Function):
