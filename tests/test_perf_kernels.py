@@ -67,8 +67,13 @@ def test_fused_attention_second_derivative_by_central_differences():
         assert abs(fd - analytic[idx].item()) < 1e-6 * max(1.0, abs(fd))
 
 
-def test_fused_attention_skips_observed_grads_only_when_unused():
+def test_fused_attention_skips_observed_grads_only_when_unused(monkeypatch):
     """The candidates' input-gradient pass does not need dk_obs/dv_obs; the outer backward still gets them."""
+    from ebt.models import attention
+
+    asked = []                                       # need_obs of each input-gradient pass
+    apply = attention.PredictionAttentionGrad.apply
+    monkeypatch.setattr(attention.PredictionAttentionGrad, "apply", lambda *a: asked.append(a[9]) or apply(*a))
     ins, allowed = attn_inputs()
     q, k, v, ks, vs = ins
     k2, v2 = k * 1.0, v * 1.0                       # non-leaves, like the observed stream's keys/values
@@ -78,6 +83,7 @@ def test_fused_attention_skips_observed_grads_only_when_unused():
     for o in (ref, out):
         (dq,) = torch.autograd.grad(o.pow(2).sum(), q, create_graph=True)
         grads.append(torch.autograd.grad(dq.pow(2).sum(), (k, v), retain_graph=True))
+    assert asked == [False]                          # the gradient w.r.t. q only: observed grads skipped
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
