@@ -44,7 +44,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     """Add noise to images and denoise them with an EBT or DiT checkpoint; write PNGs and print PSNRs."""
     from ebt.images.data import image_names, load_images, save_png
     from ebt.images.denoisers import load_image_model
-    from ebt.images.evaluate import Meter, noisy_versions
+    from ebt.images.evaluate import Meter, noisy_versions, run_denoiser
 
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
@@ -60,10 +60,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     before, after, out_dir, cost = Meter(), Meter(), Path(args.out), None
     for i in range(0, images.shape[0], args.batch_size):
         clean, noisy = images[i:i + args.batch_size], noisy_all[i:i + args.batch_size]
-        if model.kind == "ebt":
-            res = model.denoise(noisy, steps=args.steps)
-        else:
-            res = model.denoise(noisy, model.schedule.t_for_level(level), steps=args.steps, recurse=args.recurse)
+        res = run_denoiser(model, noisy, level, {"steps": args.steps, "ddim_steps": args.steps, "recurse": args.recurse})
         cost = (res.forwards[-1], res.backwards[-1])
         before.add(noisy, clean)
         after.add(res.sample, clean)

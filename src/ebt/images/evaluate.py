@@ -57,7 +57,8 @@ def noisy_versions(clean: Tensor, schedule: DDPMSchedule, level: float, seed: in
     return schedule.q_sample(clean, t, noise)
 
 
-def _run(model, x_t: Tensor, level: float, setting: dict):
+def run_denoiser(model, x_t: Tensor, level: float, setting: dict):
+    """One inference setting ({"steps"} for the EBT, {"ddim_steps", "recurse"} for the DiT) on noisy images."""
     if model.kind == "ebt":
         return model.denoise(x_t, steps=setting["steps"])
     return model.denoise(x_t, model.schedule.t_for_level(level), steps=setting.get("ddim_steps"),
@@ -73,7 +74,7 @@ def evaluate_curve(model, clean: Tensor, level: float, setting: dict, batch_size
     x_all = noisy_versions(clean, model.schedule, level, seed)
     for i in range(0, clean.shape[0], batch_size):
         x0, x_t = clean[i:i + batch_size], x_all[i:i + batch_size]
-        out = _run(model, x_t, level, setting)
+        out = run_denoiser(model, x_t, level, setting)
         if meters is None:
             meters = [Meter() for _ in out.steps]
             costs = list(zip(out.forwards, out.backwards))
