@@ -379,10 +379,13 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="EBT config override")
 
 
-def spec_from_args(args: argparse.Namespace, device: str) -> TrainSpec:
+def spec_from_args(args: argparse.Namespace, device: str, size: Optional[dict] = None) -> TrainSpec:
+    """The TrainSpec of parsed flags; `size` (dim/layers/heads) defaults to SIZES[args.size]."""
     return TrainSpec(model=args.model, ctx=args.ctx, batch=args.batch, vocab=args.vocab, dtype=args.dtype,
                      conditioning=args.conditioning, device=device, overrides=parse_overrides(args.set),
-                     **SIZES[args.size])
+                     think_steps=getattr(args, "think_steps", TrainSpec.think_steps),
+                     threads=getattr(args, "threads", TrainSpec.threads),
+                     **(size or SIZES[args.size]))
 
 
 @command("bench", _bench_args)
@@ -398,9 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              device=args.device, **size)
         print(json.dumps(res) if args.json else f"{res['model']}: {res['tokens_per_s']} tokens/s")
         return 0
-    base = TrainSpec(model=args.model, ctx=args.ctx, batch=args.batch, vocab=args.vocab,
-                     think_steps=args.think_steps, dtype=args.dtype, conditioning=args.conditioning,
-                     device=args.device, threads=args.threads, overrides=parse_overrides(args.set), **size)
+    base = spec_from_args(args, args.device, size)
     specs = [base]
     if args.pair:
         specs = [dataclasses.replace(base, model="ebt")]
