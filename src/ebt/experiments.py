@@ -28,7 +28,14 @@ from ebt.cli import command
 from ebt.config import DataConfig, ModelConfig, RunConfig, ThinkConfig
 from ebt.errors import UserError
 
-# variant key -> (label, change of the full S2 think config); "s1" is replaced by the S1 recipe
+def _s1_think(_: ThinkConfig) -> ThinkConfig:
+    """The S1 recipe's thinking settings in place of the S2 ones."""
+    from ebt.presets import lm_tiny
+
+    return lm_tiny().think
+
+
+# variant key -> (label, change of the full S2 think config)
 VARIANTS: dict[str, tuple[str, Callable[[ThinkConfig], ThinkConfig]]] = {
     "no-rand-alpha": ("No random step size", lambda t: dataclasses.replace(t, rand_alpha_scale=1.0)),
     # fixed at the evaluation count (R+1 = 3) so that training and evaluation run the same number of steps
@@ -36,7 +43,7 @@ VARIANTS: dict[str, tuple[str, Callable[[ThinkConfig], ThinkConfig]]] = {
     "no-langevin": ("No Langevin dynamics", lambda t: dataclasses.replace(t, langevin_std=0.0)),
     "no-replay": ("No replay buffer", lambda t: dataclasses.replace(t, replay_size=0)),
     "full": ("Full S2 config", lambda t: t),
-    "s1": ("S1 baseline", lambda t: t),
+    "s1": ("S1 baseline", _s1_think),
 }
 MODES = ("none", "longer", "verify", "verify_noise")
 MODE_NAMES = {"longer": "thinking longer", "verify": "+ self-verification", "verify_noise": "+ self-verif. (Langevin)"}
@@ -81,13 +88,8 @@ def base_config(s: AblationSettings, out: Path) -> RunConfig:
 
 
 def variant_config(base: RunConfig, key: str, out: Path) -> RunConfig:
-    from ebt.presets import lm_tiny
-
-    cfg = dataclasses.replace(base, think=VARIANTS[key][1](base.think),
-                              train=dataclasses.replace(base.train, out_dir=str(out / key)))
-    if key == "s1":
-        cfg.think = lm_tiny().think
-    return cfg
+    return dataclasses.replace(base, think=VARIANTS[key][1](base.think),
+                               train=dataclasses.replace(base.train, out_dir=str(out / key)))
 
 
 def ood_texts(quick: bool) -> dict[str, str]:
