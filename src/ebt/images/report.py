@@ -45,15 +45,15 @@ def compare(ebt, dit, clean: Tensor, levels: list[float], ebt_steps: list[int], 
             if s < t + 1:  # fewer, evenly spaced DDIM steps: the DiT's own PSNR-vs-NFE trade-off
                 rows += evaluate_curve(dit, clean, level, {"ddim_steps": s, "recurse": 0}, batch_size, seed)[0]
         e, d = ebt_rows[n_steps - 1], dit_rows[-1]
+        noisy = noisy_versions(clean, ebt.schedule, level, seed)[:grid_n]
         with torch.no_grad():  # the grid shows the headline setting
-            ebt_imgs = ebt.denoise(noisy_versions(clean, ebt.schedule, level, seed)[:grid_n], steps=n_steps).sample
+            ebt_imgs = ebt.denoise(noisy, steps=n_steps).sample
         headline[str(level)] = {
             "t": t, "ebt": {k: e[k] for k in ("psnr", "psnr_image", "mse", "nfe", "forwards", "backwards", "steps")},
             "dit": {k: d[k] for k in ("psnr", "psnr_image", "mse", "nfe", "forwards", "recurse")},
             "noisy_psnr": noisy_r["psnr"],
             "ebt_wins": e["psnr"] > d["psnr"], "nfe_ratio": e["nfe"] / d["nfe"],
             "forward_ratio": e["forwards"] / d["forwards"]}
-        noisy = noisy_versions(clean, ebt.schedule, level, seed)[:grid_n]
         grid[level] = [("noisy", noisy), ("EBT", ebt_imgs), ("DiT", dit_imgs), ("clean", clean[:grid_n])]
     return {"rows": rows, "headline": headline}, grid
 
