@@ -29,7 +29,8 @@ F64 = torch.float64
 
 def kernel_checks(device: torch.device) -> dict:
     from ebt.models.attention import fused_prediction_attention
-    from ebt.models.fused_ops import rms_norm
+    from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate
+    from ebt.models.layers import rope_angles
     from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
 
     g = torch.Generator().manual_seed(0)
@@ -42,10 +43,13 @@ def kernel_checks(device: torch.device) -> dict:
     p = torch.softmax(torch.randn(B, L, V, generator=g, dtype=F64), -1).to(device)
     targets = torch.randint(0, V, (B, L), generator=g).to(device)
     alpha = torch.tensor([0.7], dtype=F64, device=device)
+    cos, sin = rope_angles(torch.arange(L), d, 1e4)
     cases = {
         "attention": (lambda *a: fused_prediction_attention(*a, allowed),
                       (leaf(B, H, L, d), leaf(B, H, S, d), leaf(B, H, S, d), leaf(B, H, L, d), leaf(B, H, L, d))),
         "rms_norm": (lambda x, w: rms_norm(x, w, 1e-6), (leaf(B, L, D), leaf(D))),
+        "swiglu_gate": (swiglu_gate, (leaf(B, L, D), leaf(B, L, D))),
+        "split_heads": (lambda y: split_heads(y, cos.to(device), sin.to(device), H), (leaf(B, L, 3 * H * d),)),
         "embed_probs": (lambda M: embed_probs(p, M), (leaf(V, D),)),
         "candidate_update": (lambda dx, M: candidate_update(p, dx, M, alpha), (leaf(B, L, D), leaf(V, D))),
         "cross_entropy": (lambda z: candidate_cross_entropy(z, targets, ignore_index=0), (leaf(B, L, V),)),

@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2, help="profiled steps (after 2 warm-up steps)")
     p.add_argument("--rows", type=int, default=30)
     p.add_argument("--trace", help="also write a Chrome trace to this path")
+    p.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     args = p.parse_args(argv)
     spec = spec_from_args(args, device=args.device)
     device = resolve_device(spec.device)
@@ -32,14 +33,16 @@ def main(argv=None) -> int:
     for _ in range(2):
         train_step(model, opt, batch, device, spec.dtype)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=args.shapes) as prof:
         for _ in range(args.steps):
             train_step(model, opt, batch, device, spec.dtype)
         _sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"{args.model} {args.size} {args.dtype} batch {args.batch} ctx {args.ctx} vocab {args.vocab}, "
           f"{args.steps} steps")
-    print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    table = prof.key_averages(group_by_input_shape=args.shapes)
+    print(table.table(sort_by=key, row_limit=args.rows, max_name_column_width=60,
+                      max_shapes_column_width=80 if args.shapes else None))
     if args.trace:
         prof.export_chrome_trace(args.trace)
     return 0

@@ -10,7 +10,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.lm import TextEBT, cross_entropy
 from ebt.models.attention import fused_prediction_attention
-from ebt.models.fused_ops import rms_norm, swiglu_gate
+from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate
 from ebt.models.layers import apply_rope, prediction_attention, rope_angles
 from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
 
@@ -120,6 +120,35 @@ def test_complex_rope_equals_real_rotation():
     expected = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
     torch.testing.assert_close(apply_rope(x, cos, sin), expected)
     assert gradgradcheck(lambda t: apply_rope(t, cos, sin).pow(2), (x.requires_grad_(),))
+
+
+def _plain_heads(y, cos, sin, heads):
+    q, k, v = y.unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def test_split_heads_equals_autograd_view_and_rope_to_third_order():
+    """The head split + RoPE Function pair: same outputs (contiguous), gradcheck/gradgradcheck, and the third
+    derivative equal to autograd's through views and the complex multiply (each pass is the other Function)."""
+    torch.manual_seed(0)
+    H, y = 3, torch.randn(2, 5, 3 * 3 * 4, dtype=F64, requires_grad=True)
+    cos, sin = rope_angles(torch.arange(5), 4, 1e4)
+    for a, b in zip(split_heads(y, cos, sin, H), _plain_heads(y, cos, sin, H)):
+        torch.testing.assert_close(a, b)
+        assert a.is_contiguous()
+    f = lambda t: split_heads(t, cos, sin, H)  # noqa: E731
+    assert gradcheck(f, (y,)) and gradgradcheck(f, (y,))
+    thirds = []
+    for fn in (split_heads, _plain_heads):
+        q, k, v = fn(y, cos, sin, H)
+        (g1,) = torch.autograd.grad((q.pow(2) + q * k).sum(), y, create_graph=True)   # v unused: None adjoint
+        (g2,) = torch.autograd.grad(g1.pow(2).sum(), y, create_graph=True)
+        thirds.append(torch.autograd.grad(g2.pow(3).sum(), y)[0])
+    torch.testing.assert_close(*thirds)
+    yb = y.detach().bfloat16()
+    for a, b in zip(split_heads(yb, cos, sin, H), _plain_heads(yb, cos, sin, H)):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b)
 
 
 def vocab_inputs(V=7, D=3):

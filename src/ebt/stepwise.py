@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ebt.models.ar_ebt import AREnergyModel, ContextEnergy
 from ebt.models.backbone import Observed
@@ -100,16 +101,33 @@ class StepwiseGradients:
 
     def loss(self) -> Tensor:
         """mean_k CE_k, carrying exactly the gradient mean_k dCE_k/dtheta (see the module docstring)."""
-        n = len(self.ces)
-        carrier = torch.zeros((), device=self.ces[0].device)
+        tensors, grads = [], []
         for p, g in zip(self.params, self.param_grads):
             if g is not None:
-                carrier = carrier + (p * g).sum()
+                tensors.append(p)
+                grads.append(g)
         if self.alpha is not None and self.alpha_grad[0] is not None:
-            carrier = carrier + (self.alpha * self.alpha_grad[0]).sum()
+            tensors.append(self.alpha)
+            grads.append(self.alpha_grad[0])
         graph, _ = self.energy.kv()
         for t, g in zip(graph, self.kv_grads):
             if g is not None and t.requires_grad:
-                carrier = carrier + (t * g).sum()
-        carrier = carrier / n
-        return torch.stack(self.ces).mean() + (carrier - carrier.detach())
+                tensors.append(t)
+                grads.append(g)
+        return _CarryGradients.apply(torch.stack(self.ces).mean(), grads, len(self.ces), *tensors)
+
+
+class _CarryGradients(torch.autograd.Function):
+    """value -> value, whose backward hands each of `tensors` its precomputed gradient / n times the incoming
+    adjoint. The same gradients as a carrier sum_i <t_i, G_i> / n, without forming the products t_i * G_i."""
+
+    @staticmethod
+    def forward(ctx, value, grads, n, *tensors):
+        ctx.grads, ctx.n = grads, n
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        scale = dout / ctx.n
+        return (None, None, None, *[g.mul(scale.to(g.dtype)) for g in ctx.grads])

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebt.models.fused_ops import rms_norm, swiglu_gate, upcast
+from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate, upcast
 
 
 class RMSNorm(nn.Module):
@@ -158,10 +158,9 @@ class Attention(nn.Module):
         double backward); the parameters stay separate so checkpoints keep the reference's names.
         """
         w = fused_weight(self, self.wq.weight, self.wk.weight, self.wv.weight)     # (3D, D)
-        q, k, v = F.linear(x, w).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        # v contiguous: the attention matmuls would otherwise copy it at every use, and the view would keep the whole
-        # (B, S, 3D) projection alive in the autograd graph
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v.contiguous()
+        # heads split off and q, k rotated by one exact Function pair (fused_ops.split_heads): each pass writes every
+        # gradient once into place, and contiguous outputs keep the (B, S, 3D) projection out of the graph
+        return split_heads(F.linear(x, w), cos, sin, self.heads)
 
     def out(self, o: Tensor) -> Tensor:
         """(B, H, S, hd) -> (B, S, D)."""

@@ -149,20 +149,17 @@ def candidate_update(p: Tensor, dx: Tensor, M: Tensor, alpha: Tensor) -> Tensor:
     return _CandidateUpdate.apply(p, dx, M, alpha)
 
 
-def _lse(z: Tensor) -> Tensor:
-    """logsumexp over the last dimension via the fused log-softmax kernel: torch.logsumexp's exp of (z - max)
-    runs several times slower once thinking has spread the logits over thousands (measured on CPU). At the
-    row's maximum log_softmax = max - lse, a number in [-log V, 0], so no precision is lost."""
-    return z.amax(-1) - torch.log_softmax(z, -1).amax(-1)
-
-
 def _ce_loss(zf: Tensor, targets: Tensor, keep: Tensor, n: Tensor, chunked: bool) -> Tensor:
-    if chunked:   # eager: row chunks through the fused log-softmax kernel (see _lse)
-        lse = torch.cat([_lse(c) for c in _row_chunks(zf, zf.shape[-1])]).view(zf.shape[:-1])       # (B, L)
-    else:         # compiled: one fused reduction
-        lse = torch.logsumexp(zf, -1)
-    picked = zf.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
-    return ((lse - picked) * keep).sum() / n
+    tgt = targets.clamp_min(0)[..., None]                               # (B, L, 1)
+    if chunked:
+        # eager: row chunks through the fused log-softmax kernel, one read and one chunk-sized write per row;
+        # torch.logsumexp's exp of (z - max) runs several times slower once thinking has spread the logits over
+        # thousands (measured on CPU)
+        pairs = zip(_row_chunks(zf, zf.shape[-1]), _row_chunks(tgt, zf.shape[-1]))
+        nll = -torch.cat([torch.log_softmax(c, -1).gather(-1, t) for c, t in pairs]).view(zf.shape[:-1])   # (B, L)
+    else:  # compiled: one fused reduction
+        nll = torch.logsumexp(zf, -1) - zf.gather(-1, tgt).squeeze(-1)
+    return (nll * keep).sum() / n
 
 
 def _ce_grad(zf: Tensor, targets: Tensor, keep: Tensor, n: Tensor, dl: Tensor) -> Tensor:
