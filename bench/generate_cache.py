@@ -22,7 +22,7 @@ from unittest import mock
 import torch
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.generate import decode
+from ebt.generation import decode
 from ebt.inference import think
 from ebt.lm import TextEBT
 from ebt.models import layers

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.generate import SampleOptions, decode, generate
+from ebt.generation import SampleOptions, decode, generate
 from ebt.inference import ThinkOptions, build_cache, think
 from ebt.lm import TextEBT, TextTransformer
 from ebt.models.ar_ebt import ContextEnergy

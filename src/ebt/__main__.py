@@ -1,5 +1,5 @@
 import sys
 
-from ebt.cli import main
+from ebt._entry import main
 
 sys.exit(main())

@@ -299,7 +299,7 @@ def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: i
                    device: str = "auto") -> dict:
     """Tokens/s of greedy generation with and without the KV cache (random weights; EBT: the trained schedule)."""
     from ebt.config import ModelConfig, ThinkConfig
-    from ebt.generate import decode
+    from ebt.generation import decode
     from ebt.lm import TextEBT, TextTransformer
 
     dev = resolve_device(device)

@@ -142,7 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from ebt.checkpoint import load_model
     from ebt.data.text import ByteTokenizer
-    from ebt.generate import SampleOptions, generate
+    from ebt.generation import SampleOptions, generate
 
     topts = think_options(args)
     opts = SampleOptions(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p,
