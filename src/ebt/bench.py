@@ -293,39 +293,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# ---- generation ----------------------------------------------------------------------------------------------
-def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: int = 4, ctx: int = 128,
-                   vocab: int = 256, prompt: int = 16, new: int = 32, reps: int = 3, threads: int = 0,
-                   device: str = "auto") -> dict:
-    """Tokens/s of greedy generation with and without the KV cache (random weights; EBT: the trained schedule)."""
-    from ebt.config import ModelConfig, ThinkConfig
-    from ebt.generation import decode
-    from ebt.lm import TextEBT, TextTransformer
-
-    dev = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    if prompt + new > ctx:
-        raise UserError(f"--prompt {prompt} + --new {new} exceeds --ctx {ctx}")
-    torch.manual_seed(0)
-    mc = ModelConfig(kind="transformer" if model == "transformer" else "ebt", vocab_size=vocab, dim=dim,
-                     layers=layers, heads=heads, context=ctx, conditioning="pred_embed")
-    net = (TextTransformer(mc) if model == "transformer" else TextEBT(mc, ThinkConfig(steps=2))).to(dev).eval()
-    ids = torch.randint(1, vocab, (1, prompt), device=dev)
-    times = {"cached": [], "uncached": []}
-    for rep in range(reps + 1):  # the first round is warm-up
-        for mode in times:
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in decode(net, ids, new, None, mode == "cached", lambda lg: lg.argmax(-1)):
-                pass
-            _sync(dev)
-            if rep:
-                times[mode].append(time.perf_counter() - t0)
-    tps = {m: round(new / statistics.median(t), 1) for m, t in times.items()}
-    return {"model": model, "device": str(dev), "tokens_per_s": tps, "speedup": round(tps["cached"] / tps["uncached"], 2)}
-
-
 # ---- CLI ------------------------------------------------------------------------------------------------------
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["train", "generate"], help="train: training step; generate: tokens/s")
@@ -396,6 +363,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if getattr(args, k) is not None:
             size[k] = getattr(args, k)
     if args.what == "generate":
+        from ebt.bench_generate import generate_speed
+
         res = generate_speed(args.model if args.model != "ebt-ref" else "ebt", ctx=args.ctx, vocab=args.vocab,
                              prompt=args.prompt, new=args.new, reps=args.steps, threads=args.threads,
                              device=args.device, **size)

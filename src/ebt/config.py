@@ -24,6 +24,12 @@ def _check(ok: bool, msg: str) -> None:
         raise UserError(msg)
 
 
+def _check_at_least_one(section: str, cfg, names: tuple[str, ...]) -> None:
+    """Each of cfg.<name> >= 1, else a UserError naming `section.name`."""
+    for name in names:
+        _check(getattr(cfg, name) >= 1, f"{section}.{name} must be >= 1, got {getattr(cfg, name)}")
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     kind: str = "ebt"
@@ -63,8 +69,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.kind in ("ebt", "transformer"), f"model.kind={self.kind!r} is not known: use ebt or transformer")
-        for name in ("vocab_size", "dim", "layers", "heads", "context"):
-            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check_at_least_one("model", self, ("vocab_size", "dim", "layers", "heads", "context"))
         _check(self.dim % self.heads == 0,
                f"model.heads={self.heads} does not divide model.dim={self.dim}: pick heads that divide dim")
         _check((self.dim // self.heads) % 2 == 0,
@@ -187,8 +192,8 @@ class TrainConfig:
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every"):
-            _check(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _check_at_least_one("train", self, ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                                             "log_every"))
         _check(self.save_every >= 0, f"train.save_every must be >= 0, got {self.save_every}")
         _check(self.precision in ("fp32", "bf16"), f"train.precision={self.precision!r}: use fp32 or bf16")
 

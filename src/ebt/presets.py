@@ -1,6 +1,7 @@
 """Presets are functions returning a RunConfig; users change them with YAML files or dotted overrides."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig
@@ -27,6 +28,13 @@ ALPHA_TINY_S2 = 50.0
 """Fixed step size of lm-tiny-s2 (picked by a short sweep, docs/s2.md)."""
 
 
+def _s2_think(alpha: float) -> ThinkConfig:
+    """The reference's NLP System 2 thinking at a fixed step size `alpha` (REFERENCE_SPEC §1.10)."""
+    return ThinkConfig(steps=1, alpha=alpha, learn_alpha=False, detach=False, truncate=True, langevin_std=3.0,
+                       rand_alpha_scale=2.0, rand_steps=2, rand_steps_min=2, replay_size=192, replay_frac=0.5,
+                       replay_dtype="bfloat16")
+
+
 def lm_tiny_s2() -> RunConfig:
     """lm-tiny trained with the System 2 recipe (no detach + truncation, random steps/alpha, Langevin, replay).
 
@@ -36,9 +44,7 @@ def lm_tiny_s2() -> RunConfig:
     alpha is ALPHA_TINY_S2 rather than 5: with V=256 the fixed alpha has to do what S1's learnt alpha does
     (docs/s2.md)."""
     cfg = lm_tiny()
-    cfg.think = ThinkConfig(steps=1, alpha=ALPHA_TINY_S2, learn_alpha=False, detach=False, truncate=True,
-                            langevin_std=3.0, rand_alpha_scale=2.0, rand_steps=2, rand_steps_min=2,
-                            replay_size=192, replay_frac=0.5, replay_dtype="bfloat16")
+    cfg.think = _s2_think(ALPHA_TINY_S2)
     cfg.train.out_dir = "runs/lm-tiny-s2"
     return cfg
 
@@ -52,9 +58,7 @@ def lm_s2_reference() -> RunConfig:
     return RunConfig(
         model=ModelConfig(vocab_size=50277, dim=384, layers=6, heads=6, ffn_mult=1.0, context=256,
                           conditioning="time_embed"),
-        think=ThinkConfig(steps=1, alpha=5.0, learn_alpha=False, alpha_lr_mult=5000.0, detach=False, truncate=True,
-                          langevin_std=3.0, rand_alpha_scale=2.0, rand_steps=2, rand_steps_min=2,
-                          replay_size=192, replay_frac=0.5, replay_dtype="bfloat16"),
+        think=dataclasses.replace(_s2_think(5.0), alpha_lr_mult=5000.0),
         optim=OptimConfig(lr=0.0012, weight_decay=0.01, warmup_steps=10_000, grad_clip=1.0),
         train=TrainConfig(steps=1_000_000, batch_size=32, grad_accum=2, eval_every=1000, out_dir="runs/lm-s2"),
         data=DataConfig(),

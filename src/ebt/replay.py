@@ -67,9 +67,6 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.records)
 
-    def nbytes(self) -> int:
-        return sum(r.nbytes() for r in self.records)
-
     def clear(self) -> None:
         self.records.clear()
         self.shape = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ebt.config import DistConfig, OptimConfig, ThinkConfig, TrainConfig, _check
+from ebt.config import DistConfig, OptimConfig, ThinkConfig, TrainConfig, _check, _check_at_least_one
 
 MODEL_KINDS = ("ebt", "dit")
 EMBEDDED = ("photos", "digits")
@@ -42,8 +42,7 @@ class ImageModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.kind in MODEL_KINDS, f"model.kind={self.kind!r} is not an image model: use ebt or dit")
-        for name in ("patch", "dim", "layers", "heads"):
-            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check_at_least_one("model", self, ("patch", "dim", "layers", "heads"))
         _check(self.image_size >= 0 and self.channels in (0, 1, 3),
                "model.image_size must be >= 0 and model.channels 0 (from the data), 1 or 3")
         _check(self.dim % self.heads == 0, f"model.heads={self.heads} does not divide model.dim={self.dim}")
