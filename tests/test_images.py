@@ -182,8 +182,13 @@ def test_train_denoise_eval_and_resume(checkpoints, tmp_path, capsys):
     # the text commands refuse image checkpoints with one line
     assert main(["eval", str(ebt_dir), "--json"]) == 2
     assert "image denoiser" in capsys.readouterr().err
-    # resume continues the image run with its own (resolved) config
+    # resume continues the image run with its own (resolved) config, from step 2 to step 3
     assert main(tiny_train_args("denoise-tiny", ebt_dir, "--resume", "--train.steps=3")) == 0
+    saved = json.loads((ebt_dir / "checkpoint" / "config.json").read_text())
+    assert saved["meta"]["step"] == 3 and saved["config"]["model"]["image_size"] == 8
+    steps = [json.loads(line)["step"] for line in (ebt_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == sorted(steps) and steps[-1] == 3 and 3 not in steps[:-1]
 
 
 @pytest.mark.parametrize("case", ["mixed_sizes", "mixed_channels", "empty", "not_divisible"])
