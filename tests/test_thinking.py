@@ -104,3 +104,16 @@ def test_energy_and_eval_thinking_cli(tmp_path, capsys):
     assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(out)]) == 2   # refuses to overwrite
     assert main(["energy", str(ckpt), "--text", "x" * 40]) == 2                  # longer than the context
     assert main(["energy", str(ckpt), "--text", "ab", "--samples", "0"]) == 2
+
+
+def test_ood_sets_embedded_and_user_files(tmp_path):
+    from ebt.ood import ood_sets
+
+    mine = tmp_path / "mine.txt"
+    mine.write_text("hello ood " * 50)
+    both = ood_sets({"mine": str(mine)})
+    assert {"python_docs", "dyck", "arithmetic", "mine"} <= set(both) and all(len(t) > 100 for t in both.values())
+    only = ood_sets({"mine": str(mine)}, embedded=False)     # --no-embedded-ood: the embedded sets are not built
+    assert only == {"mine": both["mine"]}
+    with pytest.raises(UserError, match="does not exist"):
+        ood_sets({"gone": str(tmp_path / "gone.txt")}, embedded=False)

@@ -52,9 +52,9 @@ def arithmetic(n: int = 3000, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ood_sets(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """name -> text of every embedded OOD set, plus user files given as {name: path}."""
-    sets = {"python_docs": python_docs(), "dyck": dyck(), "arithmetic": arithmetic()}
+def ood_sets(extra: dict[str, str] | None = None, embedded: bool = True) -> dict[str, str]:
+    """name -> text of every embedded OOD set (unless embedded=False), plus user files given as {name: path}."""
+    sets = {"python_docs": python_docs(), "dyck": dyck(), "arithmetic": arithmetic()} if embedded else {}
     for name, path in (extra or {}).items():
         if not Path(path).exists():
             raise UserError(f"OOD set {name!r}: {path!r} does not exist; pass NAME=PATH to a text file")

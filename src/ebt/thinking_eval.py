@@ -121,7 +121,7 @@ def cmd_eval_thinking(args: argparse.Namespace) -> int:
     ebt_model, cfg = load_model(args.ebt, kind="ebt")
     tpp_model = load_model(args.transformer, kind="transformer")[0] if args.transformer else None
     sets = {"held-out": heldout_windows(cfg, None)}
-    texts = ood_sets(extra) if not args.no_embedded_ood else {k: v for k, v in ood_sets(extra).items() if k in extra}
+    texts = ood_sets(extra, embedded=not args.no_embedded_ood)
     sets.update({k: windows_for(v, cfg.model.context) for k, v in texts.items()})
     records = thinking_sweep(ebt_model, tpp_model, sets, args.windows)
     out.mkdir(parents=True, exist_ok=True)
