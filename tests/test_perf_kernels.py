@@ -9,7 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.lm import TextEBT, cross_entropy
-from ebt.models.attention import fused_prediction_attention
+from ebt.models.attention import fused_prediction_attention, query_blocked_attention
 from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate
 from ebt.models.layers import apply_rope, prediction_attention, rope_angles
 from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
@@ -222,6 +222,43 @@ def test_fast_model_equals_math_model(conditioning):
     assert results[0][1].keys() == results[1][1].keys()
     for name, g in results[0][1].items():
         torch.testing.assert_close(g, results[1][1][name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_query_blocked_attention_is_exact_to_second_order():
+    """Query blocks against the observed keys each block may see: same output, input gradient and second
+    derivative as one call, for blocks that do and do not divide L (and gradgradcheck)."""
+    ins, allowed = attn_inputs(L=7, S=9, shift=2)
+    for attn in (prediction_attention, fused_prediction_attention):
+        outs = []
+        for blocks in (1, 2, 3):
+            o = query_blocked_attention(attn, blocks, *ins, allowed)
+            r = torch.linspace(-1, 1, o.numel(), dtype=F64).reshape(o.shape)
+            g = torch.autograd.grad((o * r).sum(), ins, create_graph=True)
+            outs.append((o, *g, *torch.autograd.grad(sum((gi * gi).sum() for gi in g), ins)))
+        for other in outs[1:]:
+            for x, y in zip(outs[0], other):
+                torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    small, allowed = attn_inputs()
+    assert gradgradcheck(lambda *a: query_blocked_attention(fused_prediction_attention, 2, *a, allowed), small)
+    assert allowed._ebt_block_ends[2] == [3, 5]     # rows 0-1 see keys 0..2 (shift 1), rows 2-3 all 5
+
+
+def test_query_blocks_model_equals_one_block():
+    """A whole S1 training step (loss and every gradient) with model.attn_query_blocks=3 equals 1 block."""
+    torch.manual_seed(0)
+    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=7, conditioning="pred_embed")
+    one = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0)).double()
+    three = TextEBT(ModelConfig(**mc, attn_query_blocks=3), ThinkConfig(steps=2, alpha=3.0)).double()
+    three.load_state_dict(one.state_dict())
+    ids, z0 = torch.randint(1, 11, (2, 8)), torch.randn(2, 7, 11, dtype=F64)
+    grads = []
+    for m in (one, three):
+        out = m(ids, z0=z0.clone(), training=True)
+        out.loss.backward()
+        grads.append([out.loss.detach()] + [p.grad for p in m.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("think", [dict(steps=2), dict(steps=2, rand_alpha_scale=2.0, rand_steps=1)])

@@ -58,6 +58,10 @@ class ModelConfig:
     """Attention of the EBT's prediction stream: `fused` (exact custom autograd Functions with a hand-written second
     derivative that keep one L x S matrix per layer and step; faster and leaner) or `math` (plain differentiable
     ops, which autograd differentiates twice). Same results; see docs/performance.md."""
+    attn_query_blocks: int = 1
+    """Split the prediction stream's queries into this many blocks, each attending only to the observed keys its
+    rows may see (skips the causally masked part of the L x S work and of the kept probabilities; exact). 1 = off;
+    measured in docs/performance.md (`bench/attention_blocks.py`)."""
     checkpointing: str = "none"
     """Activation checkpointing of transformer blocks: `none`, `observed` (the context stream: one more forward of
     it per step, its activations not kept), `prediction` (the candidates' stream, recomputed in both backward
@@ -69,7 +73,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.kind in ("ebt", "transformer"), f"model.kind={self.kind!r} is not known: use ebt or transformer")
-        _check_at_least_one("model", self, ("vocab_size", "dim", "layers", "heads", "context"))
+        _check_at_least_one("model", self, ("vocab_size", "dim", "layers", "heads", "context", "attn_query_blocks"))
         _check(self.dim % self.heads == 0,
                f"model.heads={self.heads} does not divide model.dim={self.dim}: pick heads that divide dim")
         _check((self.dim // self.heads) % 2 == 0,

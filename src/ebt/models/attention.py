@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from ebt.models.fused_ops import kernel, upcast
 
-__all__ = ["fused_prediction_attention"]
+__all__ = ["fused_prediction_attention", "query_blocked_attention"]
 
 
 def _node(t: Tensor):
@@ -197,3 +197,30 @@ def fused_prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: 
     (B, H, S, hd); allowed (L, S) bool (every row also attends to its own key) -> (B, H, L, hd).
     compiled=True runs the kernels through torch.compile (fused_ops.kernel)."""
     return PredictionAttention.apply(q, k_obs, v_obs, k_self, v_self, allowed, compiled)[0]
+
+
+def _block_ends(allowed: Tensor, size: int) -> list[int]:
+    """For row blocks [a, a + size) of `allowed` (L, S): one past the last observed key any row of the block may
+    see (at least 1). Read once per mask (one host sync) and kept on the mask, which every layer shares."""
+    cache = allowed.__dict__.setdefault("_ebt_block_ends", {})
+    if size not in cache:
+        cols = torch.arange(1, allowed.shape[1] + 1, device=allowed.device)
+        last = (allowed * cols).amax(1).tolist()                              # (L,) one past each row's last key
+        cache[size] = [max(1, max(last[a:a + size])) for a in range(0, len(last), size)]
+    return cache[size]
+
+
+def query_blocked_attention(attn, blocks: int, q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: Tensor,
+                            v_self: Tensor, allowed: Tensor) -> Tensor:
+    """`attn` (fused_prediction_attention or layers.prediction_attention) over `blocks` blocks of prediction rows,
+    each against only the observed keys its rows may attend to: under a causal mask the first block skips most of
+    the L x S scores, probabilities and their derivatives. Exact (each block is the same attention on a slice)."""
+    L = q.shape[2]
+    size = -(-L // blocks)
+    if blocks <= 1 or L <= size:
+        return attn(q, k_obs, v_obs, k_self, v_self, allowed)
+    outs = []
+    for a, end, qb, kb, vb in zip(range(0, L, size), _block_ends(allowed, size), q.split(size, 2),
+                                  k_self.split(size, 2), v_self.split(size, 2)):
+        outs.append(attn(qb, k_obs[:, :, :end], v_obs[:, :, :end], kb, vb, allowed[a:a + size, :end]))
+    return torch.cat(outs, 2)                                                 # (B, H, L, hd)

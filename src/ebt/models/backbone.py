@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ebt.config import ModelConfig
-from ebt.models.attention import fused_prediction_attention
+from ebt.models.attention import fused_prediction_attention, query_blocked_attention
 from ebt.models.layers import (Attention, RMSNorm, SwiGLU, modulate, observed_attention, prediction_attention,
                                rope_angles)
 
@@ -63,8 +63,10 @@ class Block(nn.Module):
         self.feed_forward = SwiGLU(cfg.dim, int(cfg.dim * cfg.ffn_mult), cfg.compile_kernels)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.compile_kernels)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.compile_kernels)
-        self.prediction_attention = (partial(fused_prediction_attention, compiled=cfg.compile_kernels)
-                                     if cfg.attn_impl == "fused" else prediction_attention)
+        attn = (partial(fused_prediction_attention, compiled=cfg.compile_kernels) if cfg.attn_impl == "fused"
+                else prediction_attention)
+        self.prediction_attention = (attn if cfg.attn_query_blocks == 1
+                                     else partial(query_blocked_attention, attn, cfg.attn_query_blocks))
         if adaln:  # shift/scale/gate for attention and FFN from the step embedding
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
