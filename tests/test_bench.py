@@ -85,20 +85,20 @@ def test_attention_blocks_experiment_keeps_gradients(capsys, monkeypatch):
     """bench/attention_blocks.py: query blocks give the one-call gradients (the experiment's exactness claim)."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     tool = runpy.run_path(str(ROOT / "bench" / "attention_blocks.py"))
-    assert tool["main"](["--batch", "1", "--heads", "2", "--ctx", "8", "--head-dim", "4", "--blocks", "1,2,4",
+    assert tool["main"](["--batch", "1", "--heads", "2", "--ctx", "9", "--head-dim", "4", "--blocks", "1,2,4",
                          "--rounds", "1", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res["time_vs_one_block"]) == {"1", "2", "4"}
     assert max(res["max_rel_grad_diff"].values()) < 1e-5
 
 
-def test_page_faults_script(capsys, monkeypatch):
+def test_page_faults_script_smoke(capsys, monkeypatch):
+    """Smoke test: runs and reports per-setting counts (tiny tensors stay under the 2 MB huge-page threshold)."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     tool = runpy.run_path(str(ROOT / "bench" / "page_faults.py"))
     assert tool["main"](["--tiny", "--vocab", "64", "--steps", "1", "--models", "ebt", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["huge_pages"] for r in rows] == [True, False]
-    assert all(r["page_faults"] >= 0 and r["user_ms"] > 0 for r in rows)
+    assert [r["huge_pages"] for r in rows] == [True, False] and all(r["user_ms"] > 0 for r in rows)
 
 
 def test_alloc_peak_extrapolates_the_batch_exactly(capsys, monkeypatch):

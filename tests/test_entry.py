@@ -37,4 +37,5 @@ print([int(line.split()[1]) for line in open('/proc/self/smaps_rollup') if line.
 @pytest.mark.skipif(not HUGE.exists() or "[never]" in HUGE.read_text(), reason="no transparent huge pages here")
 def test_entry_backs_large_cpu_tensors_with_huge_pages():
     assert int(run_python(PROBE)) >= 16 * 1024                                # kB of huge pages under the tensor
-    assert int(run_python(PROBE, THP_MEM_ALLOC_ENABLE="0")) < 16 * 1024      # an explicit opt-out is kept
+    if "[madvise]" in HUGE.read_text():   # under [always] the kernel uses huge pages whatever torch advises
+        assert int(run_python(PROBE, THP_MEM_ALLOC_ENABLE="0")) < 16 * 1024  # an explicit opt-out is kept

@@ -9,7 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.lm import TextEBT, cross_entropy
-from ebt.models.attention import fused_prediction_attention, query_blocked_attention
+from ebt.models.attention import _block_ends, causal_prefix_mask, fused_prediction_attention, query_blocked_attention
 from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate
 from ebt.models.layers import apply_rope, prediction_attention, rope_angles
 from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
@@ -145,6 +145,20 @@ def test_split_heads_equals_autograd_view_and_rope_to_third_order():
         (g2,) = torch.autograd.grad(g1.pow(2).sum(), y, create_graph=True)
         thirds.append(torch.autograd.grad(g2.pow(3).sum(), y)[0])
     torch.testing.assert_close(*thirds)
+    # adjoints that are transposed (k in q k^T) or expanded (a sum) reach both Functions' backward passes
+    for loss in (lambda q, k, v: (q @ k.transpose(-2, -1)).square().sum() + (v @ k.transpose(-2, -1)).sum(),
+                 lambda q, k, v: q.sum() + k.sum() + v.sum()):
+        grads = []
+        for fn in (split_heads, _plain_heads):
+            (g1,) = torch.autograd.grad(loss(*fn(y, cos, sin, H)), y, create_graph=True)
+            # a transposed adjoint for the merge's backward (when g1 depends on y at all)
+            r = torch.linspace(-1, 1, g1.numel(), dtype=F64).reshape(g1.transpose(0, 1).shape)
+            g2 = torch.autograd.grad((g1.transpose(0, 1) * r).pow(2).sum(), y) if g1.requires_grad else (None,)
+            grads.append((g1, *g2))
+        for a, b in zip(*grads):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b)
     yb = y.detach().bfloat16()
     for a, b in zip(split_heads(yb, cos, sin, H), _plain_heads(yb, cos, sin, H)):
         assert a.dtype == torch.bfloat16
@@ -241,6 +255,13 @@ def test_query_blocked_attention_is_exact_to_second_order():
     small, allowed = attn_inputs()
     assert gradgradcheck(lambda *a: query_blocked_attention(fused_prediction_attention, 2, *a, allowed), small)
     assert allowed._ebt_block_ends[2] == [3, 5]     # rows 0-1 see keys 0..2 (shift 1), rows 2-3 all 5
+    # the model's masks carry their offset, so the ends need no read-back; both ways agree
+    for L, S, offset, size in ((7, 9, 2, 3), (7, 7, 0, 2), (4, 12, 6, 3), (5, 3, 0, 2)):
+        mask = causal_prefix_mask(L, S, offset, "cpu")
+        plain = mask.clone()
+        assert "_ebt_causal_offset" not in plain.__dict__
+        assert torch.equal(mask, torch.arange(S)[None, :] <= torch.arange(L)[:, None] + offset)
+        assert _block_ends(mask, size) == _block_ends(plain, size)
 
 
 def test_query_blocks_model_equals_one_block():

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
+from ebt.models.attention import causal_prefix_mask
 from ebt.models.backbone import Backbone, Observed, init_weights
 from ebt.models.layers import modulate
 from ebt.models.vocab import candidate_update, embed_probs
@@ -120,7 +121,7 @@ class AREnergyModel(nn.Module):
             x = x + self.transformer.time_embeddings.weight[step]
         index = torch.arange(start, start + L, device=x.device)            # context position of each candidate
         positions = index + 1 + self.prefix                                # RoPE position of the predicted token
-        allowed = torch.arange(obs.length, device=x.device)[None, :] <= (index + self.prefix)[:, None]
+        allowed = causal_prefix_mask(L, obs.length, start + self.prefix, x.device)   # (L, S_obs)
         cond = self._cond(step, B)
         h = self.transformer.norm(self.transformer.predict(x, positions, obs, allowed, cond))
         if cond is not None:

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from ebt.models.fused_ops import kernel, upcast
 
-__all__ = ["fused_prediction_attention", "query_blocked_attention"]
+__all__ = ["fused_prediction_attention", "query_blocked_attention", "causal_prefix_mask"]
 
 
 def _node(t: Tensor):
@@ -199,14 +199,27 @@ def fused_prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: 
     return PredictionAttention.apply(q, k_obs, v_obs, k_self, v_self, allowed, compiled)[0]
 
 
+def causal_prefix_mask(L: int, S: int, offset: int, device) -> Tensor:
+    """allowed (L, S): prediction row i may see observed keys 0 .. offset + i. The offset is recorded on the mask so
+    that query blocks know each block's last key without reading the mask back from the device."""
+    allowed = torch.arange(S, device=device)[None, :] <= torch.arange(offset, offset + L, device=device)[:, None]
+    allowed.__dict__["_ebt_causal_offset"] = offset
+    return allowed
+
+
 def _block_ends(allowed: Tensor, size: int) -> list[int]:
     """For row blocks [a, a + size) of `allowed` (L, S): one past the last observed key any row of the block may
-    see (at least 1). Read once per mask (one host sync) and kept on the mask, which every layer shares."""
+    see (at least 1). From the recorded offset of a `causal_prefix_mask`; for any other mask read back once (one
+    host sync) and kept on the mask."""
+    L, S = allowed.shape
+    offset = allowed.__dict__.get("_ebt_causal_offset")
+    if offset is not None:
+        return [max(1, min(S, offset + min(L, a + size))) for a in range(0, L, size)]
     cache = allowed.__dict__.setdefault("_ebt_block_ends", {})
     if size not in cache:
-        cols = torch.arange(1, allowed.shape[1] + 1, device=allowed.device)
+        cols = torch.arange(1, S + 1, device=allowed.device)
         last = (allowed * cols).amax(1).tolist()                              # (L,) one past each row's last key
-        cache[size] = [max(1, max(last[a:a + size])) for a in range(0, len(last), size)]
+        cache[size] = [max(1, max(last[a:a + size])) for a in range(0, L, size)]
     return cache[size]
 
 
@@ -215,9 +228,11 @@ def query_blocked_attention(attn, blocks: int, q: Tensor, k_obs: Tensor, v_obs: 
     """`attn` (fused_prediction_attention or layers.prediction_attention) over `blocks` blocks of prediction rows,
     each against only the observed keys its rows may attend to: under a causal mask the first block skips most of
     the L x S scores, probabilities and their derivatives. Exact (each block is the same attention on a slice)."""
-    L = q.shape[2]
+    L, S = q.shape[2], k_obs.shape[2]
+    if allowed.shape != (L, S):
+        raise ValueError(f"allowed must be (L, S) = ({L}, {S}), got {tuple(allowed.shape)}")
     size = -(-L // blocks)
-    if blocks <= 1 or L <= size:
+    if blocks <= 1 or L <= size or S == 0:
         return attn(q, k_obs, v_obs, k_self, v_self, allowed)
     outs = []
     for a, end, qb, kb, vb in zip(range(0, L, size), _block_ends(allowed, size), q.split(size, 2),

@@ -219,12 +219,19 @@ def swiglu_gate(a: Tensor, b: Tensor, compiled: bool = False) -> Tensor:
 # rotated tensor written straight into its destination. Autograd's graph of view/permute/unbind plus a complex
 # multiply instead copies each gradient twice (stack, then a contiguous reshape) and clones the complex views.
 
+def _complex_viewable(t: Tensor) -> bool:
+    """Whether view_as_complex accepts t's adjacent pairs: unit last stride, even other strides and offset."""
+    return t.stride(-1) == 1 and all(s % 2 == 0 for s in t.stride()[:-1]) and t.storage_offset() % 2 == 0
+
+
 def _rotate_into(out: Tensor, x: Tensor, rot: Tensor) -> None:
     """out[...] = x rotated pairwise by rot (complex, broadcast over x (..., hd/2) pairs); out and x (..., hd) may be
     strided views. Half-precision inputs are rotated in float32 and cast (as layers.apply_rope)."""
     xf = upcast(x)
+    if not _complex_viewable(xf):   # e.g. a transposed or expanded incoming gradient
+        xf = xf.contiguous()
     xc = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))
-    if out.dtype == xf.dtype and out.stride(-1) == 1 and all(s % 2 == 0 for s in out.stride()[:-1]):
+    if out.dtype == xf.dtype and _complex_viewable(out):
         torch.mul(xc, rot, out=torch.view_as_complex(out.unflatten(-1, (-1, 2))))
     else:
         out.copy_(torch.view_as_real(xc * rot).flatten(-2))
@@ -245,7 +252,7 @@ class _SplitHeads(torch.autograd.Function):
         k = torch.empty_like(sk, memory_format=torch.contiguous_format)
         _rotate_into(q, sq, rot)
         _rotate_into(k, sk, rot)
-        return q, k, sv.contiguous()
+        return q, k, sv.clone(memory_format=torch.contiguous_format)   # never a view of y (B = S = 1 slices are)
 
     @staticmethod
     def backward(ctx, gq, gk, gv):

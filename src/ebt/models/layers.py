@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate, upcast
+from ebt.models.fused_ops import _complex_viewable, rms_norm, split_heads, swiglu_gate, upcast
 
 
 class RMSNorm(nn.Module):
@@ -67,7 +67,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     gradients per pass. view_as_complex needs even strides, which head views of a (B, S, D) projection have.
     """
     xf = upcast(x)
-    if xf.stride(-1) != 1 or any(s % 2 for s in xf.stride()[:-1]) or xf.storage_offset() % 2:
+    if not _complex_viewable(xf):
         xf = xf.contiguous()
     xc = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))          # (B, H, S, hd/2) complex
     rot = torch.complex(cos.to(xf.dtype), sin.to(xf.dtype))        # (S, hd/2)
