@@ -101,19 +101,12 @@ class StepwiseGradients:
 
     def loss(self) -> Tensor:
         """mean_k CE_k, carrying exactly the gradient mean_k dCE_k/dtheta (see the module docstring)."""
-        tensors, grads = [], []
-        for p, g in zip(self.params, self.param_grads):
-            if g is not None:
-                tensors.append(p)
-                grads.append(g)
+        pairs = [(p, g) for p, g in zip(self.params, self.param_grads) if g is not None]
         if self.alpha is not None and self.alpha_grad[0] is not None:
-            tensors.append(self.alpha)
-            grads.append(self.alpha_grad[0])
+            pairs.append((self.alpha, self.alpha_grad[0]))
         graph, _ = self.energy.kv()
-        for t, g in zip(graph, self.kv_grads):
-            if g is not None and t.requires_grad:
-                tensors.append(t)
-                grads.append(g)
+        pairs += [(t, g) for t, g in zip(graph, self.kv_grads) if g is not None and t.requires_grad]
+        tensors, grads = [t for t, _ in pairs], [g for _, g in pairs]
         return _CarryGradients.apply(torch.stack(self.ces).mean(), grads, len(self.ces), *tensors)
 
 
