@@ -271,6 +271,8 @@ def test_query_blocks_model_equals_one_block():
     one = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0)).double()
     three = TextEBT(ModelConfig(**mc, attn_query_blocks=3), ThinkConfig(steps=2, alpha=3.0)).double()
     three.load_state_dict(one.state_dict())
+    blocked = three.energy.transformer.layers[0].prediction_attention      # the option is wired, not ignored
+    assert blocked.func is query_blocked_attention and blocked.args[1] == 3
     ids, z0 = torch.randint(1, 11, (2, 8)), torch.randn(2, 7, 11, dtype=F64)
     grads = []
     for m in (one, three):
