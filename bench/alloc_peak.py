@@ -27,9 +27,9 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ebt.bench import TrainSpec, add_spec_args, build, spec_from_args, train_step  # noqa: E402
-from ebt.models import vocab  # noqa: E402
-from ebt.train import autocast  # noqa: E402
+from ebt.benchmarks.train_step import TrainSpec, add_spec_args, build, spec_from_args, train_step  # noqa: E402
+from ebt.ops import vocab  # noqa: E402
+from ebt.training.devices import autocast  # noqa: E402
 
 
 class LiveBytes(TorchDispatchMode):

@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ebt.models.attention import causal_prefix_mask, fused_prediction_attention, query_blocked_attention  # noqa: E402,E501
+from ebt.models.attention import causal_prefix_mask, query_blocked_attention  # noqa: E402
+from ebt.ops.prediction_attention import fused_prediction_attention  # noqa: E402
 
 
 def step(blocks: int, B: int, H: int, L: int, hd: int) -> list[torch.Tensor]:

@@ -22,9 +22,9 @@ from unittest import mock
 import torch
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.generation import decode
-from ebt.inference import think
-from ebt.lm import TextEBT
+from ebt.text.generation import decode
+from ebt.text.inference import think
+from ebt.text.models import TextEBT
 from ebt.models import layers
 
 
@@ -42,7 +42,7 @@ def run(args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     model = TextEBT(ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, context=args.ctx,
-                                conditioning=args.conditioning), ThinkConfig(steps=2, alpha=50.0)).eval()
+                                conditioning=args.conditioning), ThinkConfig(landscapes=2, alpha=50.0)).eval()
     prompt = torch.randint(1, 256, (args.batch, args.ctx - args.new))
 
     def greedy(use_cache: bool):

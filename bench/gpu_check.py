@@ -28,10 +28,12 @@ F64 = torch.float64
 
 
 def kernel_checks(device: torch.device) -> dict:
-    from ebt.models.attention import fused_prediction_attention
-    from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate
+    from ebt.ops.prediction_attention import fused_prediction_attention
+    from ebt.ops.rms_norm import rms_norm
+    from ebt.ops.rope_heads import split_heads
+    from ebt.ops.swiglu import swiglu_gate
     from ebt.models.layers import rope_angles
-    from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
+    from ebt.ops.vocab import candidate_cross_entropy, candidate_update, embed_probs
 
     g = torch.Generator().manual_seed(0)
 
@@ -60,15 +62,15 @@ def kernel_checks(device: torch.device) -> dict:
 def step_parity(device: torch.device, conditioning: str, attn_impl: str, compiled: bool = False) -> float:
     """Worst relative difference (loss and every gradient) of one training step on `device` vs CPU, float64."""
     from ebt.config import ModelConfig, ThinkConfig
-    from ebt.lm import TextEBT
+    from ebt.text.models import TextEBT
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning=conditioning,
                       attn_impl=attn_impl)
-    cpu_model = TextEBT(cfg, ThinkConfig(steps=2)).double().train()
+    cpu_model = TextEBT(cfg, ThinkConfig(landscapes=2)).double().train()
     dev_model = copy.deepcopy(cpu_model).to(device)
     if compiled:   # the device model's custom-Function bodies through torch.compile (Triton on CUDA)
-        dev_model = TextEBT(dataclasses.replace(cfg, compile_kernels=True), ThinkConfig(steps=2)).double().to(device)
+        dev_model = TextEBT(dataclasses.replace(cfg, compile_kernels=True), ThinkConfig(landscapes=2)).double().to(device)
         dev_model.load_state_dict(cpu_model.state_dict())
     ids = torch.randint(1, 11, (3, 7))
     z0 = torch.randn(3, 6, 11, dtype=F64)

@@ -27,7 +27,7 @@ def measure(model: str, vocab: int, steps: int, tiny: bool = False) -> dict:
     sys.path.insert(0, str(SRC))
     import torch
 
-    from ebt.bench import TrainSpec, build, resolve_device, train_step
+    from ebt.benchmarks.train_step import TrainSpec, build, resolve_device, train_step
 
     torch.set_num_threads(1)
     spec = TrainSpec(model=model, vocab=vocab, device="cpu", **(TINY if tiny else {}))

@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ebt.bench import _sync, add_spec_args, build, resolve_device, spec_from_args, train_step  # noqa: E402
+from ebt.benchmarks.train_step import add_spec_args, build, resolve_device, spec_from_args, sync, train_step  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     with profile(activities=acts, record_shapes=args.shapes) as prof:
         for _ in range(args.steps):
             train_step(model, opt, batch, device, spec.dtype)
-        _sync(device)
+        sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"{args.model} {args.size} {args.dtype} batch {args.batch} ctx {args.ctx} vocab {args.vocab}, "
           f"{args.steps} steps")

@@ -7,7 +7,7 @@ autograd. Nothing is reused across steps. `ReferenceStyleEBT` uses the weights o
 parameter names) so "new vs old" can be timed in one process on the same model; tests/test_bench.py checks that
 it gives the same loss and gradients as ours.
 
-Load it with `ebt.bench.load_reference_style()` (it lives outside the package on purpose: nothing in the library
+Load it with `ebt.benchmarks.train_step.load_reference_style()` (it lives outside the package on purpose: nothing in the library
 depends on it).
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ebt.lm import TextEBT
-from ebt.models.layers import apply_rope, masked_attention, modulate
+from ebt.text.models import TextEBT
+from ebt.models.attention import masked_attention
+from ebt.models.layers import apply_rope, modulate
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from ebt.replay import ReplayBuffer, record_bytes
+from ebt.text.replay import ReplayBuffer, record_bytes
 
 STORAGES = {"float32": dict(replay_dtype="float32"), "bfloat16": dict(replay_dtype="bfloat16"),
             "float16": dict(replay_dtype="float16"),
@@ -46,9 +46,9 @@ def storage_error(logits: torch.Tensor) -> dict[str, dict[str, float]]:
 
 def train_with(storage: dict, steps: int, seed: int = 0) -> tuple[dict, torch.Tensor]:
     """Train the s2-ablation model with one storage; returns the final validation metrics and a batch's logits."""
-    from ebt.experiments import AblationSettings, base_config
-    from ebt.tasks import TextTask
-    from ebt.train import train
+    from ebt.experiments.s2_ablation import AblationSettings, base_config
+    from ebt.text.task import TextTask
+    from ebt.training.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = base_config(AblationSettings(steps=steps, seed=seed), tmp)
@@ -56,7 +56,8 @@ def train_with(storage: dict, steps: int, seed: int = 0) -> tuple[dict, torch.Te
         cfg.train.eval_batches = 16
         task = TextTask(cfg)
         res = train(cfg, task=task)
-        from ebt.checkpoint import find_checkpoint, load_model
+        from ebt.text.task import load_model
+        from ebt.training.checkpoint import find_checkpoint
 
         model, _ = load_model(find_checkpoint(tmp))
         batch = task.val_windows.batch(range(16))

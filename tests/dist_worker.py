@@ -8,11 +8,11 @@ import sys
 
 import torch
 
-from ebt import distributed as dist
+from ebt.training import distributed as dist
 from ebt import noise
 from ebt.config import DataConfig, DistConfig, ModelConfig, RunConfig, ThinkConfig
-from ebt.data.sharding import rank_positions
-from ebt.lm import build_lm
+from ebt.training.sharding import rank_positions
+from ebt.text.models import build_lm
 
 SEED, GLOBAL_BATCH = 0, 4
 
@@ -21,7 +21,7 @@ def grad_config(strategy: str = "ddp", param_dtype: str = "fp32") -> RunConfig:
     """A tiny EBT whose descent uses every kind of training noise: random step sizes, Langevin noise and a random
     number of steps (all drawn per sample / per global batch by `ebt.noise`)."""
     return RunConfig(model=ModelConfig(dim=32, layers=2, heads=2, context=16),
-                     think=ThinkConfig(steps=2, alpha=20.0, rand_alpha_scale=2.0, langevin_std=0.5, rand_steps=1),
+                     think=ThinkConfig(landscapes=2, alpha=20.0, rand_alpha_scale=2.0, langevin_std=0.5, rand_steps=1),
                      data=DataConfig(max_chars=4000), dist=DistConfig(strategy=strategy, param_dtype=param_dtype))
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from ebt.bench import TrainSpec, load_reference_style, measure_memory
+from ebt.benchmarks.memory import measure_memory
+from ebt.benchmarks.train_step import TrainSpec, load_reference_style
 from ebt.cli import main
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.lm import TextEBT
+from ebt.text.models import TextEBT
 
 TINY = ["--size", "tiny", "--ctx", "8", "--batch", "2", "--vocab", "32", "--steps", "1", "--warmup", "1",
         "--threads", "1"]
@@ -49,8 +50,8 @@ def test_reference_style_baseline_matches_ours(conditioning):
     ReferenceStyleEBT = load_reference_style().ReferenceStyleEBT
     torch.manual_seed(0)
     mc = ModelConfig(vocab_size=13, dim=16, layers=2, heads=2, context=6, conditioning=conditioning)
-    ours = TextEBT(mc, ThinkConfig(steps=2, alpha=2.0)).double()
-    ref = ReferenceStyleEBT(mc, ThinkConfig(steps=2, alpha=2.0)).double()
+    ours = TextEBT(mc, ThinkConfig(landscapes=2, alpha=2.0)).double()
+    ref = ReferenceStyleEBT(mc, ThinkConfig(landscapes=2, alpha=2.0)).double()
     ref.load_state_dict(ours.state_dict())
     ids = torch.randint(1, 13, (2, 7))
     z0 = torch.randn(2, 6, 13, dtype=torch.float64)
@@ -112,7 +113,7 @@ def test_alloc_peak_extrapolates_the_batch_exactly(capsys, monkeypatch):
     measured = json.loads(capsys.readouterr().out)["peak_mib"]
     assert predicted == pytest.approx(measured, rel=0.02)
     from ebt.models import vocab                         # the tool's kernel patches do not outlive it
-    assert vocab._row_chunks.__module__ == "ebt.models.vocab" and vocab.padded_vocab(7, torch.device("cpu")) == 7
+    assert vocab._row_chunks.__module__ == "ebt.ops.vocab" and vocab.padded_vocab(7, torch.device("cpu")) == 7
 
 
 def test_s1_training_keeps_one_step_of_candidate_tensors():

@@ -24,7 +24,9 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("overrides, words", [
     ({"optim.lrr": "1"}, "did you mean 'lr'"),
     ({"train.steps": "-3"}, "train.steps must be >= 1"),
-    ({"think.alpha": "0"}, "think.alpha must be > 0"),
+    ({"think.alpha": "0"}, "think.alpha must be a finite number > 0"),
+    ({"think.alpha": "inf"}, "think.alpha must be a finite number > 0"),
+    ({"optim.lr": "nan"}, "optim.lr must be a finite number > 0"),
     ({"model.heads": "3"}, "does not divide"),
     ({"train.steps": "abc"}, "not a valid int"),
     ({"optim": "1"}, "is a section"),

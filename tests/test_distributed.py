@@ -1,7 +1,7 @@
 """Multi-process training with 2 gloo processes on CPU (torchrun): DDP and FSDP2 give the gradients and the loss curve
 of one process on the same global batch, and a checkpoint written by 2 ranks resumes on 1.
 
-World W with batch b equals one process with batch W*b because the data layout (`ebt.data.sharding`) gives the W
+World W with batch b equals one process with batch W*b because the data layout (`ebt.training.sharding`) gives the W
 processes the slices of the same global batch, and the training noise is drawn per sample (`ebt.noise`).
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 
 from dist_worker import GLOBAL_BATCH, SEED, grad_config, grad_tokens
 from ebt import noise
-from ebt.checkpoint import load_model
+from ebt.text.task import load_model
 from ebt.cli import main as cli
-from ebt.lm import build_lm
+from ebt.text.models import build_lm
 
 GRAD_RTOL = 1e-6   # the issue's bounds, float32
 LOSS_RTOL = 1e-5
@@ -84,7 +84,7 @@ def test_dist_config_validation():
 def test_sharded_batches_are_slices_of_the_global_batch():
     """W processes with batch b take the slices of one process's batch W*b, across epoch boundaries, and resume from
     a sample count on another world size."""
-    from ebt.data.sharding import sharded_indices
+    from ebt.training.sharding import sharded_indices
 
     one = sharded_indices(10, 4, seed=3)
     two = [sharded_indices(10, 2, seed=3, rank=r, world=2) for r in range(2)]

@@ -17,9 +17,9 @@ def run_python(code: str, **env) -> str:
 
 
 def test_import_is_lazy_and_names_resolve():
-    out = run_python("import sys, ebt; print('torch' in sys.modules); import ebt.train, ebt.lm, ebt.generation; "
-                     "print(ebt.fit is ebt.train.train, ebt.TextEBT is ebt.lm.TextEBT, 'fit' in dir(ebt), "
-                     "ebt.generate is ebt.generation.generate)")
+    out = run_python("import sys, ebt; print('torch' in sys.modules); import ebt.tasks, ebt.text.models, ebt.text.generation; "
+                     "print(ebt.fit is ebt.tasks.fit, ebt.TextEBT is ebt.text.models.TextEBT, 'fit' in dir(ebt), "
+                     "ebt.generate is ebt.text.generation.generate)")
     assert out.splitlines() == ["False", "True True True True"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         import ebt

@@ -3,14 +3,14 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.lm import TextEBT
+from ebt.text.models import TextEBT
 from ebt.models.ar_ebt import ContextEnergy
 
 
 def tiny_ebt(conditioning="time_embed", steps=2, vocab=11, length=5, batch=2, **think):
     torch.manual_seed(0)
     model = TextEBT(ModelConfig(vocab_size=vocab, dim=8, layers=2, heads=2, context=length,
-                                conditioning=conditioning), ThinkConfig(steps=steps, alpha=3.0, **think)).double()
+                                conditioning=conditioning), ThinkConfig(landscapes=steps, alpha=3.0, **think)).double()
     ids = torch.randint(1, vocab, (batch, length + 1))
     return model, ids
 

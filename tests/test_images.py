@@ -30,7 +30,7 @@ def one_thread():
 def tiny_cfg(kind: str = "ebt", **think) -> ImageRunConfig:
     return ImageRunConfig(
         model=ImageModelConfig(kind=kind, image_size=8, channels=1, patch=2, dim=16, layers=2, heads=2),
-        think=ThinkConfig(steps=1, alpha=0.5, **think),
+        think=ThinkConfig(landscapes=1, alpha=0.5, **think),
         optim=OptimConfig(warmup_steps=1),
         train=TrainConfig(steps=2, batch_size=4, progress=False),
         data=ImageDataConfig(embedded="digits", max_images=32),

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.generation import SampleOptions, decode, generate
-from ebt.inference import ThinkOptions, build_cache, think
-from ebt.lm import TextEBT, TextTransformer
+from ebt.text.generation import SampleOptions, decode, generate
+from ebt.text.inference import build_cache, think
+from ebt.thinking import ThinkOptions
+from ebt.text.models import TextEBT, TextTransformer
 from ebt.models.ar_ebt import ContextEnergy
-from ebt.models.layers import masked_attention
+from ebt.models.attention import masked_attention
 
 CONDITIONINGS = ["time_embed", "none", "adaln", "adaln_zero", "pred_embed"]
 
@@ -16,7 +17,7 @@ CONDITIONINGS = ["time_embed", "none", "adaln", "adaln_zero", "pred_embed"]
 def make(conditioning, dtype=torch.float64, vocab=13, ctx=6):
     torch.manual_seed(0)
     m = TextEBT(ModelConfig(vocab_size=vocab, dim=16, layers=2, heads=2, context=ctx, conditioning=conditioning),
-                ThinkConfig(steps=2, alpha=2.0)).to(dtype)
+                ThinkConfig(landscapes=2, alpha=2.0)).to(dtype)
     if conditioning == "adaln_zero":  # make the zero-initialised layers non-trivial for the comparison
         with torch.no_grad():
             for p in m.parameters():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ebt.convert import UnsupportedReference, load_reference
+from ebt.text.convert import UnsupportedReference, load_reference
 
 from conftest import FIXTURES
 
@@ -38,9 +38,9 @@ def test_reference_parity(name):
         # the fixtures' loss: no randomisation (the evaluation schedule for S2), with gradients
         out = model(ids, z0=expected["z0"], training=True, randomize=False)
         steps = len([k for k in expected if k.startswith("logits.")])
-        assert len(out.thought.logits) == steps
+        assert len(out.thought.candidates) == steps
         for k in range(steps):
-            assert rel_err(out.thought.logits[k], expected[f"logits.{k}"]) < RTOL, f"logits.{k}"
+            assert rel_err(out.thought.candidates[k], expected[f"logits.{k}"]) < RTOL, f"logits.{k}"
             assert rel_err(out.thought.energies[k], expected[f"energies.{k}"]) < RTOL, f"energies.{k}"
         prefix = "energy."
     else:

@@ -8,11 +8,14 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.lm import TextEBT, cross_entropy
-from ebt.models.attention import _block_ends, causal_prefix_mask, fused_prediction_attention, query_blocked_attention
-from ebt.models.fused_ops import rms_norm, split_heads, swiglu_gate
-from ebt.models.layers import apply_rope, prediction_attention, rope_angles
-from ebt.models.vocab import candidate_cross_entropy, candidate_update, embed_probs
+from ebt.text.models import TextEBT, cross_entropy
+from ebt.models.attention import _block_ends, causal_prefix_mask, prediction_attention, query_blocked_attention
+from ebt.models.layers import apply_rope, rope_angles
+from ebt.ops.prediction_attention import fused_prediction_attention
+from ebt.ops.rms_norm import rms_norm
+from ebt.ops.rope_heads import split_heads
+from ebt.ops.swiglu import swiglu_gate
+from ebt.ops.vocab import candidate_cross_entropy, candidate_update, embed_probs
 
 F64 = torch.float64
 
@@ -69,7 +72,7 @@ def test_fused_attention_second_derivative_by_central_differences():
 
 def test_fused_attention_skips_observed_grads_only_when_unused(monkeypatch):
     """The candidates' input-gradient pass does not need dk_obs/dv_obs; the outer backward still gets them."""
-    from ebt.models import attention
+    from ebt.ops import prediction_attention as attention
 
     asked = []                                       # need_obs of each input-gradient pass
     apply = attention.PredictionAttentionGrad.apply
@@ -219,8 +222,8 @@ def test_fast_model_equals_math_model(conditioning):
     """Training loss and every parameter gradient: fused kernels + embedding-space thinking vs the math path."""
     torch.manual_seed(0)
     mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning=conditioning)
-    fast = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0)).double()
-    slow = TextEBT(ModelConfig(**mc, attn_impl="math"), ThinkConfig(steps=2, alpha=3.0)).double()
+    fast = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0)).double()
+    slow = TextEBT(ModelConfig(**mc, attn_impl="math"), ThinkConfig(landscapes=2, alpha=3.0)).double()
     slow.load_state_dict(fast.state_dict())
     ids = torch.randint(1, 11, (2, 7))
     z0 = torch.randn(2, 6, 11, dtype=F64)
@@ -268,8 +271,8 @@ def test_query_blocks_model_equals_one_block():
     """A whole S1 training step (loss and every gradient) with model.attn_query_blocks=3 equals 1 block."""
     torch.manual_seed(0)
     mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=7, conditioning="pred_embed")
-    one = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0)).double()
-    three = TextEBT(ModelConfig(**mc, attn_query_blocks=3), ThinkConfig(steps=2, alpha=3.0)).double()
+    one = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0)).double()
+    three = TextEBT(ModelConfig(**mc, attn_query_blocks=3), ThinkConfig(landscapes=2, alpha=3.0)).double()
     three.load_state_dict(one.state_dict())
     blocked = three.energy.transformer.layers[0].prediction_attention      # the option is wired, not ignored
     assert blocked.func is query_blocked_attention and blocked.args[1] == 3
@@ -307,7 +310,7 @@ def test_stepwise_gradients_equal_joint_backward(think):
 def test_bf16_autocast_runs_and_stays_close():
     torch.manual_seed(0)
     mc = ModelConfig(vocab_size=32, dim=32, layers=2, heads=2, context=8, conditioning="pred_embed")
-    model = TextEBT(mc, ThinkConfig(steps=2, alpha=3.0))
+    model = TextEBT(mc, ThinkConfig(landscapes=2, alpha=3.0))
     ids = torch.randint(1, 32, (2, 9))
     z0 = torch.randn(2, 8, 32)
     ref = model(ids, z0=z0.clone(), training=True).loss
@@ -320,7 +323,7 @@ def test_bf16_autocast_runs_and_stays_close():
 
 def test_cross_entropy_chunks_rows(monkeypatch):
     """Row-chunked log-sum-exp (large V) gives the unchunked result."""
-    from ebt.models import vocab
+    from ebt.ops import vocab
 
     monkeypatch.setattr(vocab, "_CHUNK_ELEMENTS", {"cpu": 14, "cuda": 14})   # two rows of V=7 per chunk
     z = torch.randn(3, 5, 7, dtype=F64, requires_grad=True)
@@ -331,8 +334,8 @@ def test_cross_entropy_chunks_rows(monkeypatch):
 def test_activation_checkpointing_is_exact():
     torch.manual_seed(0)
     mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="time_embed")
-    plain = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0)).double()
-    ckpt = TextEBT(ModelConfig(**mc, checkpointing="all"), ThinkConfig(steps=2, alpha=3.0)).double()
+    plain = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0)).double()
+    ckpt = TextEBT(ModelConfig(**mc, checkpointing="all"), ThinkConfig(landscapes=2, alpha=3.0)).double()
     ckpt.load_state_dict(plain.state_dict())
     ids, z0 = torch.randint(1, 11, (2, 7)), torch.randn(2, 6, 11, dtype=F64)
     for m in (plain, ckpt):
@@ -343,9 +346,9 @@ def test_activation_checkpointing_is_exact():
 
 def test_no_second_order_graph_outside_training():
     torch.manual_seed(0)
-    model = TextEBT(ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6), ThinkConfig(steps=2)).eval()
+    model = TextEBT(ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6), ThinkConfig(landscapes=2)).eval()
     out = model(torch.randint(1, 11, (2, 7)))
-    assert not out.loss.requires_grad and all(not z.requires_grad for z in out.thought.logits)
+    assert not out.loss.requires_grad and all(not z.requires_grad for z in out.thought.candidates)
 
 
 @pytest.mark.slow
@@ -353,8 +356,8 @@ def test_no_second_order_graph_outside_training():
 def test_compiled_kernels_match_eager():
     torch.manual_seed(0)
     mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="pred_embed")
-    eager = TextEBT(ModelConfig(**mc), ThinkConfig(steps=2, alpha=3.0))
-    comp = TextEBT(ModelConfig(**mc, compile_kernels=True), ThinkConfig(steps=2, alpha=3.0))
+    eager = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0))
+    comp = TextEBT(ModelConfig(**mc, compile_kernels=True), ThinkConfig(landscapes=2, alpha=3.0))
     comp.load_state_dict(eager.state_dict())
     ids, z0 = torch.randint(1, 11, (2, 7)), torch.randn(2, 6, 11)
     for m in (eager, comp):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ebt.config import ThinkConfig
-from ebt.lm import TextEBT, cross_entropy
-from ebt.replay import ReplayBuffer, record_bytes
+from ebt.text.models import TextEBT, cross_entropy
+from ebt.text.replay import ReplayBuffer, record_bytes
 from ebt.thinking import Thinker
 
 
@@ -98,7 +98,8 @@ def test_langevin_only_in_training(tiny_cfg):
     c = model(ids, z0=z0, training=True).thought.final
     d = model(ids, z0=z0, training=True).thought.final
     assert not torch.allclose(c, d)                                            # noise in training
-    from ebt.inference import ThinkOptions, think
+    from ebt.text.inference import think
+    from ebt.thinking import ThinkOptions
     e = think(model, ids[:, :-1], ThinkOptions(), generator=torch.Generator().manual_seed(3)).logits
     f = think(model, ids[:, :-1], ThinkOptions(), generator=torch.Generator().manual_seed(3)).logits
     assert torch.equal(e, f)                                                   # inference: off unless asked
@@ -115,13 +116,13 @@ def test_random_alpha_range_and_gradient():
 
 
 def test_step_counts(tiny_cfg):
-    th = Thinker(ThinkConfig(steps=1, rand_steps=2, rand_steps_min=2))
+    th = Thinker(ThinkConfig(landscapes=1, rand_steps=2, rand_steps_min=2))
     rng = random.Random(0)
     counts = {len(th.schedule(True, rng)) for _ in range(50)}
     assert counts == {2, 3}                                                    # training: U{2, 3}
     assert th.schedule(False) == [0, 0, 0]                                     # evaluation: R+1
-    assert Thinker(ThinkConfig(steps=2)).schedule(True) == [0, 1]              # S1: one step per landscape
-    assert Thinker(ThinkConfig(steps=2, rand_steps=1)).schedule(False) == [0, 1, 1]
+    assert Thinker(ThinkConfig(landscapes=2)).schedule(True) == [0, 1]              # S1: one step per landscape
+    assert Thinker(ThinkConfig(landscapes=2, rand_steps=1)).schedule(False) == [0, 1, 1]
     model = TextEBT(tiny_cfg.model, s2_think(replay_size=0))
     random.seed(1)
     steps = {model(ids_batch(2, 16), training=True).metrics["steps"] for _ in range(4)}
@@ -175,7 +176,7 @@ def test_s2_gradients_match_manual_chain_rule(tiny_cfg, steps, rand):
                 q.add_(0.1 * torch.randn_like(q))
     ids, z0 = ids_batch(2, 16), torch.randn(2, 16, 256, dtype=torch.float64)
     out = model(ids, z0=z0, training=True, randomize=False)
-    assert len(out.thought.logits) == (3 if rand else 2)
+    assert len(out.thought.candidates) == (3 if rand else 2)
     out.loss.backward()
     d_alpha, theta = manual_s2_grads(model, ids, z0)
     assert torch.allclose(model.thinker.alpha.grad.reshape(()), d_alpha, rtol=1e-9)
@@ -205,7 +206,7 @@ def test_truncation_leaves_earlier_steps_out_of_parameter_gradient(tiny_cfg):
     model.zero_grad()
     one = dataclasses.replace(cfg, rand_steps=0, rand_steps_min=0)            # a single step
     model.thinker.cfg = one
-    out1 = model(ids, z0=out.thought.logits[-2].detach(), training=True, randomize=False)
+    out1 = model(ids, z0=out.thought.candidates[-2].detach(), training=True, randomize=False)
     assert torch.allclose(out1.thought.final, out.thought.final)
     out1.loss.backward()
     for n, q in model.named_parameters():
@@ -227,7 +228,7 @@ def test_presets():
 
 
 def test_ablation_variants(tmp_path):
-    from ebt.experiments import AblationSettings, base_config, variant_config
+    from ebt.experiments.s2_ablation import AblationSettings, base_config, variant_config
 
     base = base_config(AblationSettings(quick=True, steps=3), tmp_path)
     think = {k: variant_config(base, k, tmp_path).think for k in ("full", "no-rand-alpha", "no-rand-steps",

@@ -7,15 +7,16 @@ import torch
 from ebt.cli import main
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import UserError
-from ebt.inference import ThinkOptions, select_samples, think
-from ebt.lm import TextEBT
-from ebt.thinking import DescentOptions, Thinker
+from ebt.text.inference import select_samples, think
+from ebt.thinking import ThinkOptions
+from ebt.text.models import TextEBT
+from ebt.thinking import Thinker
 
 
 def model(conditioning="none", steps=2, vocab=17):
     torch.manual_seed(0)
     m = TextEBT(ModelConfig(vocab_size=vocab, dim=16, layers=2, heads=2, context=8, conditioning=conditioning),
-                ThinkConfig(steps=steps, alpha=5.0)).double().eval()
+                ThinkConfig(landscapes=steps, alpha=5.0)).double().eval()
     return m
 
 
@@ -55,7 +56,7 @@ def test_select_samples_rules():
 
 def test_adaptive_stopping_spends_fewer_steps_on_easy_positions():
     """A quadratic energy per position: easy positions start at their minimum and settle at once."""
-    thinker = Thinker(ThinkConfig(steps=1, alpha=0.2), softmax=False)
+    thinker = Thinker(ThinkConfig(landscapes=1, alpha=0.2), softmax=False)
     target = torch.zeros(1, 4, 3)
     curvature = torch.tensor([0.0, 0.0, 1.0, 2.0])[None, :]            # positions 0, 1 are flat (easy)
 
@@ -63,11 +64,11 @@ def test_adaptive_stopping_spends_fewer_steps_on_easy_positions():
         return curvature * ((x - target) ** 2).sum(-1)                 # (1, 4)
 
     z0 = torch.ones(1, 4, 3)
-    out = thinker.descend(energy, z0, [0] * 20, options=DescentOptions(tol=1e-4, final_energy=True))
+    out = thinker.descend(energy, z0, [0] * 20, ThinkOptions(tol=1e-4))
     used = out.steps_used[0]
     assert used[0] <= 1 and used[1] <= 1 and used[2] > 3 and used[3] > 3
     assert torch.equal(out.final[0, :2], z0[0, :2])                    # frozen positions untouched
-    fixed = thinker.descend(energy, z0, [0] * 20, options=DescentOptions(final_energy=True))
+    fixed = thinker.descend(energy, z0, [0] * 20, ThinkOptions())
     assert (fixed.steps_used == 20).all() and out.nfe <= fixed.nfe
 
 
@@ -86,7 +87,7 @@ def test_bad_thinking_options(kwargs):
 
 
 def test_energy_and_eval_thinking_cli(tmp_path, capsys):
-    from ebt.checkpoint import save_checkpoint
+    from ebt.training.checkpoint import save_checkpoint
     from ebt.config import RunConfig
 
     m = model("time_embed", vocab=256).float()
@@ -107,7 +108,7 @@ def test_energy_and_eval_thinking_cli(tmp_path, capsys):
 
 
 def test_ood_sets_embedded_and_user_files(tmp_path):
-    from ebt.ood import ood_sets
+    from ebt.text.ood import ood_sets
 
     mine = tmp_path / "mine.txt"
     mine.write_text("hello ood " * 50)

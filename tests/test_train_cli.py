@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ebt.cli import main
-from ebt.train import train
+from ebt.training.loop import train
 
 from conftest import FIXTURES
 
@@ -43,7 +43,7 @@ def test_train_generate_eval(tmp_path, capsys, model):
 
 def test_resume_continues_exactly(tmp_path, tiny_cfg):
     """A 6-step run stopped after 3 steps and resumed ends with the same weights as 6 steps straight."""
-    from ebt.checkpoint import load_model
+    from ebt.text.task import load_model
     from ebt.config import apply_overrides
 
     straight = apply_overrides(tiny_cfg, {"train.steps": 6, "train.out_dir": str(tmp_path / "a")})

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-import ebt.models.vocab as vocab
+import ebt.ops.vocab as vocab
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.lm import TextEBT, TextTransformer
+from ebt.text.models import TextEBT, TextTransformer
 
 F64 = torch.float64
 
@@ -58,7 +58,7 @@ def _step(model, ids, z0=None):
 def test_padded_training_step_equals_unpadded(kind, monkeypatch):
     torch.manual_seed(0)
     mc = ModelConfig(kind=kind, vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="pred_embed")
-    make = (lambda: TextEBT(mc, ThinkConfig(steps=2, alpha=3.0))) if kind == "ebt" else (lambda: TextTransformer(mc))
+    make = (lambda: TextEBT(mc, ThinkConfig(landscapes=2, alpha=3.0))) if kind == "ebt" else (lambda: TextTransformer(mc))
     plain, pad = make().double(), make().double()
     pad.load_state_dict(plain.state_dict())
     ids = torch.randint(1, 11, (2, 7))

@@ -10,26 +10,22 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "ebt.checkpoint", "save_checkpoint": "ebt.checkpoint",
     "DataConfig": "ebt.config", "ModelConfig": "ebt.config", "OptimConfig": "ebt.config", "RunConfig": "ebt.config",
     "ThinkConfig": "ebt.config", "TrainConfig": "ebt.config", "apply_overrides": "ebt.config",
-    "load_reference": "ebt.convert", "ByteTokenizer": "ebt.data.text", "UserError": "ebt.errors",
-    "SampleOptions": "ebt.generation", "generate": "ebt.generation", "ThinkOptions": "ebt.inference",
-    "think": "ebt.inference", "TextEBT": "ebt.lm", "TextTransformer": "ebt.lm", "build_lm": "ebt.lm",
-    "PRESETS": "ebt.presets", "get_preset": "ebt.presets", "Thinker": "ebt.thinking", "Thought": "ebt.thinking",
+    "UserError": "ebt.errors", "PRESETS": "ebt.presets", "get_preset": "ebt.presets", "fit": "ebt.tasks",
+    "ByteTokenizer": "ebt.text.data", "SampleOptions": "ebt.text.generation", "generate": "ebt.text.generation",
+    "think": "ebt.text.inference", "TextEBT": "ebt.text.models", "TextTransformer": "ebt.text.models",
+    "build_lm": "ebt.text.models", "load_model": "ebt.text.task", "load_reference": "ebt.text.convert",
+    "ThinkOptions": "ebt.thinking", "Thinker": "ebt.thinking", "Thought": "ebt.thinking",
+    "save_checkpoint": "ebt.training.checkpoint",
 }
-_RENAMED = {"fit": ("ebt.train", "train")}
-__all__ = sorted([*_EXPORTS, *_RENAMED])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        module, attr = _EXPORTS[name], name
-    elif name in _RENAMED:
-        module, attr = _RENAMED[name]
-    else:
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'ebt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), attr)
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value   # later lookups skip __getattr__
     return value
 

@@ -1,4 +1,4 @@
-"""The `ebt` command's entry point (also `python -m ebt`): process-level CPU settings, then ebt.cli.
+"""The `ebt` command's entry point (also `python -m ebt`): process-level CPU settings, then ebt.cli (the command table).
 
 Large CPU tensors are backed by transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE: allocations of 2 MB and
 more advised with madvise). A training step allocates fresh (B, L, V) and activation tensors, and without huge

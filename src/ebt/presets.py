@@ -17,7 +17,7 @@ def lm_tiny() -> RunConfig:
     reference's rule for S1 runs."""
     return RunConfig(
         model=ModelConfig(dim=128, layers=4, heads=4, context=64, conditioning="time_embed"),
-        think=ThinkConfig(steps=2, alpha=50.0, learn_alpha=True, alpha_lr_mult=150.0),
+        think=ThinkConfig(landscapes=2, alpha=50.0, learn_alpha=True, alpha_lr_mult=150.0),
         optim=OptimConfig(lr=3e-3, warmup_steps=50, weight_decay=0.01),
         train=TrainConfig(steps=300, batch_size=16, eval_every=100, eval_batches=8, out_dir="runs/lm-tiny"),
         data=DataConfig(),
@@ -30,7 +30,7 @@ ALPHA_TINY_S2 = 50.0
 
 def _s2_think(alpha: float) -> ThinkConfig:
     """The reference's NLP System 2 thinking at a fixed step size `alpha` (REFERENCE_SPEC §1.10)."""
-    return ThinkConfig(steps=1, alpha=alpha, learn_alpha=False, detach=False, truncate=True, langevin_std=3.0,
+    return ThinkConfig(landscapes=1, alpha=alpha, learn_alpha=False, detach=False, truncate=True, langevin_std=3.0,
                        rand_alpha_scale=2.0, rand_steps=2, rand_steps_min=2, replay_size=192, replay_frac=0.5,
                        replay_dtype="bfloat16")
 

@@ -1,11 +1,16 @@
 """Thinking: prediction by gradient descent on the energy. The only module that differentiates an energy with
 respect to candidates.
 
-One step at landscape k (REFERENCE_SPEC §1.5), for candidate logits z (B, L, V):
-    p = softmax(z + langevin noise);  E = energy(p, k) (B, L);  g = dE/dp;  z <- p - alpha * g
-The update lives in probability space, as in the reference. For continuous candidates (images, latents) the
-softmax is skipped (`softmax=False`): x <- x - alpha * dE/dx, with energies of any shape (summed for the gradient). In training the gradient is taken with
-`create_graph=True` so the loss can be back-propagated through the descent (exact second-order gradients).
+Notation (the paper's symbols; `Thinker.step` is one update, `Thinker.descend` the loop around it):
+    z      candidates: logits (B, L, V) for text; the values themselves (B, 1, C*H*W) for continuous data
+    p      the distribution descended on: softmax(z + eta) for text, z + eta for continuous candidates,
+           with Langevin noise eta ~ N(0, langevin_std^2) (usually 0)
+    E      energy(p, k): one energy per position (B, L) on landscape k (the step-embedding row)
+    alpha  the step size: the learnable scalar (shape (1,)), or (B, L, 1) random step sizes in System 2 training
+One step on landscape k:  p = softmax(z + eta);  E = energy(p, k);  z' = p - alpha dE/dp
+The update lives in probability space, as in the reference implementation (docs/reference.md). In training the
+gradient is taken with create_graph=True so the loss can be back-propagated through the descent (exact
+second-order gradients).
 """
 from __future__ import annotations
 
@@ -18,45 +23,96 @@ from torch import Tensor, nn
 
 from ebt import noise
 from ebt.config import ThinkConfig
+from ebt.errors import UserError
 
-EnergyFn = Callable[[Tensor, int], Tensor]  # (probs (B, L, V), landscape index) -> energies (B, L)
-StepHook = Callable[[int, Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]  # (step, logits, energies, alpha)
+EnergyFn = Callable[[Tensor, int], Tensor]  # (p (B, L, V), landscape index) -> energies (B, L)
+StepHook = Callable[[int, Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]  # (step, z, energies, alpha)
+SELECTIONS = ("min", "max", "max_gap")
+
+
+@dataclass(kw_only=True)
+class ThinkOptions:
+    """How to think at inference (System 2): the one options type of `think`, `generate` and the evaluators.
+    The training recipe is `ThinkConfig`; these settings change only how a trained model is run."""
+    steps: Optional[int] = None
+    """Steps per trained landscape (None: the trained schedule). More steps = thinking longer."""
+    final_landscape_only: bool = False
+    """Apply the extra steps to the last landscape only."""
+    samples: int = 1
+    """Candidates per position (best-of-N self-verification)."""
+    select: str = "min"
+    """How to pick among samples: lowest final energy (min), highest (max), or largest drop (max_gap)."""
+    alpha: Optional[float] = None
+    """Absolute step size (None: the trained alpha)."""
+    alpha_scale: float = 1.0
+    langevin_std: float = 0.0
+    """Gaussian noise on the candidates at each step (or only the first, with langevin_first_only)."""
+    langevin_first_only: bool = False
+    accept_lower: bool = False
+    """Accept a step at a position only where it lowers that position's energy (monotone descent)."""
+    tol: Optional[float] = None
+    """Adaptive compute: stop refining a position once its energy changes by less than tol."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"thinking steps must be >= 1, got {self.steps}")
+        if self.samples < 1:
+            raise UserError(f"samples must be >= 1, got {self.samples}")
+        if self.select not in SELECTIONS:
+            raise UserError(f"select={self.select!r} is not known: use one of {', '.join(SELECTIONS)}")
+        if self.tol is not None and not self.tol >= 0:
+            raise UserError(f"tolerance must be >= 0, got {self.tol}")
+        if not 0 <= self.langevin_std < float("inf"):
+            raise UserError(f"Langevin noise must be a finite number >= 0, got {self.langevin_std}")
+        if self.alpha is not None and not 0 < self.alpha < float("inf"):
+            raise UserError(f"alpha must be a finite number > 0, got {self.alpha}")
+        if not 0 < self.alpha_scale < float("inf"):
+            raise UserError(f"alpha scale must be a finite number > 0, got {self.alpha_scale}")
+
+
+@dataclass
+class StepOutput:
+    """What one `Thinker.step` produced."""
+    candidates: Tensor
+    """The updated candidates z' = p - alpha dE/dp, shaped like p."""
+    energy: Tensor
+    """Energy of each position before the update (B, L)."""
 
 
 @dataclass
 class Thought:
     """What a descent produced. Lists have one entry per executed step."""
-    logits: list[Tensor]
-    """Raw candidate logits after each step, (B, L, V)."""
+    candidates: list[Optional[Tensor]]
+    """Candidates after each step (text: raw logits (B, L, V)); earlier entries are None with Chain(keep_all=False)."""
     energies: list[Tensor]
     """Energy of each position before each update, (B, L)."""
     nfe: int = 0
     """Energy forward passes used (each descent step also costs one input-gradient backward)."""
-    final_energy: Optional[Tensor] = None
-    """Energy at the final state (B, L), when asked for (self-verification)."""
     steps_used: Optional[Tensor] = None
-    """Steps each position actually took (B, L) — fewer than scheduled when adaptive stopping froze it."""
+    """Steps each position actually took (B, L): fewer than scheduled where adaptive stopping froze it or
+    accept-lower refused a step."""
     schedule: list[int] = field(default_factory=list)
 
     @property
     def final(self) -> Tensor:
-        return self.logits[-1]
+        return self.candidates[-1]
 
 
-@dataclass
-class DescentOptions:
-    """Inference-time knobs (System 2 thinking); the training recipe is set by ThinkConfig."""
-    langevin_std: float = 0.0
-    langevin_first_only: bool = False
-    alpha: Optional[float] = None
-    """Absolute step size override (None: the trained alpha)."""
-    alpha_scale: float = 1.0
-    accept_lower: bool = False
-    """Accept a step at a position only where it lowers that position's energy."""
-    tol: Optional[float] = None
-    """Adaptive compute: freeze a position once |E_k - E_{k-1}| < tol."""
-    final_energy: bool = False
-    """Also evaluate the energy of the final state (needed to compare best-of-N candidates)."""
+@dataclass(frozen=True)
+class Chain:
+    """How the steps of one descent connect: what training needs. Inference uses the defaults."""
+    create_graph: bool = False
+    """Keep the second-order graph (training): the loss is back-propagated through the descent."""
+    detach: bool = True
+    """Cut the graph between steps (System 1); False keeps the whole chain (System 2)."""
+    truncate: bool = False
+    """Second-order graph on the final step only (System 2)."""
+    keep_all: bool = True
+    """Keep every step's candidates in `Thought.candidates`; False keeps only the final ones (at V = 50k each is
+    1.6 GB) and lets a step free its input candidates as soon as their distribution is formed."""
+    release_start: bool = False
+    """(with keep_all=False and detached steps) z0 is the caller's scratch, never read again: its storage is freed
+    after the first step's distribution is formed (the callers' frames would otherwise keep it alive)."""
 
 
 class Thinker(nn.Module):
@@ -72,23 +128,25 @@ class Thinker(nn.Module):
     def step_size(self) -> Tensor:
         return self.alpha.clamp(min=1e-4)  # the gradient passes through the clamp, as in the reference
 
-    # ---- schedules ------------------------------------------------------------------------------------------
+    # ---- schedules: the landscape index of every step ----------------------------------------------------------
     def schedule(self, training: bool, rng: Optional[random.Random] = None) -> list[int]:
-        """Landscape index of every step (REFERENCE_SPEC §1.7)."""
+        """The trained schedule (docs/reference.md, random step counts): each landscape once, or with
+        think.rand_steps = R, U{rand_steps_min..R+1} times per landscape in training and R+1 times on the last
+        landscape at evaluation."""
         c = self.cfg
         if c.rand_steps <= 0:
-            return list(range(c.steps))
-        if not training:  # the last landscape repeated R+1 times, the others once
-            return list(range(c.steps - 1)) + [c.steps - 1] * (c.rand_steps + 1)
+            return list(range(c.landscapes))
+        if not training:
+            return list(range(c.landscapes - 1)) + [c.landscapes - 1] * (c.rand_steps + 1)
         rng = rng or random
         low = max(c.rand_steps_min, 1)
-        return [k for k in range(c.steps) for _ in range(rng.randint(low, c.rand_steps + 1))]
+        return [k for k in range(c.landscapes) for _ in range(rng.randint(low, c.rand_steps + 1))]
 
     def inference_schedule(self, steps: Optional[int] = None, final_landscape_only: bool = False) -> list[int]:
         """`steps` per landscape (thinking longer reuses the trained indices), or only on the last landscape."""
         if steps is None:
             return self.schedule(training=False)
-        n = self.cfg.steps
+        n = self.cfg.landscapes
         if final_landscape_only:
             return list(range(n - 1)) + [n - 1] * steps
         return [k for k in range(n) for _ in range(steps)]
@@ -99,122 +157,140 @@ class Thinker(nn.Module):
         u = noise.rand(shape, device=device)  # per sample inside noise.per_sample (world-size invariant)
         return self.step_size() * (1.0 / s + u * (s - 1.0 / s))
 
-    # ---- training descent -----------------------------------------------------------------------------------
+    # ---- one step ----------------------------------------------------------------------------------------------
+    def distribution(self, z: Tensor, langevin_std: float = 0.0) -> Tensor:
+        """p = softmax(z + eta) (text) or z + eta (continuous), eta ~ N(0, langevin_std^2)."""
+        if langevin_std > 0:
+            z = z + noise.randn_like(z) * langevin_std
+        return z.softmax(-1) if self.softmax else z
+
+    def step(self, energy: EnergyFn, p: Tensor, landscape: int, alpha: Tensor,
+             create_graph: bool = False) -> StepOutput:
+        """One update z' = p - alpha dE/dp of candidates with distribution p (from `distribution`).
+
+        create_graph=True keeps the second-order graph (training). The energy is detached otherwise."""
+        with torch.enable_grad():
+            if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
+                # 1. constant candidates (System 1, inference): differentiate w.r.t. the (B, L, D) embedding
+                #    x = p M; the (B, L, V) side p - alpha (dE/dx) M^T is an exact Function that stores no
+                #    (B, L, V) tensor (ops/vocab.py), so p needs no gradient and gets no .grad
+                x = energy.embed(p)
+                if not x.requires_grad:  # frozen weights
+                    x.requires_grad_(True)
+                e = energy.from_embedding(x, landscape)                                   # (B, L)
+                (dx,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)       # (B, L, D)
+                finite = torch.isfinite(dx).all()   # dE/dp = dx M^T: checking the (B, L, D) factor is enough
+                z = energy.update(p, dx, alpha)
+            else:
+                # 1. differentiable candidates (System 2 chains) or continuous ones: the gradient w.r.t. p itself
+                if not p.requires_grad:
+                    p.requires_grad_(True)
+                e = energy(p, landscape)                                                  # (B, L)
+                (g,) = torch.autograd.grad(e.sum(), p, create_graph=create_graph)        # like p
+                finite = torch.isfinite(g).all()
+                z = p - alpha * g
+        # 2. a diverged model or step size gives non-finite gradients: stop with the fix rather than descend on NaN
+        if not finite:
+            raise FloatingPointError("non-finite energy gradient: lower think.alpha or the learning rate")
+        return StepOutput(z, e if create_graph else e.detach())
+
+    @torch.no_grad()
+    def final_energy(self, energy: EnergyFn, z: Tensor, landscape: int) -> Tensor:
+        """Energy of candidates z at their final state (B, L): one more forward pass (best-of-N selection)."""
+        return energy(self.distribution(z.detach()), landscape)
+
+    # ---- descents ----------------------------------------------------------------------------------------------
     def train_descent(self, energy: EnergyFn, z0: Tensor, training: bool = True,
                       randomize: Optional[bool] = None, on_step: Optional[StepHook] = None,
                       keep_all: bool = True, release_start: bool = False) -> Thought:
-        """The training-time descent (also used for validation loss, without randomisation or a second-order graph).
+        """The training-time descent (also the validation loss's, without randomisation or a second-order graph).
 
         training=True: create_graph on every step (S1) or on the final step only (truncate, S2).
-        randomize (default: = training): random step count, random alpha and Langevin noise as configured;
-        without it the evaluation schedule is used with the plain alpha and no noise (REFERENCE_SPEC §1.7), which
-        is what the reference's validation loss computes (less its Langevin noise, which it forgets to turn off).
-        training=False: no second-order graph.
+        randomize (default: = training): random step count, random alpha and Langevin noise as configured; without
+        it the evaluation schedule runs with the plain alpha and no noise, which is what the reference's validation
+        loss computes (less its Langevin noise, which it forgets to turn off).
         """
         c = self.cfg
         randomize = training if randomize is None else randomize
         schedule = self.schedule(randomize, noise.batch_rng())
         alpha = None
         if randomize and c.rand_alpha_scale > 1:
-            alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device).to(z0.dtype)  # (B, L, 1)
-        return self.descend(energy, z0, schedule, create_graph=training, alpha=alpha,
-                            langevin_std=c.langevin_std if randomize else 0.0,
-                            detach=c.detach, truncate=c.truncate, on_step=on_step, keep_all=keep_all,
-                            release_start=release_start)
+            alpha = self.random_alpha(z0.shape[:-1] + (1,), z0.device).to(z0.dtype)   # (B, L, 1)
+        options = ThinkOptions(langevin_std=c.langevin_std if randomize else 0.0)
+        chain = Chain(create_graph=training, detach=c.detach, truncate=c.truncate, keep_all=keep_all,
+                      release_start=release_start)
+        return self.descend(energy, z0, schedule, options, alpha, chain, on_step)
 
-    # ---- the loop -------------------------------------------------------------------------------------------
-    def descend(self, energy: EnergyFn, z0: Tensor, schedule: list[int], *, create_graph: bool = False,
-                alpha: Optional[Tensor] = None, langevin_std: float = 0.0, detach: bool = True,
-                truncate: bool = False, options: Optional[DescentOptions] = None,
-                on_step: Optional[StepHook] = None, keep_all: bool = True, release_start: bool = False) -> Thought:
-        """Run `schedule`. on_step(i, logits, energies, alpha) -> (logits, energies), if given, sees each step's
-        result and the step size it used before they are recorded, and may replace them (ebt.stepwise takes the
-        step's gradient there and detaches). keep_all=False keeps only the final logits (earlier entries of
-        `Thought.logits` are None): at V = 50k each is 1.6 GB. release_start=True (with keep_all=False and detached
-        steps) says z0 is scratch that the caller never reads again: its storage is freed after the first step's
-        probabilities are formed (the callers' frames would otherwise keep it alive through every step)."""
-        opts = options or DescentOptions(langevin_std=langevin_std)
+    def descend(self, energy: EnergyFn, z0: Tensor, schedule: list[int], options: Optional[ThinkOptions] = None,
+                alpha: Optional[Tensor] = None, chain: Chain = Chain(),
+                on_step: Optional[StepHook] = None) -> Thought:
+        """Run `schedule` from z0. alpha: the step size tensor (default: the trained one, or options.alpha, times
+        options.alpha_scale). on_step(i, z, energies, alpha) -> (z, energies), if given, sees each step's result
+        before it is recorded and may replace it (ebt.text.stepwise takes the step's gradient there)."""
+        opts = options or ThinkOptions()
         if alpha is None:
             alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
             alpha = alpha * opts.alpha_scale
-        out = Thought(logits=[], energies=[], schedule=list(schedule))
+        out = Thought(candidates=[], energies=[], schedule=list(schedule))
         z = z0
-        if not detach and create_graph and not z.requires_grad:
-            z = z.detach().requires_grad_(True)  # S2: the chain starts at a differentiable leaf
-        active = None
+        if not chain.detach and chain.create_graph and not z.requires_grad:
+            z = z.detach().requires_grad_(True)  # System 2: the chain starts at a differentiable leaf
+        # whether z is read again after its distribution is formed (kept, compared, or needed as is)
+        hold = chain.keep_all or not self.softmax or opts.accept_lower or opts.tol is not None
         steps_used = torch.zeros(z0.shape[:-1], dtype=torch.long, device=z0.device)
-        prev_energy = None
+        settled = _Settling(opts.tol)
         with torch.enable_grad():
             for i, k in enumerate(schedule):
-                if not keep_all and out.logits:
-                    out.logits[-1] = None   # keep only the final logits: release the previous step's (B, L, V)
-                last = i == len(schedule) - 1
-                graph = create_graph and (last or not truncate)
-                if detach or not create_graph:
+                if not chain.keep_all and out.candidates:
+                    out.candidates[-1] = None   # keep only the final candidates: release the previous step's
+                if chain.detach or not chain.create_graph:
                     z = z.detach()
-                noisy = z
-                if opts.langevin_std > 0 and (i == 0 or not opts.langevin_first_only):
-                    noisy = z + noise.randn_like(z) * opts.langevin_std
-                p = noisy.softmax(-1) if self.softmax else noisy
-                if not keep_all and self.softmax and not (opts.accept_lower or opts.tol is not None):
-                    z = noisy = None   # only p is needed from here: free the (B, L, V) logits during the step
-                    if i == 0 and release_start and detach:
+                p = self.distribution(z, opts.langevin_std if i == 0 or not opts.langevin_first_only else 0.0)
+                if not hold:
+                    z = None   # only p is needed from here: free the (B, L, V) logits during the step
+                    if i == 0 and chain.release_start and chain.detach:
                         z0.untyped_storage().resize_(0)   # the caller's scratch start, never read again
-                if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
-                    # constant candidates (S1, inference): differentiate w.r.t. the (B, L, D) embedding x = p M and
-                    # form p - alpha dE/dp = p - alpha (dE/dx) M^T in an exact Function that stores no (B, L, V)
-                    # tensor (models/vocab.py); p itself then needs no gradient and no .grad
-                    x = energy.embed(p)
-                    if not x.requires_grad:  # frozen weights
-                        x.requires_grad_(True)
-                    e = energy.from_embedding(x, k)                            # (B, L)
-                    (dx,) = torch.autograd.grad(e.sum(), x, create_graph=graph)  # (B, L, D)
-                    finite = torch.isfinite(dx).all()   # dE/dp = dx M^T: checking the (B, L, D) factor is enough
-                    new_z = energy.update(p, dx, alpha)
-                    p = noisy = None   # (B, L, V) each: not needed again, free before the step's backward
-                else:
-                    if not p.requires_grad:
-                        p.requires_grad_(True)
-                    e = energy(p, k)                                           # (B, L)
-                    (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)  # (B, L, V)
-                    finite = torch.isfinite(g).all()
-                    new_z = p - alpha * g
-                if not finite:
-                    raise FloatingPointError("non-finite energy gradient: lower think.alpha or the learning rate")
+                graph = chain.create_graph and (i == len(schedule) - 1 or not chain.truncate)
+                s = self.step(energy, p, k, alpha, create_graph=graph)
+                p = None       # (B, L, V): not needed again, free before on_step's backward
                 out.nfe += 1
-                if not create_graph:
-                    new_z = new_z.detach()
-                if not graph:
-                    e = e.detach()
-                keep = None
-                if opts.accept_lower:  # greedy: keep the old state where the proposal does not lower the energy
-                    with torch.no_grad():
-                        proposed = energy(new_z.softmax(-1) if self.softmax else new_z, k)
+                new_z = s.candidates if chain.create_graph else s.candidates.detach()
+                moved = None   # positions that take the step (None: all)
+                if opts.accept_lower:   # greedy: keep the old state where the proposal does not lower the energy
+                    moved = self.final_energy(energy, new_z, k) < s.energy.detach()
                     out.nfe += 1
-                    keep = proposed >= e.detach()
                 if opts.tol is not None:
-                    if active is None:
-                        active = torch.ones_like(steps_used, dtype=torch.bool)
-                    if prev_energy is not None:
-                        active = active & ((e.detach() - prev_energy).abs() >= opts.tol)
-                    prev_energy = e.detach()
-                    keep = ~active if keep is None else (keep | ~active)
-                if keep is not None:
-                    new_z = torch.where(keep[..., None], z, new_z)
-                    steps_used += (~keep).long()
-                else:
-                    steps_used += 1
-                z, new_z = new_z, None   # one reference: the next step frees it as soon as its probabilities exist
+                    moved = settled.update(s.energy, moved)
+                if moved is not None:
+                    new_z = torch.where(moved[..., None], new_z, z)
+                steps_used += 1 if moved is None else moved.long()
+                z, e = new_z, s.energy
+                new_z = s = None   # one reference: the next step frees z as soon as its distribution exists
                 if on_step is not None:
                     z, e = on_step(i, z, e, alpha)
-                out.logits.append(z)
+                out.candidates.append(z)
                 out.energies.append(e)
-                if active is not None and not active.any():
+                if settled.all_settled():
                     break  # adaptive compute: every position has settled, stop spending forward passes
-            if opts.final_energy:
-                with torch.no_grad():
-                    zf = z.detach()
-                    out.final_energy = energy(zf.softmax(-1) if self.softmax else zf, schedule[len(out.logits) - 1])
-                out.nfe += 1
         out.steps_used = steps_used
         return out
+
+
+class _Settling:
+    """Adaptive compute: a position stays active until its energy changes by less than `tol` between two steps."""
+
+    def __init__(self, tol: Optional[float]):
+        self.tol, self.active, self.previous = tol, None, None
+
+    def update(self, energy: Tensor, moved: Optional[Tensor]) -> Tensor:
+        """The positions that still move (B, L) bool, given this step's energies and `moved` (None: all)."""
+        e = energy.detach()
+        if self.active is None:
+            self.active = torch.ones_like(e, dtype=torch.bool)
+        if self.previous is not None:
+            self.active = self.active & ((e - self.previous).abs() >= self.tol)
+        self.previous = e
+        return self.active if moved is None else moved & self.active
+
+    def all_settled(self) -> bool:
+        return self.active is not None and not bool(self.active.any())

@@ -2,14 +2,14 @@
 
 `ImageRunConfig` = model / think / diffusion / optim / train / data. It reuses the text run's `ThinkConfig`,
 `OptimConfig` and `TrainConfig`, so the generic trainer, YAML files and `--section.key=value` overrides work
-unchanged. The top-level `task = "denoise"` tells `ebt.checkpoint.read_config` which class to rebuild.
+unchanged. The top-level `task = "denoise"` names the registered task (`ebt.images.task`) that trains and loads it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ebt.config import DistConfig, OptimConfig, ThinkConfig, TrainConfig, _check, _check_at_least_one
+from ebt.config import DistConfig, OptimConfig, ThinkConfig, TrainConfig, check, check_at_least_one
 
 MODEL_KINDS = ("ebt", "dit")
 EMBEDDED = ("photos", "digits")
@@ -17,7 +17,7 @@ EMBEDDED = ("photos", "digits")
 
 def check_noise_level(level: float, what: str = "noise level") -> float:
     """A noise level is a fraction of the diffusion schedule, strictly between 0 and 1."""
-    _check(0.0 < level < 1.0, f"{what} {level} is outside (0, 1): use e.g. 0.1 (training) or 0.2 (harder)")
+    check(0.0 < level < 1.0, f"{what} {level} is outside (0, 1): use e.g. 0.1 (training) or 0.2 (harder)")
     return level
 
 
@@ -41,19 +41,19 @@ class ImageModelConfig:
     """DiT only: also predict the variance (2C output channels, trained with the VB term) as the reference does."""
 
     def __post_init__(self) -> None:
-        _check(self.kind in MODEL_KINDS, f"model.kind={self.kind!r} is not an image model: use ebt or dit")
-        _check_at_least_one("model", self, ("patch", "dim", "layers", "heads"))
-        _check(self.image_size >= 0 and self.channels in (0, 1, 3),
+        check(self.kind in MODEL_KINDS, f"model.kind={self.kind!r} is not an image model: use ebt or dit")
+        check_at_least_one("model", self, ("patch", "dim", "layers", "heads"))
+        check(self.image_size >= 0 and self.channels in (0, 1, 3),
                "model.image_size must be >= 0 and model.channels 0 (from the data), 1 or 3")
-        _check(self.dim % self.heads == 0, f"model.heads={self.heads} does not divide model.dim={self.dim}")
-        _check(self.dim % 4 == 0, f"model.dim={self.dim} must be a multiple of 4 (2-D sin-cos position embedding)")
-        _check(self.mlp_ratio > 0, f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        check(self.dim % self.heads == 0, f"model.heads={self.heads} does not divide model.dim={self.dim}")
+        check(self.dim % 4 == 0, f"model.dim={self.dim} must be a multiple of 4 (2-D sin-cos position embedding)")
+        check(self.mlp_ratio > 0, f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.image_size:
             check_divisible(self.image_size, self.patch)
 
 
 def check_divisible(size: int, patch: int) -> None:
-    _check(size % patch == 0, f"image size {size} is not divisible by the patch size {patch}: "
+    check(size % patch == 0, f"image size {size} is not divisible by the patch size {patch}: "
                               f"set --data.image_size to a multiple of {patch} or pick another --model.patch")
 
 
@@ -72,10 +72,10 @@ class DiffusionConfig:
     """DiT DDIM: clip each predicted clean image to [-1, 1]."""
 
     def __post_init__(self) -> None:
-        _check(self.schedule_steps >= 2, f"diffusion.schedule_steps must be >= 2, got {self.schedule_steps}")
-        _check(0 < self.beta_start < self.beta_end < 1, "need 0 < diffusion.beta_start < diffusion.beta_end < 1")
+        check(self.schedule_steps >= 2, f"diffusion.schedule_steps must be >= 2, got {self.schedule_steps}")
+        check(0 < self.beta_start < self.beta_end < 1, "need 0 < diffusion.beta_start < diffusion.beta_end < 1")
         check_noise_level(self.train_level, "diffusion.train_level")
-        _check(int(self.train_level * self.schedule_steps) >= 1,
+        check(int(self.train_level * self.schedule_steps) >= 1,
                "diffusion.train_level * schedule_steps must be >= 1 (at least one timestep)")
 
 
@@ -99,21 +99,21 @@ class ImageDataConfig:
     """Use at most this many images (0: all)."""
 
     def __post_init__(self) -> None:
-        _check(self.embedded in EMBEDDED, f"data.embedded={self.embedded!r}: use photos or digits")
-        _check(self.image_size >= 0, f"data.image_size must be >= 0, got {self.image_size}")
-        _check(self.channels in (0, 1, 3), f"data.channels must be 0 (as stored), 1 or 3, got {self.channels}")
-        _check(0 < self.photo_scale <= 1, f"data.photo_scale must be in (0, 1], got {self.photo_scale}")
-        _check(self.crop_stride >= 1, f"data.crop_stride must be >= 1, got {self.crop_stride}")
-        _check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        _check(self.max_images >= 0, f"data.max_images must be >= 0, got {self.max_images}")
+        check(self.embedded in EMBEDDED, f"data.embedded={self.embedded!r}: use photos or digits")
+        check(self.image_size >= 0, f"data.image_size must be >= 0, got {self.image_size}")
+        check(self.channels in (0, 1, 3), f"data.channels must be 0 (as stored), 1 or 3, got {self.channels}")
+        check(0 < self.photo_scale <= 1, f"data.photo_scale must be in (0, 1], got {self.photo_scale}")
+        check(self.crop_stride >= 1, f"data.crop_stride must be >= 1, got {self.crop_stride}")
+        check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        check(self.max_images >= 0, f"data.max_images must be >= 0, got {self.max_images}")
 
 
 @dataclass(kw_only=True)
 class ImageRunConfig:
     task: str = "denoise"
-    """Marks the checkpoint as an image run (do not change)."""
+    """The registered task of image runs (do not change)."""
     model: ImageModelConfig = field(default_factory=ImageModelConfig)
-    think: ThinkConfig = field(default_factory=lambda: ThinkConfig(steps=1, alpha=3000.0, alpha_lr_mult=9000.0))
+    think: ThinkConfig = field(default_factory=lambda: ThinkConfig(landscapes=1, alpha=3000.0, alpha_lr_mult=9000.0))
     """EBT descent (used by kind=ebt only); the reference's S1 recipe: one step, learnable alpha."""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -122,8 +122,8 @@ class ImageRunConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
-        _check(self.task == "denoise", f"task={self.task!r}: image runs have task=denoise")
-        _check(self.think.replay_size == 0, "think.replay_size: the replay buffer is not implemented for images")
+        check(self.task == "denoise", f"task={self.task!r}: image runs have task=denoise")
+        check(self.think.replay_size == 0, "think.replay_size: the replay buffer is not implemented for images")
 
 
 # ---- presets (registered in ebt.presets) ------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def denoise_tiny() -> ImageRunConfig:
     much larger than at 128x128 / width 1536. alpha's LR multiplier keeps the reference's alpha/lr ratio spirit."""
     return ImageRunConfig(
         model=ImageModelConfig(kind="ebt", patch=4, dim=96, layers=3, heads=4, mlp_ratio=1.0),
-        think=ThinkConfig(steps=1, alpha=100.0, learn_alpha=True, alpha_lr_mult=1000.0),
+        think=ThinkConfig(landscapes=1, alpha=100.0, learn_alpha=True, alpha_lr_mult=1000.0),
         optim=OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=50, grad_clip=1.0),
         train=TrainConfig(steps=800, batch_size=32, eval_every=200, eval_batches=4, log_every=20,
                           out_dir="runs/denoise-tiny"),

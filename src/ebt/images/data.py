@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ebt.errors import UserError
 from ebt.images.config import ImageDataConfig
+from ebt.training.sharding import sharded_indices
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
@@ -207,9 +208,7 @@ class ImageSet:
 
     def batches(self, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
         """Endless (B, C, H, W) batches of process `rank` of `world`; `start` = samples all processes consumed before
-        (exact resume on any world size); one shuffle per epoch. The layout is `ebt.data.sharding`'s."""
-        from ebt.data.sharding import sharded_indices
-
+        (exact resume on any world size); one shuffle per epoch. The layout is `ebt.training.sharding`'s."""
         for indices in sharded_indices(len(self), batch_size, seed, start, rank, world):
             yield self.images[indices]
 

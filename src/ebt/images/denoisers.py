@@ -20,8 +20,9 @@ from ebt.errors import UserError
 from ebt.images.config import ImageRunConfig
 from ebt.images.diffusion import DDPMSchedule, SampleOutput
 from ebt.images.models import DiTNet, EnergyNet
-from ebt.lm import adamw_groups
 from ebt.thinking import Thinker, Thought
+from ebt.training.checkpoint import load_checked
+from ebt.training.optim import adamw_groups
 
 
 @dataclass
@@ -71,7 +72,7 @@ class EBTDenoiser(nn.Module):
         x_t = self.schedule.q_sample(x0, t, noise.randn_like(x0))                 # (B, C, H, W)
         with torch.set_grad_enabled(training or torch.is_grad_enabled()):
             thought = self.thinker.train_descent(self._energy_fn(x0.shape), x_t.flatten(1)[:, None], training)
-            preds = [z.view_as(x0) for z in thought.logits]
+            preds = [z.view_as(x0) for z in thought.candidates]
             losses = [F.smooth_l1_loss(p, x0, beta=1.0) for p in preds]
             loss = losses[-1] if self.cfg.think.truncate else torch.stack(losses).mean()
         # Energies are recorded before each update, so a one-step descent reports a gap of 0. The metric keys stay
@@ -85,16 +86,24 @@ class EBTDenoiser(nn.Module):
         """`steps` gradient steps (default: the trained evaluation schedule) from the noisy image; no
         second-order graph."""
         steps = steps or len(self.thinker.schedule(training=False))
-        n = self.cfg.think.steps
+        n = self.cfg.think.landscapes
         schedule = [min(i, n - 1) for i in range(steps)]
-        thought: Thought = self.thinker.descend(self._energy_fn(x_t.shape), x_t.flatten(1)[:, None], schedule,
-                                                create_graph=False)
-        preds = [z.detach().view_as(x_t) for z in thought.logits]
+        thought: Thought = self.thinker.descend(self._energy_fn(x_t.shape), x_t.flatten(1)[:, None], schedule)
+        preds = [z.detach().view_as(x_t) for z in thought.candidates]
         counts = list(range(1, len(preds) + 1))   # each step: one energy forward and one backward to the input
         return Denoised(preds[-1], preds, counts, counts)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
-        return adamw_groups(self, optim, self.thinker, self.cfg.think.alpha_lr_mult)
+        return adamw_groups(self, optim, self.thinker.alpha, self.cfg.think.alpha_lr_mult)
+
+    def run(self, x_t: Tensor, level: float, setting: dict) -> Denoised:
+        """One inference setting of an evaluation ({"steps": N}; default: as trained) on noisy images."""
+        return self.denoise(x_t, steps=setting.get("steps"))
+
+    @staticmethod
+    def curve_point(j: int) -> dict:
+        """What the j-th intermediate result of `denoise` is: after j+1 gradient steps."""
+        return {"steps": j + 1}
 
 
 class DiTDenoiser(nn.Module):
@@ -118,6 +127,17 @@ class DiTDenoiser(nn.Module):
         loss, metrics = self.schedule.dit_loss(self.net(x_t, t), x0, x_t, t, eps)
         return ImageOutput(loss, metrics)
 
+    def run(self, x_t: Tensor, level: float, setting: dict) -> Denoised:
+        """One inference setting of an evaluation ({"ddim_steps", "recurse"}; default: every timestep) on noisy
+        images at noise `level`."""
+        return self.denoise(x_t, self.schedule.t_for_level(level), steps=setting.get("ddim_steps"),
+                            recurse=setting.get("recurse", 0))
+
+    @staticmethod
+    def curve_point(j: int) -> dict:
+        """What the j-th intermediate result of `denoise` is: the chain re-run j more times on its own output."""
+        return {"recurse": j}
+
     @torch.no_grad()
     def denoise(self, x_t: Tensor, t_start: int, steps: Optional[int] = None, recurse: int = 0) -> Denoised:
         out: SampleOutput = self.schedule.ddim(self.eps, x_t, t_start, steps, recurse)
@@ -138,10 +158,8 @@ def build_image_model(cfg: ImageRunConfig) -> nn.Module:
 
 def load_image_model(path: str | Path, kind: Optional[str] = None) -> tuple[nn.Module, ImageRunConfig]:
     """Rebuild an image denoiser from a checkpoint folder (or run folder); `kind` refuses the other model type."""
-    from ebt.checkpoint import load_checked
-
     model, cfg = load_checked(
-        path, ImageRunConfig, build_image_model, kind,
+        path, "denoise", ImageRunConfig, build_image_model, kind,
         "holds a text model, not an image denoiser: pass a checkpoint trained with --preset denoise-tiny or dit-tiny",
         "holds a {found} denoiser, but {kind} is expected here")
     return model.eval(), cfg

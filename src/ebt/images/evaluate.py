@@ -57,14 +57,6 @@ def noisy_versions(clean: Tensor, schedule: DDPMSchedule, level: float, seed: in
     return schedule.q_sample(clean, t, noise)
 
 
-def run_denoiser(model, x_t: Tensor, level: float, setting: dict):
-    """One inference setting ({"steps"} for the EBT, {"ddim_steps", "recurse"} for the DiT) on noisy images."""
-    if model.kind == "ebt":
-        return model.denoise(x_t, steps=setting["steps"])
-    return model.denoise(x_t, model.schedule.t_for_level(level), steps=setting.get("ddim_steps"),
-                         recurse=setting.get("recurse", 0))
-
-
 def evaluate_curve(model, clean: Tensor, level: float, setting: dict, batch_size: int = 32, seed: int = 0,
                    keep: int = 0) -> tuple[list[dict], Optional[Tensor]]:
     """Metrics at every intermediate point of one inference setting (EBT steps / DiT recursions).
@@ -74,7 +66,7 @@ def evaluate_curve(model, clean: Tensor, level: float, setting: dict, batch_size
     x_all = noisy_versions(clean, model.schedule, level, seed)
     for i in range(0, clean.shape[0], batch_size):
         x0, x_t = clean[i:i + batch_size], x_all[i:i + batch_size]
-        out = run_denoiser(model, x_t, level, setting)
+        out = model.run(x_t, level, setting)
         if meters is None:
             meters = [Meter() for _ in out.steps]
             costs = list(zip(out.forwards, out.backwards))
@@ -85,8 +77,7 @@ def evaluate_curve(model, clean: Tensor, level: float, setting: dict, batch_size
     rows = []
     for j, (m, (fwd, bwd)) in enumerate(zip(meters, costs)):
         row = {"model": model.kind, "level": level, "t": model.schedule.t_for_level(level), **setting,
-               **m.result(), "forwards": fwd, "backwards": bwd, "nfe": fwd + bwd}
-        row["steps" if model.kind == "ebt" else "recurse"] = j + 1 if model.kind == "ebt" else j
+               **m.result(), "forwards": fwd, "backwards": bwd, "nfe": fwd + bwd, **model.curve_point(j)}
         rows.append(row)
     return rows, kept
 
@@ -103,7 +94,6 @@ def noisy_row(clean: Tensor, schedule: DDPMSchedule, level: float, batch_size: i
 @torch.no_grad()
 def evaluate_at_level(model, clean: Tensor, level: float, batch_size: int, seed: int = 0) -> dict:
     """One number set for training-time validation: the model's default inference at `level`."""
-    setting = {"steps": None} if model.kind == "ebt" else {}
-    rows, _ = evaluate_curve(model, clean, level, setting, batch_size, seed)
+    rows, _ = evaluate_curve(model, clean, level, {}, batch_size, seed)
     r = rows[-1]
     return {"psnr": r["psnr"], "psnr_image": r["psnr_image"], "mse": r["mse"], "nfe": r["nfe"]}

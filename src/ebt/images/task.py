@@ -1,4 +1,5 @@
-"""The trainer task for image denoising: binds an `ImageRunConfig` to its images and model (see `ebt.tasks`)."""
+"""The trainer task for image denoising: binds an `ImageRunConfig` to its images and model; registered as
+"denoise" (`ebt.training.registry`)."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -11,6 +12,7 @@ from ebt.images.config import ImageRunConfig, check_divisible
 from ebt.images.data import load_dataset
 from ebt.images.denoisers import build_image_model
 from ebt.images.evaluate import evaluate_at_level
+from ebt.training.registry import register_task
 
 
 def resolve_shape(cfg: ImageRunConfig, shape: tuple[int, int, int]) -> None:
@@ -58,3 +60,6 @@ class DenoiseTask:
         res = evaluate_at_level(model, clean, self.cfg.diffusion.train_level, batch_size, seed=1234)
         model.train(was_training)
         return {"loss": loss, **res}
+
+
+register_task("denoise", ImageRunConfig, DenoiseTask)

@@ -20,7 +20,7 @@ from ebt.config import ModelConfig
 from ebt.models.attention import causal_prefix_mask
 from ebt.models.backbone import Backbone, Observed, init_weights
 from ebt.models.layers import modulate
-from ebt.models.vocab import candidate_update, embed_probs
+from ebt.ops.vocab import candidate_update, embed_probs
 
 # conditionings under which the observed stream depends on the step index (so it is cached per step)
 STEP_DEPENDENT_CONTEXT = ("time_embed", "adaln", "adaln_zero")

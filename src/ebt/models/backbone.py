@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ebt.config import ModelConfig
-from ebt.models.attention import fused_prediction_attention, query_blocked_attention
-from ebt.models.layers import (Attention, RMSNorm, SwiGLU, modulate, observed_attention, prediction_attention,
-                               rope_angles)
+from ebt.models.attention import observed_attention, prediction_attention, query_blocked_attention
+from ebt.models.layers import Attention, RMSNorm, SwiGLU, modulate, rope_angles
+from ebt.ops.prediction_attention import fused_prediction_attention
 
 
 @dataclass

@@ -1,13 +1,10 @@
-"""Building blocks of the Llama-style backbone: RMSNorm, RoPE, SwiGLU and exact attention.
+"""Building blocks of the Llama-style backbone: RMSNorm, RoPE, SwiGLU and the attention projections.
 
-The prediction (candidate) attention is written with plain differentiable ops (matmul, masked softmax) so that
-it supports double backward: PyTorch's fused SDPA kernels do not (DESIGN.md), and EBT training differentiates
-the gradient of the energy. The observed (context) stream is only differentiated once, so `observed_attention`
-uses SDPA; `masked_attention` is its plain-ops equivalent (reference-style benchmark and tests).
+RMSNorm and the q/k/v head split run as exact custom autograd Functions from `ebt.ops` (EBT training
+differentiates every layer twice); the attention patterns themselves are in `models/attention.py`.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
@@ -16,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebt.models.fused_ops import _complex_viewable, rms_norm, split_heads, swiglu_gate, upcast
+from ebt.ops.common import upcast
+from ebt.ops.rms_norm import rms_norm
+from ebt.ops.rope_heads import complex_viewable, split_heads
+from ebt.ops.swiglu import swiglu_gate
 
 
 class RMSNorm(nn.Module):
@@ -30,7 +30,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # the same arithmetic as a custom Function with a closed-form second derivative (fused_ops.py): EBT
+        # the same arithmetic as a custom Function with a closed-form second derivative (ebt/ops/rms_norm.py): EBT
         # training differentiates it twice, and autograd's generic double backward of it is many small kernels
         return rms_norm(x, self.weight, self.eps, self.compiled)
 
@@ -44,7 +44,7 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.compiled = compiled
-        """With compiled kernels the gate runs as fused_ops.swiglu_gate (one fused kernel per pass)."""
+        """With compiled kernels the gate runs as ebt.ops.swiglu.swiglu_gate (one fused kernel per pass)."""
 
     def forward(self, x: Tensor) -> Tensor:
         # w1 and w3 as one matmul (see Attention.qkv)
@@ -67,49 +67,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     gradients per pass. view_as_complex needs even strides, which head views of a (B, S, D) projection have.
     """
     xf = upcast(x)
-    if not _complex_viewable(xf):
+    if not complex_viewable(xf):
         xf = xf.contiguous()
     xc = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))          # (B, H, S, hd/2) complex
     rot = torch.complex(cos.to(xf.dtype), sin.to(xf.dtype))        # (S, hd/2)
     return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
-
-
-def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
-    """softmax(q k^T / sqrt(hd) masked) v with the softmax in float32; supports double backward.
-
-    q (B, H, Sq, hd), k/v (B, H, Sk, hd), allowed (Sq, Sk) bool -> (B, H, Sq, hd).
-    """
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    scores = upcast(scores).masked_fill(~allowed, float("-inf"))
-    return (scores.softmax(-1).type_as(v)) @ v
-
-
-def observed_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, causal: bool) -> Tensor:
-    """Attention of the observed (context) stream through PyTorch's fused SDPA kernels (flash on CPU and GPU).
-
-    The fused kernels have no double backward, and none is needed here: the thinking gradient is taken w.r.t. the
-    candidates, whose path never enters the observed stream, so the observed stream is only differentiated once,
-    by the outer backward (DESIGN.md; tests/test_gradients.py checks the training loss by finite differences).
-    causal=True: the square causal mask of a stream without a KV cache; else `allowed` (Sq, Sk) bool is the mask.
-    """
-    if causal:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-
-
-def prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: Tensor, v_self: Tensor,
-                         allowed: Tensor) -> Tensor:
-    """Attention of prediction tokens over observed keys plus their own key (REFERENCE_SPEC §1.3).
-
-    Prediction i attends to the observed keys where allowed[i] is True and to itself, never to other predictions.
-    q, k_self, v_self (B, H, L, hd); k_obs, v_obs (B, H, S, hd); allowed (L, S) bool -> (B, H, L, hd).
-    """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    obs_scores = (q @ k_obs.transpose(-2, -1)) * scale            # (B, H, L, S)
-    self_scores = (q * k_self).sum(-1, keepdim=True) * scale       # (B, H, L, 1)
-    scores = torch.cat([upcast(obs_scores).masked_fill(~allowed, float("-inf")), upcast(self_scores)], dim=-1)
-    weights = scores.softmax(-1).type_as(v_obs)                    # (B, H, L, S+1)
-    return weights[..., :-1] @ v_obs + weights[..., -1:] * v_self
 
 
 _FROZEN_WEIGHTS: ContextVar[bool] = ContextVar("ebt_frozen_weights", default=False)
@@ -158,7 +120,7 @@ class Attention(nn.Module):
         double backward); the parameters stay separate so checkpoints keep the reference's names.
         """
         w = fused_weight(self, self.wq.weight, self.wk.weight, self.wv.weight)     # (3D, D)
-        # heads split off and q, k rotated by one exact Function pair (fused_ops.split_heads): each pass writes every
+        # heads split off and q, k rotated by one exact Function pair (ebt.ops.rope_heads): each pass writes every
         # gradient once into place, and contiguous outputs keep the (B, S, 3D) projection out of the graph
         return split_heads(F.linear(x, w), cos, sin, self.heads)
 

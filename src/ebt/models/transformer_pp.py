@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from ebt.config import ModelConfig
 from ebt.models.backbone import Backbone, Observed, init_weights
-from ebt.models.fused_ops import upcast
-from ebt.models.vocab import vocab_logits
+from ebt.ops.common import upcast
+from ebt.ops.vocab import vocab_logits
 
 
 class TransformerPP(nn.Module):

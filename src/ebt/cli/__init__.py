@@ -1,0 +1,140 @@
+"""The `ebt` command line: a table of subcommands, each a plain function over parsed arguments.
+
+The CLI is a leaf: it imports the library, nothing imports it. User mistakes raise `UserError`, printed as one line
+with exit code 2. Config overrides of `ebt train` use one syntax: `--section.key=value` (e.g. `--optim.lr=3e-3`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+from ebt.cli import bench, denoise, evaluate, experiment, generate, train
+from ebt.cli.common import split_overrides
+from ebt.config.parsing import RenamedKeyWarning
+from ebt.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[argparse.Namespace], int]
+    """The function that runs it; its docstring's first line is the command's help."""
+    add_args: Callable[[argparse.ArgumentParser], None] = lambda p: None
+
+    @property
+    def summary(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A command with subcommands (`ebt eval text|thinking|denoise`)."""
+    summary: str
+    commands: dict[str, Command]
+    default: Optional[str] = None
+    """The subcommand used when the next argument names none (`ebt eval CKPT` = `ebt eval text CKPT`)."""
+
+
+COMMANDS: dict[str, dict[str, Union[Command, Group]]] = {
+    "train and use models": {
+        "train": Command(train.train, train.train_args),
+        "generate": Command(generate.generate, generate.generate_args),
+        "energy": Command(generate.energy, generate.energy_args),
+        "denoise": Command(denoise.denoise, denoise.denoise_args),
+    },
+    "evaluate": {
+        "eval": Group("Evaluate checkpoints: held-out text, the thinking sweep, or EBT vs DiT denoising.", {
+            "text": Command(evaluate.text, evaluate.text_args),
+            "thinking": Command(evaluate.thinking, evaluate.thinking_args),
+            "denoise": Command(denoise.evaluate, denoise.eval_args)}, default="text"),
+    },
+    "studies and speed": {
+        "experiment": Command(experiment.experiment, experiment.experiment_args),
+        "bench": Command(bench.bench, bench.bench_args),
+    },
+    "checkpoints and presets": {
+        "convert": Command(train.convert, train.convert_args),
+        "presets": Command(train.presets),
+    },
+}
+
+
+def command_names() -> list[str]:
+    """Every top-level command name (`train`, `eval`, ...)."""
+    return [name for group in COMMANDS.values() for name in group]
+
+
+def _add(sub, name: str, cmd: Command) -> None:
+    p = sub.add_parser(name, description=cmd.run.__doc__)
+    cmd.add_args(p)
+    p.set_defaults(func=cmd.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = []
+    for title, entries in COMMANDS.items():
+        lines.append(f"{title}:")
+        for name, entry in entries.items():
+            lines.append(f"  {name:12s} {entry.summary}")
+            for sub_name, cmd in (entry.commands.items() if isinstance(entry, Group) else ()):
+                lines.append(f"    {name} {sub_name:12s} {cmd.summary}")
+    parser = argparse.ArgumentParser(prog="ebt", description="Energy-Based Transformers: train, think, generate.",
+                                     epilog="\n".join(lines) + "\n\n`ebt COMMAND --help` describes each one.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for entries in COMMANDS.values():
+        for name, entry in entries.items():
+            if isinstance(entry, Command):
+                _add(sub, name, entry)
+                continue
+            p = sub.add_parser(name, description=entry.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="\n".join(f"  {n:10s} {c.summary}" for n, c in entry.commands.items())
+                               + (f"\n\n`ebt {name} ARGS` means `ebt {name} {entry.default} ARGS`." if entry.default else ""))
+            inner = p.add_subparsers(dest="subcommand", required=True, metavar="WHAT")
+            for sub_name, cmd in entry.commands.items():
+                _add(inner, sub_name, cmd)
+    return parser
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """Older spellings and the default subcommand: `eval-thinking ...` -> `eval thinking ...`,
+    `eval CKPT ...` -> `eval text CKPT ...`."""
+    if argv and argv[0].startswith("eval-"):
+        argv = ["eval", argv[0][len("eval-"):], *argv[1:]]
+    groups = {name: e for entries in COMMANDS.values() for name, e in entries.items() if isinstance(e, Group)}
+    group = groups.get(argv[0]) if argv else None
+    if group is not None and group.default and len(argv) > 1 and argv[1] not in group.commands \
+            and argv[1] not in ("-h", "--help"):
+        argv = [argv[0], group.default, *argv[1:]]
+    return argv
+
+
+_show_warning = warnings.showwarning
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Renamed config keys are reported as one `ebt: note:` line, not as a warning with a source line."""
+    if issubclass(category, RenamedKeyWarning):
+        print(f"ebt: note: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    warnings.showwarning = _note
+    args, extra = build_parser().parse_known_args(argv)
+    name = " ".join(filter(None, [args.command, getattr(args, "subcommand", None)]))
+    try:
+        if extra and args.command != "train":
+            raise UserError(f"unrecognised arguments: {' '.join(extra)} (see `ebt {name} --help`)")
+        args.overrides = split_overrides(extra) if args.command == "train" else {}
+        return args.func(args)
+    except UserError as exc:
+        print(f"ebt {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

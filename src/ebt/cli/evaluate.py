@@ -1,0 +1,73 @@
+"""`ebt eval text|thinking`: held-out cross-entropy and perplexity, and the thinking sweep (`ebt eval denoise` is
+in cli/denoise.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ebt.cli.common import add_think_args, at_least_one, think_options
+from ebt.errors import UserError
+from ebt.text.evaluate import evaluate_text, heldout_windows, windows_for
+from ebt.text.ood import ood_sets
+from ebt.text.task import load_model
+from ebt.text.thinking_sweep import sweep_plot, sweep_table, thinking_sweep
+
+
+def text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    p.add_argument("--data", help="held-out text file or folder (default: the run's own validation split)")
+    p.add_argument("--windows", type=int, default=64, help="at most this many context windows")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_think_args(p)
+
+
+def text(args: argparse.Namespace) -> int:
+    """Cross-entropy, perplexity and forward passes per token on held-out text (also `ebt eval CKPT`)."""
+    at_least_one(windows=args.windows, batch_size=args.batch_size)
+    model, cfg = load_model(args.checkpoint)
+    res = evaluate_text(model, heldout_windows(cfg, args.data), think_options(args), args.windows, args.batch_size,
+                        args.seed)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"ce {res['ce']:.4f}  ppl {res['ppl']:.3f}  tokens {res['tokens']}  nfe/token {res['nfe_per_token']}")
+    return 0
+
+
+def thinking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ebt", required=True, help="EBT run or checkpoint folder")
+    p.add_argument("--transformer", help="Transformer++ run or checkpoint folder (optional)")
+    p.add_argument("--out", required=True, help="folder for thinking.md / thinking.png / thinking.json (new)")
+    p.add_argument("--windows", type=int, default=16, help="context windows per data set")
+    p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help="add your own OOD text file")
+    p.add_argument("--no-embedded-ood", action="store_true", help="skip the embedded OOD sets")
+
+
+def thinking(args: argparse.Namespace) -> int:
+    """Perplexity vs forward passes from thinking (more steps, best-of-N) on held-out and OOD text."""
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{str(out)!r} already exists and is not empty: choose a new --out folder")
+    at_least_one(windows=args.windows)
+    extra = {}
+    for item in args.ood:
+        if "=" not in item:
+            raise UserError(f"--ood {item!r}: write NAME=PATH")
+        name, path = item.split("=", 1)
+        extra[name] = path
+    ebt_model, cfg = load_model(args.ebt, kind="ebt")
+    tpp_model = load_model(args.transformer, kind="transformer")[0] if args.transformer else None
+    sets = {"held-out": heldout_windows(cfg, None)}
+    texts = ood_sets(extra, embedded=not args.no_embedded_ood)
+    sets.update({k: windows_for(v, cfg.model.context) for k, v in texts.items()})
+    records = thinking_sweep(ebt_model, tpp_model, sets, args.windows)
+    out.mkdir(parents=True, exist_ok=True)
+    table = sweep_table(records)
+    (out / "thinking.md").write_text(table)
+    (out / "thinking.json").write_text(json.dumps(records, indent=1))
+    sweep_plot(records, out / "thinking.png")
+    print(table)
+    return 0

@@ -1,0 +1,66 @@
+"""`ebt generate` (continue a prompt) and `ebt energy` (per-token energies as uncertainty)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ebt.cli.common import add_think_args, think_options
+from ebt.text.data import ByteTokenizer
+from ebt.text.energies import colour, heatmap, token_energies
+from ebt.text.generation import SampleOptions, generate as generate_text
+from ebt.text.task import load_model
+
+
+def generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-cache", action="store_true", help="recompute the context for every token (slow)")
+    add_think_args(p)
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Continue a prompt with an EBT or Transformer++ checkpoint."""
+    topts = think_options(args)
+    opts = SampleOptions(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p,
+                         seed=args.seed, use_cache=not args.no_cache)
+    model, _ = load_model(args.checkpoint)
+    tok = ByteTokenizer()
+    prompt = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
+    out = generate_text(model, prompt, opts, topts)
+    print(tok.decode(out[0].tolist()))
+    return 0
+
+
+def energy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="EBT run or checkpoint folder")
+    p.add_argument("--text", required=True)
+    p.add_argument("--png", help="also write a tokens x steps heatmap here")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    add_think_args(p)
+
+
+def energy(args: argparse.Namespace) -> int:
+    """Show each token with its final energy (uncertainty); optionally a heatmap over thinking steps."""
+    model, _ = load_model(args.checkpoint, kind="ebt")
+    result = token_energies(model, args.text, think_options(args), args.seed)
+    if args.png:
+        heatmap(result, Path(args.png))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    lo, hi = min(result["final"]), max(result["final"])
+    tty = sys.stdout.isatty()
+    first = args.text.encode("utf-8")[:1].decode("utf-8", errors="replace")
+    print(first + "".join(colour(t, e, lo, hi) if tty else t for t, e in zip(result["tokens"], result["final"])))
+    for t, e in zip(result["tokens"], result["final"]):
+        print(f"{t!r:8s} {e:10.4f}")
+    return 0

@@ -1,0 +1,78 @@
+"""`ebt train`, `ebt presets`, `ebt convert`: runs from presets, YAML files and overrides."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from ebt.config import apply_overrides, load_yaml, to_dict
+from ebt.errors import UserError
+from ebt.presets import PRESETS, get_preset
+from ebt.tasks import fit
+from ebt.text.convert import load_reference
+from ebt.training import distributed as dist
+from ebt.training.checkpoint import read_config, save_checkpoint
+
+
+def train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="lm-tiny", help="starting configuration (see `ebt presets`)")
+    p.add_argument("--config", help="YAML file with config sections, applied over the preset")
+    p.add_argument("--model", choices=["ebt", "transformer"], help="shortcut for --model.kind")
+    p.add_argument("--data", help="text file or folder (default: the embedded corpus); shortcut for --data.path")
+    p.add_argument("--out", help="run folder; shortcut for --train.out_dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
+    cfg = get_preset(args.preset)
+    if args.config:
+        cfg = load_yaml(args.config, base=cfg)
+    shortcuts = {"model.kind": args.model, "data.path": args.data, "train.out_dir": args.out}
+    overrides = {**{k: v for k, v in shortcuts.items() if v is not None}, **overrides}
+    cfg = apply_overrides(cfg, overrides)
+    if args.resume:  # the run's own config wins; overrides may still extend it (e.g. more steps)
+        ckpt = Path(cfg.train.out_dir) / "checkpoint"
+        if ckpt.is_dir():
+            cfg = apply_overrides(read_config(ckpt)[0], overrides)
+    return cfg
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train a model (an EBT by default) from a preset, YAML file and overrides."""
+    cfg = resolve_config(args, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
+        return 0
+    result = fit(cfg, resume=args.resume, overwrite=args.overwrite)   # the task follows the config's `task`
+    if dist.is_main():
+        print(json.dumps({"out_dir": str(result.out_dir), "step": result.step, "val": result.val,
+                          "seconds": round(result.seconds, 1)}))
+    dist.teardown()  # under torchrun: leave the process group cleanly
+    return 0
+
+
+def presets(args: argparse.Namespace) -> int:
+    """List the presets."""
+    for name, fn in sorted(PRESETS.items()):
+        print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reference", help="a .ckpt written by the reference implementation")
+    p.add_argument("out_dir", help="where to write our checkpoint folder (must not exist)")
+
+
+def convert(args: argparse.Namespace) -> int:
+    """Convert a reference (Lightning) checkpoint into an ebt checkpoint folder."""
+    out = Path(args.out_dir)
+    if out.exists():
+        raise UserError(f"{str(out)!r} already exists: choose a new output folder")
+    model, cfg = load_reference(args.reference)
+    save_checkpoint(out, model, cfg, meta={"converted_from": str(args.reference)})
+    print(json.dumps({"out_dir": str(out), "model": cfg.model.kind, "conditioning": cfg.model.conditioning}))
+    return 0

@@ -1,0 +1,103 @@
+"""System 2 thinking at inference for the text EBT: more steps, best-of-N self-verification, accept-lower,
+Langevin noise and adaptive per-position stopping, on top of the one descent loop in `ebt.thinking`; and the KV
+cache of the observed stream that generation extends token by token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ebt.errors import UserError
+from ebt.models.ar_ebt import ContextEnergy
+from ebt.models.backbone import Observed
+from ebt.models.layers import frozen_weights
+from ebt.thinking import ThinkOptions
+
+
+@dataclass
+class ThinkResult:
+    logits: Tensor
+    """Chosen final logits (B, L, V)."""
+    energies: Tensor
+    """Energy before each step of the chosen sample, (steps, B, L)."""
+    final_energy: Optional[Tensor]
+    """Energy of the chosen final state (B, L); None when think(final_energy=False) skipped that extra pass."""
+    steps_used: Tensor
+    """Steps each position took (B, L)."""
+    nfe: int
+    """Energy forward passes per position (all samples together; each descent step adds one input-gradient)."""
+
+
+@torch.no_grad()
+def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Optional[dict] = None,
+          start: int = 0, length: Optional[int] = None, generator: Optional[torch.Generator] = None,
+          z0: Optional[Tensor] = None, final_energy: bool = True) -> ThinkResult:
+    """Predict next-token logits for contexts input_ids (B, S) by descending the energy.
+
+    By default every position 0..S-1 is predicted (as in training). With a KV cache `obs` ({step key: Observed}
+    for the whole context) and `start`, only positions start..start+length-1 are predicted.
+    """
+    opts = opts or ThinkOptions()
+    B = input_ids.shape[0]
+    L = length if length is not None else input_ids.shape[1] - start
+    N = opts.samples
+    thinker, energy_model = model.thinker, model.energy
+    fn = ContextEnergy(energy_model, input_ids, start=start)
+    if obs is not None:
+        fn.cache.update(obs)
+    if z0 is not None and z0.shape[0] != B * N:
+        raise UserError(f"z0 has {z0.shape[0]} rows; expected batch x samples = {B * N}")
+    final_energy = final_energy or N > 1  # selecting among samples needs their final energies
+    for key in ([None] if not energy_model.context_depends_on_step else range(energy_model.num_landscapes)):
+        fn.observed(0 if key is None else key)  # fill the cache before repeating it for the samples
+    if N > 1:
+        fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
+    dtype = energy_model.embeddings.weight.dtype
+    if z0 is None:  # rows b*N .. b*N+N-1 are the N candidates of context b
+        z0 = model.initial_logits(B * N, L, input_ids.device, generator).to(dtype)
+    schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
+    with frozen_weights():   # gradients w.r.t. the candidates only
+        out = thinker.descend(fn, z0, schedule, opts)
+        final = thinker.final_energy(fn, out.final, schedule[len(out.candidates) - 1]) if final_energy else None
+    nfe = out.nfe + (1 if final_energy else 0)
+    energies = torch.stack(out.energies)                      # (steps, B*N, L)
+    logits, steps_used = out.final, out.steps_used
+    if N > 1:
+        pick = select_samples(energies[0].view(B, N, L), final.view(B, N, L), opts.select)
+
+        def choose(t: Tensor) -> Tensor:                      # (B*N, L, ...) -> (B, L, ...)
+            t = t.view(B, N, L, *t.shape[2:])
+            idx = pick.view(B, 1, L, *([1] * (t.dim() - 3))).expand(B, 1, L, *t.shape[3:])
+            return t.gather(1, idx).squeeze(1)
+        logits, final, steps_used = choose(logits), choose(final), choose(steps_used)
+        energies = torch.stack([choose(e) for e in energies])
+    return ThinkResult(logits.detach(), energies.detach(), final, steps_used, nfe * N)
+
+
+def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:
+    """Index of the chosen sample per position: initial/final energies (B, N, L) -> (B, L).
+
+    min: lowest final energy (the model's own verification); max: highest; max_gap: largest initial - final drop.
+    """
+    if how == "min":
+        return final.argmin(dim=1)
+    if how == "max":
+        return final.argmax(dim=1)
+    return (initial - final).argmax(dim=1)
+
+
+def extend_cache(model, cache: dict, new_ids: Tensor) -> dict:
+    """Append new context tokens (B, T) to a per-step KV cache of the observed stream."""
+    energy_model = model.energy
+    with frozen_weights():
+        return {k: energy_model.observe(new_ids, 0 if k is None else k, past=o) for k, o in cache.items()}
+
+
+def build_cache(model, input_ids: Tensor) -> dict[Optional[int], Observed]:
+    energy_model = model.energy
+    keys = list(range(energy_model.num_landscapes)) if energy_model.context_depends_on_step else [None]
+    with frozen_weights():
+        return {k: energy_model.observe(input_ids, 0 if k is None else k) for k in keys}

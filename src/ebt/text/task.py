@@ -1,0 +1,61 @@
+"""The text task: binds a `RunConfig` (task=text) to its data and model for the trainer, registers it, and loads
+text checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from torch import Tensor, nn
+
+from ebt.config import RunConfig
+from ebt.errors import UserError
+from ebt.text.data import ByteTokenizer, load_text, split_stream, token_stream
+from ebt.text.evaluate import evaluate_text
+from ebt.text.models import build_lm
+from ebt.training import distributed as dist
+from ebt.training.checkpoint import load_checked
+from ebt.training.registry import register_task
+
+
+class TextTask:
+    """Next-token prediction on packed byte-level windows of the embedded corpus or a user's text."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.tokenizer = ByteTokenizer()
+        if cfg.model.vocab_size < self.tokenizer.vocab_size:
+            raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the byte tokenizer's 256: "
+                            "set model.vocab_size=256")
+        tokens = token_stream(load_text(cfg.data.path, cfg.data.max_chars), self.tokenizer)
+        self.train_windows, self.val_windows = split_stream(tokens, cfg.data.val_fraction, cfg.model.context + 1)
+
+    def describe(self) -> str:
+        return self.cfg.model.kind
+
+    def build_model(self) -> nn.Module:
+        return build_lm(self.cfg)
+
+    def train_batches(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
+        """Batches of process `rank` of `world` from stream position `start` (samples consumed by all processes);
+        the layout every task follows is `ebt.training.sharding`'s."""
+        return self.train_windows.batches(batch_size, self.cfg.train.seed, start, rank, world)
+
+    def evaluate(self, model: nn.Module, device, max_batches: int, batch_size: int, precision: str = "fp32") -> dict:
+        """Held-out CE and perplexity of the trained schedule (no thinking options), `max_batches` batches per
+        process."""
+        res = evaluate_text(model, self.val_windows, None, max_batches * batch_size * dist.world(), batch_size,
+                            device=device, precision=precision)
+        return {k: res[k] for k in ("ce", "ppl", "tokens")}
+
+
+register_task("text", RunConfig, TextTask)
+
+
+def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu") -> tuple[nn.Module, RunConfig]:
+    """Rebuild the language model saved at `path` (a run or checkpoint folder); `kind` ("ebt"/"transformer")
+    refuses a checkpoint of another model type."""
+    model, cfg = load_checked(
+        path, "text", RunConfig, build_lm, kind,
+        "holds an image denoiser ({found}), not a language model: use `ebt denoise` or `ebt eval denoise` with it",
+        "holds a {found} model, but this command needs {kind}: pass a checkpoint of the right model type")
+    return model.to(device), cfg

@@ -1,0 +1,85 @@
+"""What thinking buys: the perplexity-vs-forward-passes sweep of the paper (Fig. 6/7), on held-out and
+out-of-distribution text, as a table and a plot (`ebt eval thinking`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ebt.text.evaluate import evaluate_text
+from ebt.thinking import ThinkOptions
+
+# (label, options) rows of the sweep; None = the trained schedule. "Longer" adds steps on the last landscape only,
+# as the paper's 2 -> 3 forward passes; self-verification then samples N candidates of that 3-step descent.
+SWEEP: list[tuple[str, Optional[dict]]] = [
+    ("trained steps", None),
+    ("think longer (+1 step)", {"steps": 2, "final_landscape_only": True}),
+    ("think longer (+3 steps)", {"steps": 4, "final_landscape_only": True}),
+    ("best-of-2", {"steps": 2, "final_landscape_only": True, "samples": 2}),
+    ("best-of-5", {"steps": 2, "final_landscape_only": True, "samples": 5}),
+    ("best-of-10", {"steps": 2, "final_landscape_only": True, "samples": 10}),
+]
+
+
+def thinking_sweep(ebt_model, tpp_model, sets: dict, max_windows: int = 16, batch_size: int = 8,
+                   rows=SWEEP) -> list[dict]:
+    """One record per (model, setting, data set): ppl, ce, nfe_per_token, and the % change vs no thinking."""
+    records = []
+    for name, windows in sets.items():
+        base = None
+        for label, opts in rows:
+            res = evaluate_text(ebt_model, windows, ThinkOptions(**opts) if opts else None, max_windows, batch_size)
+            base = base or res["ppl"]
+            records.append({"model": "ebt", "setting": label, "set": name, **res,
+                            "ppl_change_pct": 100.0 * (res["ppl"] - base) / base})
+        if tpp_model is not None:
+            res = evaluate_text(tpp_model, windows, None, max_windows, batch_size)
+            records.append({"model": "transformer", "setting": "(cannot think)", "set": name, **res,
+                            "ppl_change_pct": 0.0})
+    return records
+
+
+def sweep_table(records: list[dict]) -> str:
+    sets = list(dict.fromkeys(r["set"] for r in records))
+    rows = list(dict.fromkeys((r["model"], r["setting"]) for r in records))
+    head = "| model | setting | NFE/token | " + " | ".join(f"{s} ppl (Δ%)" for s in sets) + " |"
+    lines = [head, "|" + "---|" * (3 + len(sets))]
+    for model, setting in rows:
+        cells = []
+        nfe = ""
+        for s in sets:
+            r = next((r for r in records if (r["model"], r["setting"], r["set"]) == (model, setting, s)), None)
+            cells.append("" if r is None else f"{r['ppl']:.3f} ({r['ppl_change_pct']:+.1f}%)")
+            nfe = r["nfe_per_token"] if r else nfe
+        lines.append(f"| {model} | {setting} | {nfe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    sets = list(dict.fromkeys(r["set"] for r in records))
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.4), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        ebt_rows = [r for r in records if r["set"] == s and r["model"] == "ebt"]
+        longer = [r for r in ebt_rows if not r["setting"].startswith("best-of")]
+        best = [r for r in ebt_rows if r["setting"].startswith("best-of")]
+        for rows, style, label in ((longer, "o-", "EBT: more steps"), (best, "s-", "EBT: best-of-N")):
+            if rows:
+                ax.plot([r["nfe_per_token"] for r in rows], [r["ppl"] for r in rows], style, label=label)
+        tpp = [r for r in records if r["set"] == s and r["model"] == "transformer"]
+        if tpp:
+            ax.axhline(tpp[0]["ppl"], color="gray", ls="--", label="Transformer++")
+        nfes = sorted({r["nfe_per_token"] for r in ebt_rows})
+        ax.set_xscale("log")
+        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_yscale("log")
+        ax.set(title=s, xlabel="forward passes per token", ylabel="perplexity (log)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

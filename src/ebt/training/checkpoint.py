@@ -1,0 +1,140 @@
+"""Checkpoints: a folder with `model.safetensors` (weights), `config.json` (the run config) and, for training runs,
+`trainer.pt` (optimizer, scheduler, RNG and step). Folders are written next to their destination and renamed into
+place, so an interrupted save never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ebt.config import from_dict, to_dict
+from ebt.errors import UserError
+from ebt.training.registry import task_spec
+
+WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: Any, trainer_state: Optional[dict] = None,
+                    meta: Optional[dict] = None, weights: Optional[dict] = None) -> Path:
+    """Write a checkpoint folder atomically (replacing an older checkpoint at the same path).
+
+    `weights`: the state dict to write instead of `model.state_dict()` (a sharded model's gathered full state)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "kind": getattr(model, "kind", "")})
+        (tmp / CONFIG).write_text(json.dumps({"config": to_dict(cfg), "meta": meta or {}}, indent=1))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _raw_config(path: Path) -> tuple[dict, dict]:
+    """The (config, meta) dicts of a checkpoint folder, with one-line errors for what is not one."""
+    if path.is_file() and path.suffix == ".ckpt":
+        raise UserError(f"{str(path)!r} is a reference (Lightning) checkpoint: convert it first with "
+                        f"`ebt convert {path} OUT_DIR`")
+    cfg_file = path / CONFIG
+    if not cfg_file.is_file():
+        raise UserError(f"{str(path)!r} is not an ebt checkpoint folder (no {CONFIG}): pass a folder written by "
+                        "`ebt train` or `ebt convert`")
+    try:
+        data = json.loads(cfg_file.read_text())
+        if not isinstance(data["config"], dict):
+            raise TypeError("config is not a mapping")
+        return data["config"], data.get("meta", {})
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{str(cfg_file)!r} is unreadable ({exc}): the checkpoint is damaged") from None
+
+
+def task_name(config: dict) -> str:
+    """The task of a saved config; checkpoints written before configs had a `task` field are text runs."""
+    return config.get("task", "text")
+
+
+def read_config(path: str | Path, cls: Optional[type] = None) -> tuple[Any, dict]:
+    """(config, meta) of a checkpoint folder; the config is rebuilt as `cls`, or as its registered task's class."""
+    data, meta = _raw_config(Path(path))
+    cls = cls or task_spec(task_name(data)).config_class
+    try:
+        return from_dict(cls, data), meta
+    except TypeError as exc:
+        raise UserError(f"{str(Path(path) / CONFIG)!r} is unreadable ({exc}): the checkpoint is damaged") from None
+
+
+def load_checked(path: str | Path, task: str, cls: type, build, kind: Optional[str], wrong_type: str,
+                 wrong_kind: str) -> tuple[nn.Module, Any]:
+    """Find the checkpoint, refuse one of another task (`wrong_type`) or model kind (`wrong_kind`; both formatted
+    with found=, kind=), rebuild its config as `cls`, build the model and load its weights. Shared by every task."""
+    path = find_checkpoint(path)
+    data, _ = _raw_config(path)
+    if task_name(data) != task:
+        found = data.get("model", {}).get("kind", "?") if isinstance(data.get("model"), dict) else "?"
+        raise UserError(f"{str(path)!r} " + wrong_type.format(found=found, kind=kind))
+    cfg, _ = read_config(path, cls)
+    if kind is not None and cfg.model.kind != kind:
+        raise UserError(f"{str(path)!r} " + wrong_kind.format(found=cfg.model.kind, kind=kind))
+    model = build(cfg)
+    load_checked_weights(model, path)
+    return model, cfg
+
+
+def load_checked_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint folder's weights into `model`, with a one-line error for damaged or mismatched files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(Path(path) / WEIGHTS))
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"cannot read weights in {str(path)!r} ({exc}): the checkpoint is damaged") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"weights in {str(path)!r} do not match its config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}): the checkpoint is damaged")
+
+
+def load_trainer_state(path: str | Path) -> Optional[dict]:
+    """The optimizer, scheduler, RNG and step state of a training checkpoint (None if it has none). Read with
+    `weights_only=True`: tensors and plain containers only, so a planted file cannot run code."""
+    f = Path(path) / TRAINER
+    if not f.is_file():
+        return None
+    try:
+        return torch.load(f, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises many types for damaged or foreign files
+        raise UserError(f"cannot read {str(f)!r} ({type(exc).__name__}): the trainer state is damaged or was not "
+                        "written by `ebt train`; start a new run from the checkpoint's weights instead") from None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint folder or a run folder (whose latest checkpoint is `RUN/checkpoint`)."""
+    path = Path(path)
+    if (path / CONFIG).is_file() or (path.is_file() and path.suffix == ".ckpt"):
+        return path
+    if (path / "checkpoint" / CONFIG).is_file():
+        return path / "checkpoint"
+    if not path.exists():
+        raise UserError(f"checkpoint {str(path)!r} does not exist: pass a run folder or a checkpoint folder")
+    return path

@@ -1,0 +1,197 @@
+"""One training loop for every model: AdamW groups, warm-up + cosine (each group with its own floor), clipping,
+accumulation, bf16 autocast, validation, JSONL + TensorBoard metrics, tqdm, atomic checkpoints and exact resume.
+
+A *task* (`ebt.training.registry.Task`) supplies the data and the model; the loop itself knows no modality.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ebt import noise
+from ebt.config import save_yaml
+from ebt.errors import UserError
+from ebt.training import distributed as dist
+from ebt.training.checkpoint import load_checked_weights, load_trainer_state, save_checkpoint
+from ebt.training.devices import autocast, resolve_device
+from ebt.training.metrics import MetricsLog
+from ebt.training.optim import build_optimizer
+from ebt.training.registry import Task, task_for
+from ebt.training.sharding import rank_positions
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless asked to resume it or to overwrite it."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if resume:
+            if not (out_dir / CHECKPOINT_DIR).is_dir():
+                raise UserError(f"--resume: {str(out_dir)!r} has no checkpoint to resume from; "
+                                "start a new run in an empty folder")
+            return
+        if not overwrite:
+            raise UserError(f"run folder {str(out_dir)!r} already exists: pass --resume to continue it, "
+                            "--overwrite to replace it, or choose another --train.out_dir")
+        if dist.is_main():
+            shutil.rmtree(out_dir)
+    elif resume:
+        raise UserError(f"--resume: {str(out_dir)!r} does not exist; drop --resume to start a new run")
+    dist.barrier()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    val: dict
+    seconds: float
+
+
+def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optional[Task] = None,
+          stop_at: Optional[int] = None) -> TrainResult:
+    """Train `cfg` (on `task`, default: the registered task of `cfg.task`) and return the final validation metrics.
+
+    `stop_at` ends the run early at that step (with a checkpoint) while keeping the schedule of train.steps, so a
+    later `resume=True` continues exactly as if the run had not stopped.
+    """
+    t = cfg.train
+    dcfg = dist.dist_config(cfg)
+    dist.setup(dcfg.backend, t.device)
+    out_dir = Path(t.out_dir)
+    device = resolve_device(t.device) if not dist.is_distributed() else dist.device_for_rank(t.device)
+    if device.type == "cpu":
+        # thinking sharpens the candidates' softmax until many probabilities underflow into denormal floats, which
+        # x86 CPUs process ~100x slower (a whole EBT step took 1.5x longer); flushing values below 1e-38 to zero
+        # changes no result that matters (docs/performance.md)
+        torch.set_flush_denormal(True)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    task = task or task_for(cfg)
+    prepare_run_dir(out_dir, resume, overwrite)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
+    random.seed(t.seed)
+
+    model = task.build_model().to(device)
+    step, samples, state = 0, 0, None
+    if resume:
+        state = load_trainer_state(out_dir / CHECKPOINT_DIR)
+        if state is None:
+            raise UserError(f"--resume: {str(out_dir / CHECKPOINT_DIR)!r} has no trainer state (it was not written "
+                            "by `ebt train`): start a new run from it instead")
+        load_checked_weights(model, out_dir / CHECKPOINT_DIR)  # whole weights, before any sharding
+    wrapped = dist.wrap(model, cfg)
+    opt, sched = build_optimizer(model, cfg.optim, t.steps)  # after wrapping: FSDP2 replaces the parameters
+    if state is not None:
+        dist.load_optimizer_state(model, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+        # data position in samples, so a different world size continues at the same place in the stream
+        samples = state.get("samples", step * t.grad_accum * t.batch_size * len(state["torch_rng"]))
+    seed_rngs(state, t.seed, step)
+    # fsdp2 bf16 parameters meet float32 candidates: autocast does the casting in the matmuls
+    precision = "bf16" if dcfg.param_dtype == "bf16" and dist.is_fsdp(wrapped) else t.precision
+    if dist.is_main():
+        save_yaml(cfg, out_dir / "config.yaml")
+    log = MetricsLog(out_dir, dist.is_main())
+    micro = t.batch_size
+    batches = task.train_batches(micro, start=samples, rank=dist.rank(), world=dist.world())
+    bar = None
+    if t.progress and dist.is_main():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=t.steps, initial=step, desc=f"train {task.describe()}", dynamic_ncols=True)
+    start_time, val = time.time(), {}
+    try:
+        last_step = min(t.steps, stop_at) if stop_at else t.steps
+        while step < last_step:
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            totals: dict[str, float] = {}
+            for m in range(t.grad_accum):
+                batch = next(batches).to(device)
+                with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), dist.gathered(wrapped), \
+                        sample_noise(dcfg.invariant_noise, t.seed, samples, micro), autocast(device, precision):
+                    out = wrapped(batch)
+                    # with System 1's stepwise gradients (think.stepwise_grad, the default) the forward has already
+                    # taken each thinking step's parameter gradient and freed its graph; this backward hands those
+                    # gradients to the parameters and back-propagates the context stream once (text/stepwise.py)
+                    (out.loss / t.grad_accum).backward()
+                samples += micro * dist.world()
+                for k, v in {"loss": out.loss.item(), **out.metrics}.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / t.grad_accum
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+            step += 1
+            totals = dist.all_reduce_mean(totals)
+            if step % t.log_every == 0 or step == t.steps:
+                log.log(step, "train", {**totals, "grad_norm": dist.as_float(grad_norm),
+                                        "lr": sched.get_last_lr()[0], "samples": samples})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")
+            if step % t.eval_every == 0 or step == t.steps:
+                with dist.gathered(model):
+                    val = task.evaluate(model, device, t.eval_batches, t.batch_size, precision)
+                log.log(step, "val", val)
+                if bar is not None:
+                    shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+                    bar.write(f"step {step}: val {shown}")  # whatever the task reports (ce/ppl, psnr/mse, ...)
+            if (t.save_every and step % t.save_every == 0) or step == last_step:
+                save_run(out_dir, model, cfg, opt, sched, step, samples)
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    return TrainResult(out_dir, step, val, time.time() - start_time)
+
+
+def sample_noise(enabled: bool, seed: int, start: int, batch_size: int):
+    """World-size-invariant noise for the micro-batch at stream position `start` (see `ebt.noise`)."""
+    if not enabled:
+        return nullcontext()
+    return noise.per_sample(seed, rank_positions(start, batch_size, dist.rank()).tolist(), key=start)
+
+
+def seed_rngs(state: Optional[dict], seed: int, step: int) -> None:
+    """Rank-offset seeds for a new run; a resumed run restores each rank's generators, or, on a different world
+    size, re-seeds every rank from (seed, step, rank) so that no two ranks share a stream."""
+    r = dist.rank()
+    rngs = (state or {}).get("torch_rng") or []
+    py = (state or {}).get("py_rng")
+    if state is not None and len(rngs) == dist.world() and isinstance(py, list):
+        torch.set_rng_state(rngs[r])
+        random.setstate(py[r])
+        return
+    if state is not None and len(rngs) == 1 and dist.world() == 1:  # single-process checkpoint of an older version
+        torch.set_rng_state(rngs[0])
+        random.setstate(py)
+        return
+    s = seed + r if state is None else noise.mix(seed, step, r) % (1 << 63)
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+def save_run(out_dir: Path, model: nn.Module, cfg: Any, opt, sched, step: int, samples: int = 0) -> None:
+    """All ranks call this (RNG states and FSDP2 shards are gathered); rank 0 writes the checkpoint folder, whole
+    tensors only, so it loads in one process or under any world size."""
+    rngs = dist.gather_objects(torch.get_rng_state())
+    py_rngs = dist.gather_objects(random.getstate())
+    weights = dist.full_model_state(model)
+    optim = dist.full_optimizer_state(model, opt)
+    if dist.is_main():
+        state = {"optimizer": optim, "scheduler": sched.state_dict(), "step": step, "samples": samples,
+                 "world": dist.world(), "torch_rng": rngs, "py_rng": py_rngs}
+        save_checkpoint(out_dir / CHECKPOINT_DIR, model, cfg, state, meta={"step": step}, weights=weights)
+    dist.barrier()
