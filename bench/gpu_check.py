@@ -1,7 +1,7 @@
 """Correctness of the training step on a GPU, before any timing is trusted.
 
     PYTHONPATH=src python bench/gpu_check.py            # on a CUDA machine (a few seconds)
-    python bench/gpu_check.py --device cpu              # the same checks on CPU (tests/test_bench.py)
+    python bench/gpu_check.py --device cpu              # the same checks on CPU (tests/e2e/test_benchmarks.py)
 
 1. The custom kernels (fused prediction attention, RMSNorm, candidate embedding/update, cross-entropy) pass
    float64 gradcheck and gradgradcheck on the device.

@@ -4,7 +4,7 @@ The reference (REFERENCE_SPEC §1.3) runs one sequence [t]? o_0..o_{L-1} p_0..p_
 every layer at every thinking step, with a dense boolean mask and hand-written (matmul, masked softmax, matmul)
 attention, separate q/k/v and w1/w3 matmuls and an RMSNorm written with plain ops, all differentiated twice by
 autograd. Nothing is reused across steps. `ReferenceStyleEBT` uses the weights of an ordinary `TextEBT` (same
-parameter names) so "new vs old" can be timed in one process on the same model; tests/test_bench.py checks that
+parameter names) so "new vs old" can be timed in one process on the same model; tests/e2e/test_benchmarks.py checks that
 it gives the same loss and gradients as ours.
 
 Load it with `ebt.benchmarks.train_step.load_reference_style()` (it lives outside the package on purpose: nothing in the library

@@ -14,7 +14,6 @@ step, bench/reference_style.py; available in a source checkout).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import statistics
 import time
@@ -78,9 +77,7 @@ def load_reference_style():
 
 def resolve_device(name: str) -> torch.device:
     """The device, with the trainer's CPU setting: denormal floats flushed to zero (see ebt.training.loop.train)."""
-    from ebt.training.loop import resolve_device as resolve
-
-    device = resolve(name)
+    device = resolve_run_device(name)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
     return device

@@ -36,7 +36,7 @@ def observed_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, causal:
 
     The fused kernels have no double backward, and none is needed here: the thinking gradient is taken w.r.t. the
     candidates, whose path never enters the observed stream, so the observed stream is only differentiated once,
-    by the outer backward (DESIGN.md; tests/test_gradients.py checks the training loss by finite differences).
+    by the outer backward (DESIGN.md; tests/unit/test_gradients.py checks the training loss by finite differences).
     causal=True: the square causal mask of a stream without a KV cache; else `allowed` (Sq, Sk) bool is the mask.
     """
     if causal:

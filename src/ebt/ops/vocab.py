@@ -18,7 +18,7 @@ embedding only and these Functions handle the vocabulary side:
   caller) and the row log-sum-exp instead of a (B, L, V) log-softmax.
 
 The backward formulas are written with differentiable ops. Gradients are checked with float64 gradcheck /
-gradgradcheck and against the plain formulation in tests/test_perf_kernels.py.
+gradgradcheck and against the plain formulation in tests/unit/test_ops.py.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ term. Here, right after step k, the gradient of CE_k w.r.t. the parameters and w
 (which the prediction stream sees as leaves) is taken with `torch.autograd.grad`, which frees the step's graph.
 The returned loss has the value mean_k CE_k and a graph whose gradient is exactly the sum of those per-step
 gradients: sum_p <p, G_p> / K for the parameters, and sum <kv, G_kv> / K through the observed stream, which is
-back-propagated once. Gradients equal the joint backward's up to float summation order (tests/test_bench.py).
+back-propagated once. Gradients equal the joint backward's up to float summation order (tests/unit/test_gradients.py).
 
 Costs the same compute (the per-step backward replaces part of the final one) plus one parameter-sized buffer.
 Checked under DDP (2 gloo ranks: same gradients as one process, 2e-7 relative). Not used for FSDP2-sharded

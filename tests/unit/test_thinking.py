@@ -1,16 +1,12 @@
-"""System 2 thinking at inference: accept-lower, best-of-N selection, adaptive stopping, energies, CLI."""
-import json
-
+"""System 2 thinking at inference: accept-lower, best-of-N selection, adaptive stopping, options."""
 import pytest
 import torch
 
-from ebt.cli import main
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import UserError
 from ebt.text.inference import select_samples, think
-from ebt.thinking import ThinkOptions
 from ebt.text.models import TextEBT
-from ebt.thinking import Thinker
+from ebt.thinking import ThinkOptions, Thinker
 
 
 def model(conditioning="none", steps=2, vocab=17):
@@ -84,27 +80,6 @@ def test_adaptive_stopping_stops_early_when_everything_settles():
 def test_bad_thinking_options(kwargs):
     with pytest.raises(UserError):
         ThinkOptions(**kwargs)
-
-
-def test_energy_and_eval_thinking_cli(tmp_path, capsys):
-    from ebt.training.checkpoint import save_checkpoint
-    from ebt.config import RunConfig
-
-    m = model("time_embed", vocab=256).float()
-    cfg = RunConfig(model=m.cfg, think=m.think_cfg)
-    ckpt = save_checkpoint(tmp_path / "ebt", m, cfg)
-    png = tmp_path / "energy.png"
-    assert main(["energy", str(ckpt), "--text", "And God", "--png", str(png), "--json", "--steps", "2"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert len(res["tokens"]) == 6 and len(res["final"]) == 6 and len(res["steps"]) == 4
-    assert png.stat().st_size > 1000
-    out = tmp_path / "sweep"
-    assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(out), "--windows", "1"]) == 0
-    table = (out / "thinking.md").read_text()
-    assert "best-of-10" in table and "dyck" in table and (out / "thinking.png").is_file()
-    assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(out)]) == 2   # refuses to overwrite
-    assert main(["energy", str(ckpt), "--text", "x" * 40]) == 2                  # longer than the context
-    assert main(["energy", str(ckpt), "--text", "ab", "--samples", "0"]) == 2
 
 
 def test_ood_sets_embedded_and_user_files(tmp_path):

@@ -68,7 +68,7 @@ def test_refuses_to_clobber_a_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["train", "--train.steps=-1"], "train.steps must be >= 1"),
-    (["train", "--think.alpha=0"], "think.alpha must be > 0"),
+    (["train", "--think.alpha=0"], "think.alpha must be a finite number > 0"),
     (["train", "--model.heads=3"], "does not divide"),
     (["train", "--optim.lrr=1"], "did you mean"),
     (["train", "--data", "/nonexistent/file.txt"], "does not exist"),

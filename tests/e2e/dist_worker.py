@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU): the parameter gradients of one
+"""Run by tests/e2e/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU): the parameter gradients of one
 global batch under DDP and under FSDP2, each process taking its share of the batch. Rank 0 saves the whole
 gradients (FSDP2's gathered from the shards) to the file given as the first argument.
 """
@@ -8,11 +8,11 @@ import sys
 
 import torch
 
-from ebt.training import distributed as dist
 from ebt import noise
 from ebt.config import DataConfig, DistConfig, ModelConfig, RunConfig, ThinkConfig
-from ebt.training.sharding import rank_positions
 from ebt.text.models import build_lm
+from ebt.training import distributed as dist
+from ebt.training.sharding import rank_positions
 
 SEED, GLOBAL_BATCH = 0, 4
 

@@ -1,6 +1,4 @@
-"""On CUDA the vocabulary-side matmuls run at a width padded to a multiple of 64 (models/vocab.padded_vocab: an
-odd leading dimension such as V = 50,277 sends cuBLAS to slow kernels). The padding must change no result: here
-it is forced on CPU and checked to second order and on whole training steps in float64."""
+"""The vocabulary side is padded to a multiple of 64 on CUDA only, and padding changes no result."""
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -8,6 +6,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import ebt.ops.vocab as vocab
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.text.models import TextEBT, TextTransformer
+
 
 F64 = torch.float64
 

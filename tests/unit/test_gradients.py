@@ -1,10 +1,14 @@
-"""Exact second-order gradients: gradgradcheck of the energy and finite differences of the training loss."""
+"""Exact second-order training gradients of the text EBT: gradgradcheck of the energy, the training loss against
+finite differences, stepwise (System 1) gradients equal to the joint backward, no graph outside training."""
+import random
+
+import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.text.models import TextEBT
 from ebt.models.ar_ebt import ContextEnergy
+from ebt.text.models import TextEBT
 
 
 def tiny_ebt(conditioning="time_embed", steps=2, vocab=11, length=5, batch=2, **think):
@@ -68,3 +72,30 @@ def test_training_loss_matches_finite_differences():
                     p[idx] = orig
                 fd = (up - down) / (2 * eps)
                 assert abs(fd - g[idx].item()) <= 1e-6 * max(1.0, abs(fd)), (think, p.shape, idx, fd, g[idx].item())
+
+
+@pytest.mark.parametrize("think", [dict(landscapes=2), dict(landscapes=2, rand_alpha_scale=2.0, rand_steps=1)])
+def test_stepwise_gradients_equal_joint_backward(think):
+    torch.manual_seed(0)
+    mc = ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="time_embed")
+    joint = TextEBT(mc, ThinkConfig(alpha=3.0, stepwise_grad=False, **think)).double()
+    step = TextEBT(mc, ThinkConfig(alpha=3.0, stepwise_grad=True, **think)).double()
+    step.load_state_dict(joint.state_dict())
+    ids = torch.randint(1, 11, (2, 7))
+    losses = []
+    for m in (joint, step):
+        torch.manual_seed(5)  # the same random step sizes and step counts
+        random.seed(5)
+        out = m(ids, z0=torch.randn(2, 6, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+        out.loss.backward()
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    for (n, a), b in zip(joint.named_parameters(), step.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_no_second_order_graph_outside_training():
+    torch.manual_seed(0)
+    model = TextEBT(ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6), ThinkConfig(landscapes=2)).eval()
+    out = model(torch.randint(1, 11, (2, 7)))
+    assert not out.loss.requires_grad and all(not z.requires_grad for z in out.thought.candidates)

@@ -1,5 +1,5 @@
-"""System 2 training recipe: replay buffer, Langevin noise, randomised step size / step count, no-detach with
-truncated back-propagation (float64 checks against a hand-written chain rule), presets and the ablation CLI."""
+"""The System 2 training recipe: replay buffer, Langevin noise, random step sizes and counts, gradients through the
+chain, presets and the ablation's variants."""
 import dataclasses
 import random
 
@@ -13,7 +13,7 @@ from ebt.thinking import Thinker
 
 
 def s2_think(**kw) -> ThinkConfig:
-    base = dict(steps=1, alpha=20.0, learn_alpha=False, detach=False, truncate=True, langevin_std=3.0,
+    base = dict(landscapes=1, alpha=20.0, learn_alpha=False, detach=False, truncate=True, langevin_std=3.0,
                 rand_alpha_scale=2.0, rand_steps=2, rand_steps_min=2, replay_size=8, replay_frac=0.5)
     return ThinkConfig(**{**base, **kw})
 
@@ -167,7 +167,7 @@ def manual_s2_grads(model, ids, z0):
 @pytest.mark.parametrize("steps,rand", [(1, 2), (2, 0)])
 def test_s2_gradients_match_manual_chain_rule(tiny_cfg, steps, rand):
     torch.manual_seed(0)
-    cfg = s2_think(steps=steps, rand_steps=rand, rand_steps_min=min(rand, 2), learn_alpha=True, langevin_std=0.0,
+    cfg = s2_think(landscapes=steps, rand_steps=rand, rand_steps_min=min(rand, 2), learn_alpha=True, langevin_std=0.0,
                    rand_alpha_scale=1.0, replay_size=0)
     model = TextEBT(tiny_cfg.model, cfg).double()
     with torch.no_grad():
@@ -220,7 +220,7 @@ def test_presets():
 
     cfg = PRESETS["lm-tiny-s2"]()
     t = cfg.think
-    assert (t.detach, t.truncate, t.learn_alpha, t.steps) == (False, True, False, 1)
+    assert (t.detach, t.truncate, t.learn_alpha, t.landscapes) == (False, True, False, 1)
     assert (t.langevin_std, t.rand_alpha_scale, t.rand_steps, t.rand_steps_min) == (3.0, 2.0, 2, 2)
     assert (t.replay_size, t.replay_frac) == (192, 0.5)
     ref = lm_s2_reference()
@@ -237,20 +237,7 @@ def test_ablation_variants(tmp_path):
     assert think["no-rand-alpha"].rand_alpha_scale == 1.0
     assert Thinker(think["no-rand-steps"]).schedule(True) == [0, 0, 0] == Thinker(think["full"]).schedule(False)
     assert think["no-langevin"].langevin_std == 0.0 and think["no-replay"].replay_size == 0
-    assert think["s1"].detach and not think["s1"].truncate and think["s1"].steps == 2
+    assert think["s1"].detach and not think["s1"].truncate and think["s1"].landscapes == 2
     for k, t in think.items():  # each variant changes exactly its own component
         diff = {f for f in dataclasses.asdict(t) if getattr(t, f) != getattr(base.think, f)}
         assert k == "s1" or len(diff) == (0 if k == "full" else 1), (k, diff)
-
-
-def test_s2_ablation_cli(tmp_path, capsys):
-    from ebt.cli import main
-
-    out = tmp_path / "abl"
-    argv = ["experiment", "s2-ablation", "--quick", "--steps", "2", "--windows", "1", "--samples", "2",
-            "--variants", "full", "--out", str(out)]
-    assert main(argv) == 0
-    assert "| Full S2 config |" in (out / "table.md").read_text()
-    assert (out / "s2_ablation.png").stat().st_size > 0 and (out / "results.json").is_file()
-    assert main(argv) == 2                                                     # never overwrites
-    assert "already exists" in capsys.readouterr().err

@@ -1,14 +1,9 @@
-"""The performance kernels are exact: float64 gradcheck / gradgradcheck (finite differences of the first and second
-derivatives), explicit central differences, and equality with the plain formulations they replace."""
-import os
-import random
-
+"""The custom autograd operators of ebt/ops/ against plain autograd: gradcheck, gradgradcheck, finite differences,
+third order where claimed, bf16 and the compiled kernels."""
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from ebt.config import ModelConfig, ThinkConfig
-from ebt.text.models import TextEBT, cross_entropy
 from ebt.models.attention import _block_ends, causal_prefix_mask, prediction_attention, query_blocked_attention
 from ebt.models.layers import apply_rope, rope_angles
 from ebt.ops.prediction_attention import fused_prediction_attention
@@ -16,6 +11,8 @@ from ebt.ops.rms_norm import rms_norm
 from ebt.ops.rope_heads import split_heads
 from ebt.ops.swiglu import swiglu_gate
 from ebt.ops.vocab import candidate_cross_entropy, candidate_update, embed_probs
+from ebt.text.models import cross_entropy
+
 
 F64 = torch.float64
 
@@ -89,6 +86,32 @@ def test_fused_attention_skips_observed_grads_only_when_unused(monkeypatch):
     assert asked == [False]                          # the gradient w.r.t. q only: observed grads skipped
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_query_blocked_attention_is_exact_to_second_order():
+    """Query blocks against the observed keys each block may see: same output, input gradient and second
+    derivative as one call, for blocks that do and do not divide L (and gradgradcheck)."""
+    ins, allowed = attn_inputs(L=7, S=9, shift=2)
+    for attn in (prediction_attention, fused_prediction_attention):
+        outs = []
+        for blocks in (1, 2, 3):
+            o = query_blocked_attention(attn, blocks, *ins, allowed)
+            r = torch.linspace(-1, 1, o.numel(), dtype=F64).reshape(o.shape)
+            g = torch.autograd.grad((o * r).sum(), ins, create_graph=True)
+            outs.append((o, *g, *torch.autograd.grad(sum((gi * gi).sum() for gi in g), ins)))
+        for other in outs[1:]:
+            for x, y in zip(outs[0], other):
+                torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    small, allowed = attn_inputs()
+    assert gradgradcheck(lambda *a: query_blocked_attention(fused_prediction_attention, 2, *a, allowed), small)
+    assert allowed._ebt_block_ends[2] == [3, 5]     # rows 0-1 see keys 0..2 (shift 1), rows 2-3 all 5
+    # the model's masks carry their offset, so the ends need no read-back; both ways agree
+    for L, S, offset, size in ((7, 9, 2, 3), (7, 7, 0, 2), (4, 12, 6, 3), (5, 3, 0, 2)):
+        mask = causal_prefix_mask(L, S, offset, "cpu")
+        plain = mask.clone()
+        assert "_ebt_causal_offset" not in plain.__dict__
+        assert torch.equal(mask, torch.arange(S)[None, :] <= torch.arange(L)[:, None] + offset)
+        assert _block_ends(mask, size) == _block_ends(plain, size)
 
 
 def test_rms_norm_is_exact_to_second_order():
@@ -207,120 +230,6 @@ def test_candidate_cross_entropy_matches_f_cross_entropy():
     torch.testing.assert_close(candidate_cross_entropy(z, y, 0), cross_entropy(z, y))
 
 
-class PlainEnergy:
-    """Hides the embedding-space fast path from the thinking loop: it then differentiates w.r.t. p (B, L, V)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, p, k):
-        return self.fn(p, k)
-
-
-@pytest.mark.parametrize("conditioning", ["time_embed", "none", "pred_embed", "adaln"])
-def test_fast_model_equals_math_model(conditioning):
-    """Training loss and every parameter gradient: fused kernels + embedding-space thinking vs the math path."""
-    torch.manual_seed(0)
-    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning=conditioning)
-    fast = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0)).double()
-    slow = TextEBT(ModelConfig(**mc, attn_impl="math"), ThinkConfig(landscapes=2, alpha=3.0)).double()
-    slow.load_state_dict(fast.state_dict())
-    ids = torch.randint(1, 11, (2, 7))
-    z0 = torch.randn(2, 6, 11, dtype=F64)
-
-    make_energy = slow.context_energy
-    slow.context_energy = lambda x: PlainEnergy(make_energy(x))
-    results = []
-    for m in (fast, slow):
-        out = m(ids, z0=z0.clone(), training=True)
-        out.loss.backward()
-        results.append((out.loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
-    assert results[0][1].keys() == results[1][1].keys()
-    for name, g in results[0][1].items():
-        torch.testing.assert_close(g, results[1][1][name], rtol=1e-9, atol=1e-11, msg=name)
-
-
-def test_query_blocked_attention_is_exact_to_second_order():
-    """Query blocks against the observed keys each block may see: same output, input gradient and second
-    derivative as one call, for blocks that do and do not divide L (and gradgradcheck)."""
-    ins, allowed = attn_inputs(L=7, S=9, shift=2)
-    for attn in (prediction_attention, fused_prediction_attention):
-        outs = []
-        for blocks in (1, 2, 3):
-            o = query_blocked_attention(attn, blocks, *ins, allowed)
-            r = torch.linspace(-1, 1, o.numel(), dtype=F64).reshape(o.shape)
-            g = torch.autograd.grad((o * r).sum(), ins, create_graph=True)
-            outs.append((o, *g, *torch.autograd.grad(sum((gi * gi).sum() for gi in g), ins)))
-        for other in outs[1:]:
-            for x, y in zip(outs[0], other):
-                torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
-    small, allowed = attn_inputs()
-    assert gradgradcheck(lambda *a: query_blocked_attention(fused_prediction_attention, 2, *a, allowed), small)
-    assert allowed._ebt_block_ends[2] == [3, 5]     # rows 0-1 see keys 0..2 (shift 1), rows 2-3 all 5
-    # the model's masks carry their offset, so the ends need no read-back; both ways agree
-    for L, S, offset, size in ((7, 9, 2, 3), (7, 7, 0, 2), (4, 12, 6, 3), (5, 3, 0, 2)):
-        mask = causal_prefix_mask(L, S, offset, "cpu")
-        plain = mask.clone()
-        assert "_ebt_causal_offset" not in plain.__dict__
-        assert torch.equal(mask, torch.arange(S)[None, :] <= torch.arange(L)[:, None] + offset)
-        assert _block_ends(mask, size) == _block_ends(plain, size)
-
-
-def test_query_blocks_model_equals_one_block():
-    """A whole S1 training step (loss and every gradient) with model.attn_query_blocks=3 equals 1 block."""
-    torch.manual_seed(0)
-    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=7, conditioning="pred_embed")
-    one = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0)).double()
-    three = TextEBT(ModelConfig(**mc, attn_query_blocks=3), ThinkConfig(landscapes=2, alpha=3.0)).double()
-    three.load_state_dict(one.state_dict())
-    blocked = three.energy.transformer.layers[0].prediction_attention      # the option is wired, not ignored
-    assert blocked.func is query_blocked_attention and blocked.args[1] == 3
-    ids, z0 = torch.randint(1, 11, (2, 8)), torch.randn(2, 7, 11, dtype=F64)
-    grads = []
-    for m in (one, three):
-        out = m(ids, z0=z0.clone(), training=True)
-        out.loss.backward()
-        grads.append([out.loss.detach()] + [p.grad for p in m.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(grads[1])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("think", [dict(steps=2), dict(steps=2, rand_alpha_scale=2.0, rand_steps=1)])
-def test_stepwise_gradients_equal_joint_backward(think):
-    torch.manual_seed(0)
-    mc = ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="time_embed")
-    joint = TextEBT(mc, ThinkConfig(alpha=3.0, stepwise_grad=False, **think)).double()
-    step = TextEBT(mc, ThinkConfig(alpha=3.0, stepwise_grad=True, **think)).double()
-    step.load_state_dict(joint.state_dict())
-    ids = torch.randint(1, 11, (2, 7))
-    losses = []
-    for m in (joint, step):
-        torch.manual_seed(5)  # the same random step sizes and step counts
-        random.seed(5)
-        out = m(ids, z0=torch.randn(2, 6, 11, dtype=F64, generator=torch.Generator().manual_seed(3)))
-        out.loss.backward()
-        losses.append(out.loss.item())
-    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
-    for (n, a), b in zip(joint.named_parameters(), step.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=n)
-
-
-def test_bf16_autocast_runs_and_stays_close():
-    torch.manual_seed(0)
-    mc = ModelConfig(vocab_size=32, dim=32, layers=2, heads=2, context=8, conditioning="pred_embed")
-    model = TextEBT(mc, ThinkConfig(landscapes=2, alpha=3.0))
-    ids = torch.randint(1, 32, (2, 9))
-    z0 = torch.randn(2, 8, 32)
-    ref = model(ids, z0=z0.clone(), training=True).loss
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model(ids, z0=z0.clone(), training=True).loss
-    low.backward()
-    assert torch.isfinite(low) and abs(low.item() - ref.item()) < 0.05 * abs(ref.item()) + 0.05
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
 def test_cross_entropy_chunks_rows(monkeypatch):
     """Row-chunked log-sum-exp (large V) gives the unchunked result."""
     from ebt.ops import vocab
@@ -329,38 +238,3 @@ def test_cross_entropy_chunks_rows(monkeypatch):
     z = torch.randn(3, 5, 7, dtype=F64, requires_grad=True)
     y = torch.randint(1, 7, (3, 5))
     torch.testing.assert_close(candidate_cross_entropy(z, y, 0), cross_entropy(z, y))
-
-
-def test_activation_checkpointing_is_exact():
-    torch.manual_seed(0)
-    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="time_embed")
-    plain = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0)).double()
-    ckpt = TextEBT(ModelConfig(**mc, checkpointing="all"), ThinkConfig(landscapes=2, alpha=3.0)).double()
-    ckpt.load_state_dict(plain.state_dict())
-    ids, z0 = torch.randint(1, 11, (2, 7)), torch.randn(2, 6, 11, dtype=F64)
-    for m in (plain, ckpt):
-        m(ids, z0=z0.clone(), training=True).loss.backward()
-    for (n, a), b in zip(plain.named_parameters(), ckpt.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=n)
-
-
-def test_no_second_order_graph_outside_training():
-    torch.manual_seed(0)
-    model = TextEBT(ModelConfig(vocab_size=11, dim=16, layers=2, heads=2, context=6), ThinkConfig(landscapes=2)).eval()
-    out = model(torch.randint(1, 11, (2, 7)))
-    assert not out.loss.requires_grad and all(not z.requires_grad for z in out.thought.candidates)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("EBT_SLOW_TESTS"), reason="torch.compile takes ~1 min: set EBT_SLOW_TESTS=1")
-def test_compiled_kernels_match_eager():
-    torch.manual_seed(0)
-    mc = dict(vocab_size=11, dim=16, layers=2, heads=2, context=6, conditioning="pred_embed")
-    eager = TextEBT(ModelConfig(**mc), ThinkConfig(landscapes=2, alpha=3.0))
-    comp = TextEBT(ModelConfig(**mc, compile_kernels=True), ThinkConfig(landscapes=2, alpha=3.0))
-    comp.load_state_dict(eager.state_dict())
-    ids, z0 = torch.randint(1, 11, (2, 7)), torch.randn(2, 6, 11)
-    for m in (eager, comp):
-        m(ids, z0=z0.clone(), training=True).loss.backward()
-    for (n, a), b in zip(eager.named_parameters(), comp.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=n)
