@@ -1,6 +1,6 @@
 """Benchmark-only baseline: the reference implementation's way of computing the text EBT's energy.
 
-The reference (REFERENCE_SPEC §1.3) runs one sequence [t]? o_0..o_{L-1} p_0..p_{L-1} of 2L(+1) tokens through
+The reference (docs/reference.md §2) runs one sequence [t]? o_0..o_{L-1} p_0..p_{L-1} of 2L(+1) tokens through
 every layer at every thinking step, with a dense boolean mask and hand-written (matmul, masked softmax, matmul)
 attention, separate q/k/v and w1/w3 matmuls and an RMSNorm written with plain ops, all differentiated twice by
 autograd. Nothing is reused across steps. `ReferenceStyleEBT` uses the weights of an ordinary `TextEBT` (same
@@ -59,7 +59,7 @@ class ReferenceStyleEnergy:
         self.input_ids = input_ids
 
     def _layout(self, L: int, c: int, device) -> tuple[Tensor, Tensor]:
-        """Positions (S,) and the dense (S, S) mask of REFERENCE_SPEC §1.3 for S = c + 2L."""
+        """Positions (S,) and the dense (S, S) mask of docs/reference.md §2 for S = c + 2L."""
         S = c + 2 * L
         idx = torch.arange(S, device=device)
         is_pred = idx >= c + L

@@ -29,7 +29,7 @@ ALPHA_TINY_S2 = 50.0
 
 
 def _s2_think(alpha: float) -> ThinkConfig:
-    """The reference's NLP System 2 thinking at a fixed step size `alpha` (REFERENCE_SPEC §1.10)."""
+    """The reference's NLP System 2 thinking at a fixed step size `alpha` (docs/reference.md §6)."""
     return ThinkConfig(landscapes=1, alpha=alpha, learn_alpha=False, detach=False, truncate=True, langevin_std=3.0,
                        rand_alpha_scale=2.0, rand_steps=2, rand_steps_min=2, replay_size=192, replay_frac=0.5,
                        replay_dtype="bfloat16")
@@ -50,8 +50,8 @@ def lm_tiny_s2() -> RunConfig:
 
 
 def lm_s2_reference() -> RunConfig:
-    """The reference's NLP System 2 values for large runs (job_scripts/nlp/pretrain/ebt_s2.sh, REFERENCE_SPEC
-    §1.10): xxs model, GPT-NeoX vocabulary (50 277), context 256, fixed alpha 5, Langevin 3, step size scale 2,
+    """The reference's NLP System 2 values for large runs (job_scripts/nlp/pretrain/ebt_s2.sh,
+    docs/reference.md §6): xxs model, GPT-NeoX vocabulary (50 277), context 256, fixed alpha 5, Langevin 3, step size scale 2,
     2-3 random steps (3 at evaluation) on one landscape, replay buffer 192 / 50%, lr 0.0012, batch 256 (32 per GPU
     x 4 GPUs x accumulation 2), weight decay 0.01, clip 1, warm-up 10k, 1M steps. Not in PRESETS: it needs a
     GPU and a real tokenised corpus (the byte tokenizer uses only 256 of the 50 277 ids)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ebt.cli import main
-from ebt.training.loop import train
+from ebt.tasks import fit as train
 
 from conftest import FIXTURES
 
@@ -39,6 +39,11 @@ def test_train_generate_eval(tmp_path, capsys, model):
     assert code == 0
     res = json.loads(stdout)
     assert set(res) >= {"ce", "ppl", "tokens"} and abs(res["ppl"] - math.exp(res["ce"])) < 1e-6 * res["ppl"]
+    # one evaluator: `ebt eval` on the training's validation windows (eval_batches x batch_size = 4) with the same
+    # seed reproduces the training's final validation, whatever the batch size
+    assert res["ce"] == pytest.approx(result["val"]["ce"], rel=1e-6) and res["tokens"] == result["val"]["tokens"]
+    code, stdout, _ = run(capsys, "eval", "text", str(out), "--json", "--windows", "4", "--batch-size", "3")
+    assert code == 0 and json.loads(stdout)["ce"] == pytest.approx(res["ce"], rel=1e-6)
 
 
 def test_resume_continues_exactly(tmp_path, tiny_cfg):
@@ -109,3 +114,49 @@ def test_convert_reference_checkpoint(tmp_path, capsys):
     assert code == 0 and json.loads(stdout)["conditioning"] == "time_embed"
     code, _, err = run(capsys, "convert", str(FIXTURES / "tiny_time_embed.ckpt"), str(out))
     assert code == 2 and "already exists" in err
+
+
+def test_help_reads_as_grouped_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for group in ("train and use models:", "evaluate:", "studies and speed:", "checkpoints and presets:"):
+        assert group in out
+    assert "eval text" in out and "eval thinking" in out and "eval denoise" in out and "eval-" not in out
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "text" in out and "thinking" in out and "denoise" in out and "`ebt eval ARGS` means `ebt eval text" in out
+
+
+def test_older_spellings_still_work():
+    from ebt.cli import normalise_argv
+
+    assert normalise_argv(["eval-thinking", "--ebt", "r"]) == ["eval", "thinking", "--ebt", "r"]
+    assert normalise_argv(["eval-denoise", "--ebt", "a"]) == ["eval", "denoise", "--ebt", "a"]
+    assert normalise_argv(["eval", "runs/x", "--json"]) == ["eval", "text", "runs/x", "--json"]
+    assert normalise_argv(["eval", "thinking", "--ebt", "r"]) == ["eval", "thinking", "--ebt", "r"]
+    assert normalise_argv(["eval", "--help"]) == ["eval", "--help"]
+
+
+def test_renamed_key_is_one_note_line(tmp_path, capsys):
+    code, stdout, err = run(capsys, "train", *TINY, "--think.steps=2", "--print-config")
+    assert code == 0 and "landscapes: 2" in stdout
+    assert err.strip() == "ebt: note: config key 'think.steps' is now 'think.landscapes'; the old name still works"
+
+
+def test_parity_fixtures_from_another_folder(tmp_path):
+    """EBT_PARITY_FIXTURES points the parity tests at another folder of fixtures (here a copy of one of ours)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for f in FIXTURES.glob("tiny_time_embed.*"):
+        shutil.copy(f, tmp_path / f.name)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(ROOT / "tests" / "unit" / "test_parity.py")], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "EBT_PARITY_FIXTURES": str(tmp_path)}, timeout=300)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout[-2000:]

@@ -1,3 +1,4 @@
+"""Config sections and their plumbing: presets, YAML round trips, typed overrides, one-line errors, renamed keys."""
 import pytest
 import yaml
 
@@ -42,3 +43,25 @@ def test_yaml_rejects_unknown_keys(tmp_path):
     f.write_text(yaml.safe_dump({"model": {"dimm": 3}}))
     with pytest.raises(UserError, match="dimm"):
         load_yaml(f)
+
+
+def test_renamed_key_still_loads_with_a_note(tmp_path):
+    """`think.steps` is now `think.landscapes`: overrides, YAML files and saved configs with the old name still load."""
+    from ebt.config import RunConfig, from_dict
+    from ebt.config.parsing import RenamedKeyWarning
+
+    with pytest.warns(RenamedKeyWarning, match="'think.steps' is now 'think.landscapes'"):
+        cfg = apply_overrides(RunConfig(), {"think.steps": "3"})
+    assert cfg.think.landscapes == 3
+    path = tmp_path / "old.yaml"
+    path.write_text("think:\n  steps: 4\n")
+    with pytest.warns(RenamedKeyWarning):
+        assert load_yaml(path).think.landscapes == 4
+    saved = to_dict(RunConfig())
+    saved["think"]["steps"] = saved["think"].pop("landscapes")                 # as written before the rename
+    del saved["task"]                                                          # ... and before configs had a task
+    with pytest.warns(RenamedKeyWarning):
+        old = from_dict(RunConfig, saved)
+    assert old == RunConfig()
+    with pytest.raises(UserError, match="did you mean 'landscapes'"):
+        apply_overrides(RunConfig(), {"think.landscape": "2"})

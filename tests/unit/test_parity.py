@@ -1,4 +1,4 @@
-"""Parity with checkpoints and outputs written by the reference implementation (../shared/fixtures/reference).
+"""Parity with checkpoints and outputs written by the reference implementation (tests/fixtures/reference, or the folder in EBT_PARITY_FIXTURES).
 
 Every `*.json` fixture in EBT_PARITY_FIXTURES is one test case; fixtures with settings we do not implement are
 skipped with the reason.

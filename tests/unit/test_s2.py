@@ -135,7 +135,7 @@ def test_step_counts(tiny_cfg):
 # ---- no detach + truncated back-propagation ----------------------------------------------------------------------
 def manual_s2_grads(model, ids, z0):
     """The S2 gradients by the chain rule, written out: earlier steps are constants g_k, so theta only sees the
-    final step's second-order term and alpha sees every update through the softmax Jacobians (REFERENCE_SPEC §1.6)."""
+    final step's second-order term and alpha sees every update through the softmax Jacobians (docs/reference.md §3)."""
     from ebt.models.ar_ebt import ContextEnergy
 
     x, y = ids[:, :-1], ids[:, 1:]

@@ -93,3 +93,60 @@ def test_ood_sets_embedded_and_user_files(tmp_path):
     assert only == {"mine": both["mine"]}
     with pytest.raises(UserError, match="does not exist"):
         ood_sets({"gone": str(tmp_path / "gone.txt")}, embedded=False)
+
+
+# ---- Thinker.step: one update, as written in ebt/thinking.py ------------------------------------------------------
+def test_step_is_one_gradient_update_in_probability_space():
+    """z' = p - alpha dE/dp with p = softmax(z), both through the embedding fast path (System 1, inference) and the
+    generic path (differentiable candidates), against a gradient taken here by hand."""
+    m = model("time_embed")
+    x = torch.randint(1, 17, (2, 8))
+    energy = m.context_energy(x)
+    z = torch.randn(2, 8, 17, dtype=torch.float64)
+    p = m.thinker.distribution(z)
+    torch.testing.assert_close(p, z.softmax(-1))
+    fast = m.thinker.step(energy, p, 1, m.thinker.step_size())               # constant p: the embedding path
+    leaf = p.clone().requires_grad_(True)
+    e = energy(leaf, 1)
+    (g,) = torch.autograd.grad(e.sum(), leaf)
+    alpha = m.thinker.step_size().detach()
+    torch.testing.assert_close(fast.candidates, p - alpha * g, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast.energy, e.detach(), rtol=1e-12, atol=1e-12)
+    generic = m.thinker.step(energy, p.clone().requires_grad_(True), 1, alpha)   # differentiable p: dE/dp itself
+    torch.testing.assert_close(generic.candidates, fast.candidates, rtol=1e-10, atol=1e-10)
+
+
+def test_step_keeps_the_second_order_graph_only_when_asked():
+    m = model("none")
+    energy = m.context_energy(torch.randint(1, 17, (1, 8)))
+    p = torch.randn(1, 8, 17, dtype=torch.float64).softmax(-1)
+    alpha = m.thinker.step_size()
+    trained = m.thinker.step(energy, p, 0, alpha, create_graph=True)
+    loss = trained.candidates.square().sum()
+    grads = torch.autograd.grad(loss, [m.energy.transformer.final_layer.weight])
+    assert grads[0].abs().sum() > 0                                            # reaches the energy head: 2nd order
+    inference = m.thinker.step(energy, p, 0, alpha)
+    assert not inference.energy.requires_grad
+
+
+def test_step_refuses_non_finite_gradients():
+    thinker = Thinker(ThinkConfig(landscapes=1, alpha=1.0), softmax=False)
+    with pytest.raises(FloatingPointError, match="lower think.alpha"):
+        thinker.step(lambda x, k: (x * float("inf")).sum(-1), torch.ones(1, 2, 3), 0, thinker.step_size())
+
+
+def test_descend_is_the_loop_of_steps():
+    """A continuous quadratic energy: descend's candidates are the steps applied one after another."""
+    thinker = Thinker(ThinkConfig(landscapes=2, alpha=0.1), softmax=False)
+    target = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]])
+
+    def energy(x, k):                                                          # (1, 2, 2) -> (1, 2)
+        return (k + 1) * ((x - target) ** 2).sum(-1)
+
+    z = torch.zeros(1, 2, 2)
+    out = thinker.descend(energy, z, [0, 1, 1])
+    alpha = thinker.step_size().detach()
+    for k, got in zip([0, 1, 1], out.candidates):
+        z = z - alpha * 2 * (k + 1) * (z - target)                             # the analytic gradient step
+        torch.testing.assert_close(got, z)
+    assert out.nfe == 3 and (out.steps_used == 3).all() and out.schedule == [0, 1, 1]

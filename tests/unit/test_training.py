@@ -43,3 +43,59 @@ def test_noise_is_per_sample():
     assert torch.equal(full[1], torch.cat([h[1] for h in halves]))
     assert full[2] == halves[0][2] == halves[1][2]
     assert not torch.equal(full[0][0], full[0][1])
+
+
+def test_tasks_are_found_by_the_config_task_field():
+    import ebt.tasks  # noqa: F401  (registers the built-in tasks)
+    from ebt.config import RunConfig
+    from ebt.errors import UserError
+    from ebt.images.config import ImageRunConfig
+    from ebt.training.registry import task_spec
+
+    assert task_spec(RunConfig().task).config_class is RunConfig
+    assert task_spec(ImageRunConfig().task).config_class is ImageRunConfig
+    with pytest.raises(UserError, match="task 'video' is not registered"):
+        task_spec("video")
+
+
+def test_old_checkpoint_config_loads_and_the_wrong_task_is_refused(tmp_path):
+    """A config.json written before configs had `task` (and with `think.steps`) is a text run; an image checkpoint
+    handed to a text loader gets one line naming the right command."""
+    import json
+
+    import ebt.tasks  # noqa: F401
+    from ebt.config import RunConfig, to_dict
+    from ebt.errors import UserError
+    from ebt.images.config import ImageRunConfig
+    from ebt.text.task import load_model
+    from ebt.training.checkpoint import read_config
+
+    old = to_dict(RunConfig())
+    del old["task"]
+    old["think"]["steps"] = old["think"].pop("landscapes")
+    (tmp_path / "config.json").write_text(json.dumps({"config": old, "meta": {}}))
+    with pytest.warns(FutureWarning):
+        cfg, _ = read_config(tmp_path)
+    assert cfg == RunConfig()
+    (tmp_path / "config.json").write_text(json.dumps({"config": to_dict(ImageRunConfig()), "meta": {}}))
+    with pytest.raises(UserError, match="holds an image denoiser"):
+        load_model(tmp_path)
+
+
+def test_trainer_state_is_never_unpickled(tmp_path):
+    """trainer.pt is read with weights_only=True: a planted pickle that would run code is refused with one line."""
+    import pickle
+
+    from ebt.errors import UserError
+    from ebt.training.checkpoint import TRAINER, load_trainer_state
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    (tmp_path / TRAINER).write_bytes(pickle.dumps({"step": Payload()}))
+    with pytest.raises(UserError, match="trainer state is damaged"):
+        load_trainer_state(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"step": 3, "torch_rng": [torch.get_rng_state()], "py_rng": [(3, (1, 2), None)]}, tmp_path / TRAINER)
+    assert load_trainer_state(tmp_path)["step"] == 3

@@ -1,4 +1,4 @@
-"""Image denoising: the bidirectional EBT and its Diffusion Transformer baseline (REFERENCE_SPEC §2).
+"""Image denoising: the bidirectional EBT and its Diffusion Transformer baseline (docs/reference.md §8).
 
     config.py      ImageRunConfig and the denoise-tiny / dit-tiny presets
     data.py        embedded photo crops and digits, user folders / files / arrays

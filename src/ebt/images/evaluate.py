@@ -1,4 +1,4 @@
-"""Denoising metrics and the EBT-vs-DiT comparison (REFERENCE_SPEC §2 metrics), with NFE counted for both.
+"""Denoising metrics and the EBT-vs-DiT comparison (docs/reference.md §8), with NFE counted for both.
 
 Metrics are on 0..255 pixels: the prediction is mapped from [-1, 1] to [0, 1], clamped, times 255.
 * `mse`: mean squared pixel error over every pixel of the set;

@@ -1,6 +1,6 @@
 """Pure networks for image denoising: the bidirectional EBT energy function and the DiT noise predictor.
 
-Both are DiT-style (REFERENCE_SPEC §2): conv patch embedding + fixed 2-D sin-cos positions, blocks with
+Both are DiT-style (docs/reference.md §8): conv patch embedding + fixed 2-D sin-cos positions, blocks with
 LayerNorm (no affine) -> adaLN modulation -> attention / GELU-tanh MLP -> gate, and an adaLN final layer.
 * `EnergyNet`: the condition is one learned constant vector (the reference has no time conditioning); the final
   layer gives one scalar per patch, averaged into one energy per image.
@@ -126,7 +126,7 @@ class Trunk(nn.Module):
 class EnergyNet(nn.Module):
     """Bidirectional EBT energy E(x) -> (B,): mean over patches of a per-patch scalar.
 
-    The head has no bias: a constant shift of the energy gets no gradient through the descent (DESIGN.md).
+    The head has no bias: a constant shift of the energy gets no gradient through the descent (docs/reference.md §9).
     """
 
     def __init__(self, cfg: ImageModelConfig):

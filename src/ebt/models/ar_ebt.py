@@ -4,7 +4,7 @@ No optimisation happens here (that is `ebt.thinking`). Parameter names follow th
 (`embeddings`, `vocab_to_embed`, `transformer.layers.*`, `transformer.norm`, `transformer.time_embeddings`,
 `transformer.final_layer`) so reference checkpoints load by name.
 
-Layout (REFERENCE_SPEC §1.3), with c = 1 for `time_embed` (a step token t prepended) and c = 0 otherwise:
+Layout (docs/reference.md §2), with c = 1 for `time_embed` (a step token t prepended) and c = 0 otherwise:
 - observed stream: [t]? o_0 .. o_{L-1} at positions 0 .. L-1+c, plain causal attention;
 - prediction p_i (the candidate for token i+1) sits at position i+1+c and attends to observed tokens 0..i+c and
   itself. So the energy of p_i is what a causal transformer would say about the sequence x_0..x_i, p_i.

@@ -36,7 +36,7 @@ def observed_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, causal:
 
     The fused kernels have no double backward, and none is needed here: the thinking gradient is taken w.r.t. the
     candidates, whose path never enters the observed stream, so the observed stream is only differentiated once,
-    by the outer backward (DESIGN.md; tests/unit/test_gradients.py checks the training loss by finite differences).
+    by the outer backward (docs/reference.md §9; tests/unit/test_gradients.py checks the training loss by finite differences).
     causal=True: the square causal mask of a stream without a KV cache; else `allowed` (Sq, Sk) bool is the mask.
     """
     if causal:
@@ -46,7 +46,7 @@ def observed_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, causal:
 
 def prediction_attention(q: Tensor, k_obs: Tensor, v_obs: Tensor, k_self: Tensor, v_self: Tensor,
                          allowed: Tensor) -> Tensor:
-    """Attention of prediction tokens over observed keys plus their own key (REFERENCE_SPEC §1.3).
+    """Attention of prediction tokens over observed keys plus their own key (docs/reference.md §2).
 
     Prediction i attends to the observed keys where allowed[i] is True and to itself, never to other predictions.
     q, k_self, v_self (B, H, L, hd); k_obs, v_obs (B, H, S, hd); allowed (L, S) bool -> (B, H, L, hd).

@@ -1,6 +1,6 @@
 """The Llama-style backbone shared by the autoregressive EBT and the Transformer++ baseline.
 
-It runs two kinds of token streams (REFERENCE_SPEC §1.3):
+It runs two kinds of token streams (docs/reference.md §2):
 - the *observed* stream: an ordinary causal transformer over context tokens; its keys/values are returned so they
   can be reused across optimisation steps, best-of-N candidates and generated tokens (a KV cache);
 - the *prediction* stream: candidate tokens that attend to a prefix of the observed keys and to themselves only.

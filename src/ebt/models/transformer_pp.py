@@ -1,4 +1,4 @@
-"""Transformer++ baseline: the same Llama-style backbone with an untied output head (REFERENCE_SPEC §4)."""
+"""Transformer++ baseline: the same Llama-style backbone with an untied output head (docs/reference.md §7)."""
 from __future__ import annotations
 
 from typing import Optional

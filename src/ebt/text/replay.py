@@ -1,4 +1,4 @@
-"""Replay buffer for System 2 training (REFERENCE_SPEC §1.8, PAPER_AND_PEERS §2.3).
+"""Replay buffer for System 2 training (docs/reference.md §5).
 
 A FIFO of recent training windows together with the final prediction logits the model reached for them. Each
 training batch appends a fraction of replayed windows, whose descent restarts from the stored logits instead of

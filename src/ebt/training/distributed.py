@@ -3,7 +3,7 @@
 Single-process runs go through the same calls, which then do nothing.
 
 DDP is exact with EBTs because the inner gradients are taken with `torch.autograd.grad` and the loss with
-`backward()`; `static_graph=True` is never used (it silently corrupts EBT gradients, DESIGN.md).
+`backward()`; `static_graph=True` is never used (it silently corrupts EBT gradients, docs/reference.md §9).
 
 FSDP2 (`dist.strategy=fsdp2`) shards every transformer block (and the rest of the model at the root) with
 `fully_shard`, but does not let FSDP gather and free blocks around each forward: the thinking loop calls every block
