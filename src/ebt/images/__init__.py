@@ -6,5 +6,5 @@
     diffusion.py   DDPM schedule, DiT loss, DDIM sampler
     denoisers.py   EBTDenoiser / DiTDenoiser objectives, checkpoint loading
     evaluate.py    PSNR / MSE / NFE;  report.py: the EBT-vs-DiT comparison, grid and plot
-    task.py        the trainer task;  cli.py: `ebt denoise`, `ebt eval denoise`
+    task.py        the trainer task, registered as "denoise" (the commands are in ebt/cli/denoise.py)
 """
