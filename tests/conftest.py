@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig
+from ebt.text.models import TextEBT
 
 ROOT = Path(__file__).resolve().parents[1]
 # parity fixtures written by the reference implementation (tests/fixtures/reference/README.md); the variable points
@@ -25,3 +26,37 @@ def tiny_cfg(tmp_path) -> RunConfig:
                           out_dir=str(tmp_path / "run"), progress=False),
         data=DataConfig(max_chars=20000, val_fraction=0.1),
     )
+
+
+def tiny_text_ebt(conditioning: str, dtype=torch.float64, vocab: int = 13, ctx: int = 6) -> TextEBT:
+    """A seeded 2-layer, width-16 text EBT with 2 landscapes (adaln_zero's zero-initialised layers perturbed, so
+    that comparisons see them)."""
+    torch.manual_seed(0)
+    m = TextEBT(ModelConfig(vocab_size=vocab, dim=16, layers=2, heads=2, context=ctx, conditioning=conditioning),
+                ThinkConfig(landscapes=2, alpha=2.0)).to(dtype)
+    if conditioning == "adaln_zero":
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """Tiny models: one thread avoids spin-waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_pngs(folder, specs) -> None:
+    """Random images, one PNG per (height, width, PIL mode) of `specs`."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i, (h, w, mode) in enumerate(specs):
+        shape = (h, w) if mode == "L" else (h, w, 3)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / f"img{i}.png")

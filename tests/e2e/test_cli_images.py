@@ -1,21 +1,14 @@
 """Image denoising end to end through the CLI: train both models, denoise, compare, resume, and one-line errors."""
 import json
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from ebt.cli import main
 
+from conftest import write_pngs
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids spin-waiting on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")   # tiny models: one thread
 
 
 def tiny_train_args(preset: str, out, *extra: str) -> list[str]:
@@ -23,14 +16,6 @@ def tiny_train_args(preset: str, out, *extra: str) -> list[str]:
             "--data.max_images=48", "--model.patch=2", "--model.dim=16", "--model.layers=1", "--model.heads=2",
             "--train.steps=2", "--train.batch_size=8", "--train.eval_batches=1", "--train.progress=false",
             "--train.threads=1", *extra]
-
-
-def write_pngs(folder, specs) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i, (h, w, mode) in enumerate(specs):
-        shape = (h, w) if mode == "L" else (h, w, 3)
-        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / f"img{i}.png")
 
 
 @pytest.fixture(scope="module")

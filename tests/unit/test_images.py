@@ -3,7 +3,6 @@ forward-pass counts, image loading."""
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ebt.config import OptimConfig, ThinkConfig, TrainConfig
 from ebt.errors import UserError
@@ -13,14 +12,10 @@ from ebt.images.denoisers import DiTDenoiser, EBTDenoiser
 from ebt.images.diffusion import DDPMSchedule
 from ebt.images.models import patchify, unpatchify
 
+from conftest import write_pngs
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids spin-waiting on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")   # tiny models: one thread
 
 
 def tiny_cfg(kind: str = "ebt", **think) -> ImageRunConfig:
@@ -31,14 +26,6 @@ def tiny_cfg(kind: str = "ebt", **think) -> ImageRunConfig:
         train=TrainConfig(steps=2, batch_size=4, progress=False),
         data=ImageDataConfig(embedded="digits", max_images=32),
     )
-
-
-def write_pngs(folder, specs) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i, (h, w, mode) in enumerate(specs):
-        shape = (h, w) if mode == "L" else (h, w, 3)
-        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / f"img{i}.png")
 
 
 # ---- the three "done when" checks --------------------------------------------------------------------------------

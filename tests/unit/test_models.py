@@ -11,20 +11,11 @@ from ebt.models.ar_ebt import ContextEnergy
 from ebt.models.attention import masked_attention, query_blocked_attention
 from ebt.text.models import TextEBT
 
+from conftest import tiny_text_ebt
+
 
 F64 = torch.float64
 CONDITIONINGS = ["time_embed", "none", "adaln", "adaln_zero", "pred_embed"]
-
-
-def make(conditioning, dtype=torch.float64, vocab=13, ctx=6):
-    torch.manual_seed(0)
-    m = TextEBT(ModelConfig(vocab_size=vocab, dim=16, layers=2, heads=2, context=ctx, conditioning=conditioning),
-                ThinkConfig(landscapes=2, alpha=2.0)).to(dtype)
-    if conditioning == "adaln_zero":  # make the zero-initialised layers non-trivial for the comparison
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-    return m
 
 
 def dense_energy(model: TextEBT, x: torch.Tensor, probs: torch.Tensor, step: int) -> torch.Tensor:
@@ -65,7 +56,7 @@ def dense_energy(model: TextEBT, x: torch.Tensor, probs: torch.Tensor, step: int
 
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
 def test_two_stream_equals_dense_mask(conditioning):
-    model = make(conditioning)
+    model = tiny_text_ebt(conditioning)
     x = torch.randint(1, 13, (2, 6))
     probs = torch.rand(2, 6, 13, dtype=torch.float64).softmax(-1)
     for step in (0, 1):
@@ -76,7 +67,7 @@ def test_two_stream_equals_dense_mask(conditioning):
 
 @pytest.mark.parametrize("conditioning", ["time_embed", "none"])
 def test_energy_is_causal_and_per_position(conditioning):
-    model = make(conditioning)
+    model = tiny_text_ebt(conditioning)
     x = torch.randint(1, 13, (1, 6))
     probs = torch.rand(1, 6, 13, dtype=torch.float64).softmax(-1)
     base = ContextEnergy(model.energy, x)(probs, 0)

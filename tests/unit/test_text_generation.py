@@ -3,22 +3,13 @@ models."""
 import pytest
 import torch
 
-from ebt.config import ModelConfig, ThinkConfig
+from ebt.config import ModelConfig
 from ebt.text.generation import SampleOptions, decode, generate
 from ebt.text.inference import build_cache, think
-from ebt.text.models import TextEBT, TextTransformer
+from ebt.text.models import TextTransformer
 from ebt.thinking import ThinkOptions
 
-
-def make(conditioning, dtype=torch.float64, vocab=13, ctx=6):
-    torch.manual_seed(0)
-    m = TextEBT(ModelConfig(vocab_size=vocab, dim=16, layers=2, heads=2, context=ctx, conditioning=conditioning),
-                ThinkConfig(landscapes=2, alpha=2.0)).to(dtype)
-    if conditioning == "adaln_zero":  # make the zero-initialised layers non-trivial for the comparison
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-    return m
+from conftest import tiny_text_ebt
 
 
 def greedy_logits(model, prompt, use_cache: bool) -> torch.Tensor:
@@ -33,11 +24,11 @@ def test_kv_cache_matches_uncached_logits(conditioning):
     more than float32 round-off itself (their distance to the float64 result), since thinking amplifies round-off
     by up to ~1e2 on some prompts."""
     prompt = torch.randint(1, 13, (1, 4), generator=torch.Generator().manual_seed(0))
-    model = make(conditioning, dtype=torch.float64, ctx=12).eval()
+    model = tiny_text_ebt(conditioning, dtype=torch.float64, ctx=12).eval()
     ref = greedy_logits(model, prompt, False)
     cached = greedy_logits(model, prompt, True)
     assert ((cached - ref).norm() / ref.norm()).item() <= 1e-12
-    model32 = make(conditioning, dtype=torch.float32, ctx=12).eval()
+    model32 = tiny_text_ebt(conditioning, dtype=torch.float32, ctx=12).eval()
     cached, uncached = greedy_logits(model32, prompt, True), greedy_logits(model32, prompt, False)
     roundoff = max((cached - ref).norm(), (uncached - ref).norm()) / ref.norm()
     assert 0 < roundoff < 1e-2                                   # float32 round-off, not a different computation
@@ -47,7 +38,7 @@ def test_kv_cache_matches_uncached_logits(conditioning):
 @pytest.mark.parametrize("conditioning", ["time_embed", "none"])
 def test_cached_position_matches_full_sequence_prediction(conditioning):
     """Thinking at one position through the cache equals that position of a whole-sequence descent."""
-    model = make(conditioning)
+    model = tiny_text_ebt(conditioning)
     model.think_cfg.init_std = 0.0  # z0 = 0 so both runs start from the same point
     x = torch.randint(1, 13, (2, 6))
     full = think(model, x)
