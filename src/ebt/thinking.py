@@ -115,6 +115,19 @@ class Chain:
     after the first step's distribution is formed (the callers' frames would otherwise keep it alive)."""
 
 
+def trained_schedule(c: ThinkConfig, training: bool, rng: Optional[random.Random] = None) -> list[int]:
+    """The landscape index of every step of the trained recipe (docs/reference.md §4): each landscape once, or with
+    think.rand_steps = R, U{rand_steps_min..R+1} times per landscape in training and R+1 times on the last landscape
+    at evaluation."""
+    if c.rand_steps <= 0:
+        return list(range(c.landscapes))
+    if not training:
+        return list(range(c.landscapes - 1)) + [c.landscapes - 1] * (c.rand_steps + 1)
+    rng = rng or random
+    low = max(c.rand_steps_min, 1)
+    return [k for k in range(c.landscapes) for _ in range(rng.randint(low, c.rand_steps + 1))]
+
+
 class Thinker(nn.Module):
     """Holds the learnable step size alpha (shape (1,): FSDP2 rejects 0-d parameters) and runs descents."""
 
@@ -130,17 +143,7 @@ class Thinker(nn.Module):
 
     # ---- schedules: the landscape index of every step ----------------------------------------------------------
     def schedule(self, training: bool, rng: Optional[random.Random] = None) -> list[int]:
-        """The trained schedule (docs/reference.md, random step counts): each landscape once, or with
-        think.rand_steps = R, U{rand_steps_min..R+1} times per landscape in training and R+1 times on the last
-        landscape at evaluation."""
-        c = self.cfg
-        if c.rand_steps <= 0:
-            return list(range(c.landscapes))
-        if not training:
-            return list(range(c.landscapes - 1)) + [c.landscapes - 1] * (c.rand_steps + 1)
-        rng = rng or random
-        low = max(c.rand_steps_min, 1)
-        return [k for k in range(c.landscapes) for _ in range(rng.randint(low, c.rand_steps + 1))]
+        return trained_schedule(self.cfg, training, rng)
 
     def inference_schedule(self, steps: Optional[int] = None, final_landscape_only: bool = False) -> list[int]:
         """`steps` per landscape (thinking longer reuses the trained indices), or only on the last landscape."""

@@ -30,7 +30,7 @@ from ebt.tasks import fit
 from ebt.text.evaluate import evaluate_text, heldout_windows, windows_for
 from ebt.text.ood import ood_sets
 from ebt.text.task import load_model
-from ebt.thinking import ThinkOptions
+from ebt.thinking import ThinkOptions, trained_schedule
 
 def _s1_think(_: ThinkConfig) -> ThinkConfig:
     """The S1 recipe's thinking settings in place of the S2 ones."""
@@ -98,16 +98,17 @@ def ood_texts(quick: bool) -> dict[str, str]:
     return {name: text[:limit] for name, text in ood_sets().items()}
 
 
-def think_modes(model, s: AblationSettings) -> dict[str, object]:
-    """ThinkOptions per mode. Thinking longer multiplies the number of evaluation steps by think_factor, adding the
-    extra steps on the last landscape (S2 has one landscape; S1 goes [0, 1] -> [0, 1, 1, 1])."""
-    base = len(model.thinker.schedule(training=False))
-    last = base * s.think_factor - (model.think_cfg.landscapes - 1)  # steps on the last landscape
+def think_modes(think: ThinkConfig, s: AblationSettings) -> dict[str, ThinkOptions]:
+    """ThinkOptions per mode for a model trained with `think`. Thinking longer multiplies the number of evaluation
+    steps by think_factor, adding the extra steps on the last landscape (S2 has one landscape; S1 goes [0, 1] ->
+    [0, 1, 1, 1])."""
+    base = len(trained_schedule(think, training=False))
+    last = base * s.think_factor - (think.landscapes - 1)  # steps on the last landscape
     longer = dict(steps=last, final_landscape_only=True)
     modes = {"none": ThinkOptions(), "longer": ThinkOptions(**longer),
              "verify": ThinkOptions(**longer, samples=s.samples, select="min")}
-    if model.think_cfg.langevin_std > 0:  # otherwise identical to "verify"
-        modes["verify_noise"] = ThinkOptions(**longer, samples=s.samples, langevin_std=model.think_cfg.langevin_std)
+    if think.langevin_std > 0:  # otherwise identical to "verify"
+        modes["verify_noise"] = ThinkOptions(**longer, samples=s.samples, langevin_std=think.langevin_std)
     return modes
 
 
@@ -146,8 +147,8 @@ def _run(out: Path, s: AblationSettings, log: Callable[[str], None]) -> dict:
         cfg = variant_config(base, key, out)
         t0 = time.time()
         res = fit(cfg)
-        model, _ = load_model(res.out_dir)
-        modes = think_modes(model, s)
+        model, trained = load_model(res.out_dir)
+        modes = think_modes(trained.think, s)
         row = {"label": VARIANTS[key][0], "train_seconds": round(res.seconds, 1), "val": res.val, "sets": {}}
         for name, windows in data.items():  # the same seed: every mode starts from the same initial noise
             r = {m: evaluate_text(model, windows, opts, s.windows, 16, seed=1234) for m, opts in modes.items()}
