@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ebt import noise
 from ebt.config import ThinkConfig
-from ebt.errors import UserError
+from ebt.errors import NonFinite, UserError
 
 EnergyFn = Callable[[Tensor, int], Tensor]  # (p (B, L, V), landscape index) -> energies (B, L)
 StepHook = Callable[[int, Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]  # (step, z, energies, alpha)
@@ -194,7 +194,8 @@ class Thinker(nn.Module):
                 z = p - alpha * g
         # 2. a diverged model or step size gives non-finite gradients: stop with the fix rather than descend on NaN
         if not finite:
-            raise FloatingPointError("non-finite energy gradient: lower think.alpha or the learning rate")
+            raise NonFinite("non-finite energy gradient while thinking: lower the step size (think.alpha, --alpha) "
+                            "or, in training, the learning rate")
         return StepOutput(z, e if create_graph else e.detach())
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ from ebt import noise
 from ebt.cli import main as cli
 from ebt.text.models import build_lm
 from ebt.text.task import load_model
+from ebt.training.checkpoint import load_trainer_state
 
 
 GRAD_RTOL = 1e-6   # the bounds, float32
@@ -124,7 +125,7 @@ def test_two_rank_checkpoints_load_in_one_process(runs):
     model, cfg = load_model(runs / "ddp" / "checkpoint")
     assert cfg.model.dim == 32 and cfg.dist.strategy == "ddp"
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    state = torch.load(runs / "ddp" / "checkpoint" / "trainer.pt", weights_only=False)
+    state = load_trainer_state(runs / "ddp" / "checkpoint")
     assert state["world"] == 2 and len(state["torch_rng"]) == 2 and state["samples"] == 10 * 2 * 4
     resumed = json.loads((runs / "fsdp2" / "checkpoint" / "config.json").read_text())
     assert resumed["meta"]["step"] == 10 and resumed["config"]["dist"]["strategy"] == "fsdp2"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ebt.config import ModelConfig, ThinkConfig
-from ebt.errors import UserError
+from ebt.errors import NonFinite, UserError
 from ebt.text.inference import select_samples, think
 from ebt.text.models import TextEBT
 from ebt.thinking import ThinkOptions, Thinker
@@ -131,7 +131,7 @@ def test_step_keeps_the_second_order_graph_only_when_asked():
 
 def test_step_refuses_non_finite_gradients():
     thinker = Thinker(ThinkConfig(landscapes=1, alpha=1.0), softmax=False)
-    with pytest.raises(FloatingPointError, match="lower think.alpha"):
+    with pytest.raises(NonFinite, match="lower the step size"):
         thinker.step(lambda x, k: (x * float("inf")).sum(-1), torch.ones(1, 2, 3), 0, thinker.step_size())
 
 

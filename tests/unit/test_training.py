@@ -82,20 +82,42 @@ def test_old_checkpoint_config_loads_and_the_wrong_task_is_refused(tmp_path):
         load_model(tmp_path)
 
 
+def test_trainer_state_round_trips_without_pickle(tmp_path):
+    """Tensors go to safetensors, the rest to JSON; tuples (Python's RNG state) come back as tuples."""
+    import random
+
+    from ebt.training.state import STATE_JSON, STATE_TENSORS, read_state, write_state
+
+    state = {"step": 3, "samples": 24, "scheduler": {"base_lrs": [0.1, 0.2], "lr_lambdas": [None]},
+             "optimizer": {"state": {"w": {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 2)}},
+                           "param_groups": [{"lr": 0.1, "params": ["w"], "betas": (0.9, 0.999)}]},
+             "torch_rng": [torch.get_rng_state()], "py_rng": [random.getstate()], "ids": {0: "a"}}
+    write_state(tmp_path, state)
+    assert {p.name for p in tmp_path.iterdir()} == {STATE_JSON, STATE_TENSORS}
+    back = read_state(tmp_path)
+    assert back["py_rng"][0] == random.getstate() and back["ids"] == {0: "a"}
+    assert torch.equal(back["optimizer"]["state"]["w"]["exp_avg"], state["optimizer"]["state"]["w"]["exp_avg"])
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    random.setstate(back["py_rng"][0])   # usable as is
+
+
 def test_trainer_state_is_never_unpickled(tmp_path):
-    """trainer.pt is read with weights_only=True: a planted pickle that would run code is refused with one line."""
+    """A trainer.pt of an older version is read with weights_only=True: a planted pickle that would run code is
+    refused with one line, and nothing runs."""
     import pickle
 
     from ebt.errors import UserError
-    from ebt.training.checkpoint import TRAINER, load_trainer_state
+    from ebt.training.checkpoint import load_trainer_state
+    from ebt.training.state import LEGACY_STATE
 
     class Payload:
         def __reduce__(self):
             return (open, (str(tmp_path / "pwned"), "w"))
 
-    (tmp_path / TRAINER).write_bytes(pickle.dumps({"step": Payload()}))
-    with pytest.raises(UserError, match="trainer state is damaged"):
+    (tmp_path / LEGACY_STATE).write_bytes(pickle.dumps({"step": Payload()}))
+    with pytest.raises(UserError, match="without running code"):
         load_trainer_state(tmp_path)
     assert not (tmp_path / "pwned").exists()
-    torch.save({"step": 3, "torch_rng": [torch.get_rng_state()], "py_rng": [(3, (1, 2), None)]}, tmp_path / TRAINER)
-    assert load_trainer_state(tmp_path)["step"] == 3
+    torch.save({"step": 3, "torch_rng": [torch.get_rng_state()], "py_rng": [(3, (1, 2), None)]},
+               tmp_path / LEGACY_STATE)
+    assert load_trainer_state(tmp_path)["step"] == 3      # an older run whose state is plain data still resumes

@@ -6,6 +6,7 @@ train and dist sections (`ebt.images.config`). Every invalid value raises `UserE
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -196,12 +197,20 @@ class TrainConfig:
     out_dir: str = "runs/lm"
     progress: bool = True
     """Show a tqdm progress bar."""
+    skip_nonfinite: int = 0
+    """Skip the update of up to this many steps whose loss or gradient norm is not finite (0: the first such step
+    stops the run with exit code 3, keeping the last checkpoint)."""
 
     def __post_init__(self) -> None:
         check_at_least_one("train", self, ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
                                              "log_every"))
         check(self.save_every >= 0, f"train.save_every must be >= 0, got {self.save_every}")
         check(self.precision in ("fp32", "bf16"), f"train.precision={self.precision!r}: use fp32 or bf16")
+        check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+              f"train.device={self.device!r} is not known: use auto, cpu, cuda or cuda:N")
+        check(self.threads >= 0, f"train.threads must be >= 0 (0: PyTorch's default), got {self.threads}")
+        check(self.skip_nonfinite >= 0, f"train.skip_nonfinite must be >= 0, got {self.skip_nonfinite}")
+        check(bool(self.out_dir.strip()), "train.out_dir is empty: name a run folder")
 
 
 @dataclass(kw_only=True)
@@ -212,10 +221,14 @@ class DataConfig:
     """Share of the token stream held out for validation (the tail of the stream)."""
     max_chars: int = 0
     """Use only the first N characters of the corpus (0: all)."""
+    errors: str = "strict"
+    """Text that is not valid UTF-8: `strict` stops with the file and byte offset; `replace` substitutes U+FFFD for
+    each bad byte and reports how many."""
 
     def __post_init__(self) -> None:
         check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         check(self.max_chars >= 0, f"data.max_chars must be >= 0, got {self.max_chars}")
+        check(self.errors in ("strict", "replace"), f"data.errors={self.errors!r}: use strict or replace")
 
 
 DIST_STRATEGIES = ("ddp", "fsdp2")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -47,7 +48,23 @@ def embedded_corpus() -> str:
     return "\n".join(strip.sub("", v).strip() for v in verses) + "\n"
 
 
-def read_documents(path: str | Path) -> list[str]:
+def decode_text(data: bytes, where: str, errors: str = "strict") -> str:
+    """UTF-8 text of a file's bytes. errors="strict": invalid bytes stop with the file and byte offset;
+    "replace": each is replaced by U+FFFD and the count is reported once."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if errors == "strict":
+            raise UserError(f"{where} is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}): "
+                            "convert it to UTF-8, or set data.errors=replace to replace invalid bytes") from None
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    warnings.warn(f"{where}: {bad} invalid UTF-8 byte sequence(s) replaced by U+FFFD (data.errors=replace)",
+                  stacklevel=2)
+    return text
+
+
+def read_documents(path: str | Path, errors: str = "strict") -> list[str]:
     """A text file, or every text file under a folder (sorted), as documents."""
     path = Path(path)
     if not path.exists():
@@ -58,14 +75,15 @@ def read_documents(path: str | Path) -> list[str]:
     docs = []
     for f in files:
         try:
-            docs.append(f.read_text(encoding="utf-8", errors="replace"))
+            data = f.read_bytes()
         except OSError as exc:
             raise UserError(f"cannot read {str(f)!r} ({exc.strerror}): check its permissions") from None
+        docs.append(decode_text(data, repr(str(f)), errors))
     return [d for d in docs if d.strip()]
 
 
-def load_text(path: Optional[str], max_chars: int = 0) -> str:
-    text = embedded_corpus() if path is None else "\n\n".join(read_documents(path))
+def load_text(path: Optional[str], max_chars: int = 0, errors: str = "strict") -> str:
+    text = embedded_corpus() if path is None else "\n\n".join(read_documents(path, errors))
     if max_chars:
         text = text[:max_chars]
     if not text.strip():

@@ -1,6 +1,11 @@
 """Checkpoints: a folder with `model.safetensors` (weights), `config.json` (the run config) and, for training runs,
-`trainer.pt` (optimizer, scheduler, RNG and step). Folders are written next to their destination and renamed into
-place, so an interrupted save never leaves a half-written checkpoint.
+`trainer.json` + `trainer.safetensors` (optimizer, scheduler, RNG and step; `state.py`). No file is ever unpickled.
+
+A checkpoint is written into a scratch folder next to its destination and swapped in with two renames
+(checkpoint -> .checkpoint.old, scratch -> checkpoint), so an interrupted save never leaves a half-written
+checkpoint. A kill between the two renames leaves only `.checkpoint.old`: readers then read it, and the next
+training start in that run folder renames it back (`recover`). A failed write (disk full, read-only folder)
+removes its scratch folder and leaves the previous checkpoint as it was.
 """
 from __future__ import annotations
 
@@ -11,14 +16,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from ebt.config import from_dict, to_dict
 from ebt.errors import UserError
 from ebt.training.registry import task_spec
+from ebt.training.state import read_state, write_state
 
-WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Any, trainer_state: Optional[dict] = None,
@@ -29,25 +38,52 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Any, trainer_state:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write a checkpoint in {str(path.parent)!r} ({exc.strerror}): choose a writable "
+                        "folder") from None
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "kind": getattr(model, "kind", "")})
         (tmp / CONFIG).write_text(json.dumps({"config": to_dict(cfg), "meta": meta or {}}, indent=1))
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+            write_state(tmp, trainer_state)
+        _swap_in(tmp, path)
+    except OSError as exc:
+        kept = "the previous checkpoint is intact" if (path / CONFIG).is_file() else "no checkpoint was written"
+        raise UserError(f"cannot write the checkpoint {str(path)!r} ({exc.strerror or exc}): {kept}; free some "
+                        "space or choose another folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = _previous(path)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    os.replace(tmp, path)      # between these two renames only .checkpoint.old exists: see `recover`
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(path: str | Path) -> None:
+    """Finish a checkpoint swap that a kill interrupted: `.NAME.old` alone is renamed back to NAME; next to a
+    complete NAME it is removed. Only the process that writes the run calls this."""
+    path = Path(path)
+    old = _previous(path)
+    if not old.is_dir():
+        return
+    if (path / CONFIG).is_file():
+        shutil.rmtree(old, ignore_errors=True)
+    elif (old / CONFIG).is_file():
+        shutil.rmtree(path, ignore_errors=True)   # an empty or partial folder, never a complete checkpoint
+        os.replace(old, path)
 
 
 def _raw_config(path: Path) -> tuple[dict, dict]:
@@ -116,25 +152,20 @@ def load_checked_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def load_trainer_state(path: str | Path) -> Optional[dict]:
-    """The optimizer, scheduler, RNG and step state of a training checkpoint (None if it has none). Read with
-    `weights_only=True`: tensors and plain containers only, so a planted file cannot run code."""
-    f = Path(path) / TRAINER
-    if not f.is_file():
-        return None
-    try:
-        return torch.load(f, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise UserError(f"cannot read {str(f)!r} ({type(exc).__name__}): the trainer state is damaged or was not "
-                        "written by `ebt train`; start a new run from the checkpoint's weights instead") from None
+    """The optimizer, scheduler, RNG and step state of a training checkpoint (None if it has none); never
+    unpickled (`state.py`)."""
+    return read_state(Path(path))
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint folder or a run folder (whose latest checkpoint is `RUN/checkpoint`)."""
+    """Accept a checkpoint folder or a run folder (whose latest checkpoint is `RUN/checkpoint`, or, while a save
+    is between its two renames, `RUN/.checkpoint.old`)."""
     path = Path(path)
     if (path / CONFIG).is_file() or (path.is_file() and path.suffix == ".ckpt"):
         return path
-    if (path / "checkpoint" / CONFIG).is_file():
-        return path / "checkpoint"
+    for candidate in (path / "checkpoint", _previous(path / "checkpoint"), _previous(path)):
+        if (candidate / CONFIG).is_file():
+            return candidate
     if not path.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist: pass a run folder or a checkpoint folder")
     return path

@@ -5,48 +5,31 @@ A *task* (`ebt.training.registry.Task`) supplies the data and the model; the loo
 """
 from __future__ import annotations
 
+import math
 import random
-import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 
 from ebt import noise
 from ebt.config import save_yaml
-from ebt.errors import UserError
+from ebt.errors import Diverged, NonFinite, UserError
 from ebt.training import distributed as dist
-from ebt.training.checkpoint import load_checked_weights, load_trainer_state, save_checkpoint
+from ebt.training.checkpoint import load_checked_weights, load_trainer_state, read_config, recover, save_checkpoint
 from ebt.training.devices import autocast, resolve_device
 from ebt.training.metrics import MetricsLog
 from ebt.training.optim import build_optimizer
 from ebt.training.registry import Task, task_for
+from ebt.training.resume import check_resume
+from ebt.training.rundir import RunLock, prepare_run, truncate_metrics
 from ebt.training.sharding import rank_positions
 
 CHECKPOINT_DIR = "checkpoint"
-
-
-def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing run unless asked to resume it or to overwrite it."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if resume:
-            if not (out_dir / CHECKPOINT_DIR).is_dir():
-                raise UserError(f"--resume: {str(out_dir)!r} has no checkpoint to resume from; "
-                                "start a new run in an empty folder")
-            return
-        if not overwrite:
-            raise UserError(f"run folder {str(out_dir)!r} already exists: pass --resume to continue it, "
-                            "--overwrite to replace it, or choose another --train.out_dir")
-        if dist.is_main():
-            shutil.rmtree(out_dir)
-    elif resume:
-        raise UserError(f"--resume: {str(out_dir)!r} does not exist; drop --resume to start a new run")
-    dist.barrier()
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -62,7 +45,9 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
     """Train `cfg` (on `task`, default: the registered task of `cfg.task`) and return the final validation metrics.
 
     `stop_at` ends the run early at that step (with a checkpoint) while keeping the schedule of train.steps, so a
-    later `resume=True` continues exactly as if the run had not stopped.
+    later `resume=True` continues exactly as if the run had not stopped. A resumed run keeps its saved config
+    (`resume.RESUMABLE` lists what may change). A non-finite loss or gradient norm stops the run with `Diverged`
+    (exit code 3) and keeps the last checkpoint, unless train.skip_nonfinite allows skipping that many steps.
     """
     t = cfg.train
     dcfg = dist.dist_config(cfg)
@@ -77,10 +62,35 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
     if t.threads:
         torch.set_num_threads(t.threads)
     task = task or task_for(cfg)
-    prepare_run_dir(out_dir, resume, overwrite)
+    lock = open_run(out_dir, cfg, resume, overwrite)
+    try:
+        return _run(cfg, task, out_dir, device, resume, stop_at)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def open_run(out_dir: Path, cfg: Any, resume: bool, overwrite: bool) -> Optional[RunLock]:
+    """Rank 0 checks and locks the run folder (and, resuming, finishes an interrupted checkpoint swap); the other
+    ranks wait for it."""
+    lock = None
+    if dist.is_main():
+        lock = prepare_run(out_dir, resume, overwrite)
+        try:
+            if resume:
+                recover(out_dir / CHECKPOINT_DIR)
+        except BaseException:
+            lock.release()
+            raise
+    dist.barrier()
+    return lock
+
+
+def _run(cfg: Any, task: Task, out_dir: Path, device: torch.device, resume: bool,
+         stop_at: Optional[int]) -> TrainResult:
+    t, dcfg = cfg.train, dist.dist_config(cfg)
     torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
     random.seed(t.seed)
-
     model = task.build_model().to(device)
     step, samples, state = 0, 0, None
     if resume:
@@ -88,6 +98,7 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
         if state is None:
             raise UserError(f"--resume: {str(out_dir / CHECKPOINT_DIR)!r} has no trainer state (it was not written "
                             "by `ebt train`): start a new run from it instead")
+        check_resume(cfg, read_config(out_dir / CHECKPOINT_DIR)[0], state.get("world", 1), dist.world())
         load_checked_weights(model, out_dir / CHECKPOINT_DIR)  # whole weights, before any sharding
     wrapped = dist.wrap(model, cfg)
     opt, sched = build_optimizer(model, cfg.optim, t.steps)  # after wrapping: FSDP2 replaces the parameters
@@ -102,7 +113,8 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
     precision = "bf16" if dcfg.param_dtype == "bf16" and dist.is_fsdp(wrapped) else t.precision
     if dist.is_main():
         save_yaml(cfg, out_dir / "config.yaml")
-    log = MetricsLog(out_dir, dist.is_main())
+        truncate_metrics(out_dir, step)   # a resumed run logs the steps after its checkpoint again
+    log = MetricsLog(out_dir, dist.is_main(), purge_step=step if resume else None)
     micro = t.batch_size
     batches = task.train_batches(micro, start=samples, rank=dist.rank(), world=dist.world())
     bar = None
@@ -110,7 +122,7 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
         from tqdm.auto import tqdm
 
         bar = tqdm(total=t.steps, initial=step, desc=f"train {task.describe()}", dynamic_ncols=True)
-    start_time, val = time.time(), {}
+    start_time, val, saved, skipped = time.time(), {}, (step if resume else None), 0
     try:
         last_step = min(t.steps, stop_at) if stop_at else t.steps
         while step < last_step:
@@ -120,7 +132,8 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
             for m in range(t.grad_accum):
                 batch = next(batches).to(device)
                 with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), dist.gathered(wrapped), \
-                        sample_noise(dcfg.invariant_noise, t.seed, samples, micro), autocast(device, precision):
+                        sample_noise(dcfg.invariant_noise, t.seed, samples, micro), autocast(device, precision), \
+                        _diverges_at(step + 1, saved, out_dir):
                     out = wrapped(batch)
                     # with System 1's stepwise gradients (think.stepwise_grad, the default) the forward has already
                     # taken each thinking step's parameter gradient and freed its graph; this backward hands those
@@ -130,14 +143,22 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
                 for k, v in {"loss": out.loss.item(), **out.metrics}.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / t.grad_accum
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
+            grad_norm = dist.as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            totals = dist.all_reduce_mean(totals)   # before the update, so that every rank decides alike
+            bad = next((f"{k} is {v}" for k, v in (("loss", totals["loss"]), ("gradient norm", grad_norm))
+                        if not math.isfinite(v)), None)
+            if bad is not None:
+                skipped += 1
+                if skipped > t.skip_nonfinite:
+                    raise Diverged(_diverged_message(step + 1, bad, saved, out_dir))
+                opt.zero_grad(set_to_none=True)   # skip this update (train.skip_nonfinite)
+            else:
+                opt.step()
             sched.step()
             step += 1
-            totals = dist.all_reduce_mean(totals)
             if step % t.log_every == 0 or step == t.steps:
-                log.log(step, "train", {**totals, "grad_norm": dist.as_float(grad_norm),
-                                        "lr": sched.get_last_lr()[0], "samples": samples})
+                log.log(step, "train", {**totals, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
+                                        "samples": samples, "skipped": skipped})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")
@@ -150,11 +171,28 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
                     bar.write(f"step {step}: val {shown}")  # whatever the task reports (ce/ppl, psnr/mse, ...)
             if (t.save_every and step % t.save_every == 0) or step == last_step:
                 save_run(out_dir, model, cfg, opt, sched, step, samples)
+                saved = step
     finally:
         if bar is not None:
             bar.close()
         log.close()
     return TrainResult(out_dir, step, val, time.time() - start_time)
+
+
+def _diverged_message(step: int, what: str, saved: Optional[int], out_dir: Path) -> str:
+    kept = (f"the last good checkpoint (step {saved}) is kept in {str(out_dir / CHECKPOINT_DIR)!r}" if saved
+            else "no checkpoint was written")
+    return (f"training diverged at step {step}: the {what}; lower optim.lr (or think.alpha for an EBT), or set "
+            f"train.skip_nonfinite=N to skip up to N such steps; {kept}")
+
+
+@contextmanager
+def _diverges_at(step: int, saved: Optional[int], out_dir: Path) -> Iterator[None]:
+    """A thinking step that meets a non-finite gradient is a divergence of training (exit code 3)."""
+    try:
+        yield
+    except NonFinite as exc:
+        raise Diverged(_diverged_message(step, str(exc).split(":")[0], saved, out_dir)) from None
 
 
 def sample_noise(enabled: bool, seed: int, start: int, batch_size: int):

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 
 class MetricsLog:
     """metrics.jsonl always; TensorBoard event files when tensorboard is installed. Rank 0 only."""
 
-    def __init__(self, out_dir: Path, enabled: bool):
+    def __init__(self, out_dir: Path, enabled: bool, purge_step: Optional[int] = None):
+        """purge_step: a resumed run's checkpoint step; TensorBoard drops the events logged after it."""
         self.enabled = enabled
         self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None
         self.tb = None
@@ -16,7 +18,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tb"))
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge_step)
             except ImportError:
                 pass
 

@@ -1,0 +1,42 @@
+"""What a resumed run may change: the saved config rules, and only settings that cannot change what is trained
+may differ (more steps, logging, evaluation and checkpoint cadence, threads, device, process group, and the split
+of the same global batch over another number of processes)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ebt.config import to_dict
+from ebt.errors import UserError
+
+RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.save_every",
+             "train.progress", "train.threads", "train.device", "train.out_dir", "dist.strategy", "dist.backend")
+"""Keys a resumed run may change (train.steps only upwards)."""
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: node}
+
+
+def check_resume(cfg: Any, saved: Any, saved_world: int = 1, world: int = 1) -> None:
+    """Refuse `cfg` for resuming a run saved with `saved` (by `saved_world` processes, now `world`) when it changes
+    anything outside RESUMABLE. train.batch_size and train.grad_accum may change only together with the number of
+    processes, keeping the global batch (processes x batch x accumulation)."""
+    new, old = _flat(to_dict(cfg)), _flat(to_dict(saved))
+    free = set(RESUMABLE)
+    if world * cfg.train.batch_size * cfg.train.grad_accum == saved_world * saved.train.batch_size * \
+            saved.train.grad_accum:
+        free |= {"train.batch_size", "train.grad_accum"}
+    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in free)
+    if changed:
+        shown = ", ".join(f"{k}={new.get(k)!r} (saved {old.get(k)!r})" for k in changed[:3])
+        raise UserError(f"--resume keeps the run's saved config, but this changes {shown}"
+                        f"{' and more' if len(changed) > 3 else ''}: drop those settings, or start a new run; a "
+                        f"resumed run may change only {', '.join(RESUMABLE)}")
+    if cfg.train.steps < saved.train.steps:
+        raise UserError(f"--resume: train.steps={cfg.train.steps} is below the run's {saved.train.steps} (the "
+                        "learning-rate schedule is laid out over it): keep it or raise it")
