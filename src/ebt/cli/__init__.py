@@ -6,6 +6,7 @@ with exit code 2. Config overrides of `ebt train` use one syntax: `--section.key
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
             for sub_name, cmd in (entry.commands.items() if isinstance(entry, Group) else ()):
                 lines.append(f"    {name} {sub_name:12s} {cmd.summary}")
     parser = argparse.ArgumentParser(prog="ebt", description="Energy-Based Transformers: train, think, generate.",
-                                     epilog="\n".join(lines) + "\n\n`ebt COMMAND --help` describes each one.",
+                                     epilog="\n".join(lines) + "\n\n`ebt COMMAND --help` describes each one; "
+                                     "`ebt --debug COMMAND ...` shows tracebacks.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for entries in COMMANDS.values():
@@ -101,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 def normalise_argv(argv: list[str]) -> list[str]:
     """Older spellings and the default subcommand: `eval-thinking ...` -> `eval thinking ...`,
     `eval CKPT ...` -> `eval text CKPT ...`."""
-    if argv and argv[0].startswith("eval-"):
-        argv = ["eval", argv[0][len("eval-"):], *argv[1:]]
     groups = {name: e for entries in COMMANDS.values() for name, e in entries.items() if isinstance(e, Group)}
+    name, _, sub = argv[0].partition("-") if argv else ("", "", "")
+    if sub and name in groups and sub in groups[name].commands:
+        argv = [name, sub, *argv[1:]]
     group = groups.get(argv[0]) if argv else None
     if group is not None and group.default and len(argv) > 1 and argv[1] not in group.commands \
             and argv[1] not in ("-h", "--help"):
@@ -123,7 +126,12 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    """The error boundary: a user mistake (`UserError`, an operating-system error on a path the user gave) is one
+    line on stderr and exit code 2 (3 for a diverged training run); a bug keeps its traceback. `--debug` (or
+    EBT_DEBUG=1) shows the traceback of everything."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[:1] or os.environ.get("EBT_DEBUG", "") not in ("", "0")
+    argv = normalise_argv(argv[1:] if argv[:1] == ["--debug"] else argv)
     warnings.showwarning = _note
     args, extra = build_parser().parse_known_args(argv)
     name = " ".join(filter(None, [args.command, getattr(args, "subcommand", None)]))
@@ -133,7 +141,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.overrides = split_overrides(extra) if args.command == "train" else {}
         return args.func(args)
     except UserError as exc:
+        if debug:
+            raise
         print(f"ebt {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:   # a path the user gave: unreadable, read-only, full disk, a file where a folder goes
+        if debug or exc.errno is None:
+            raise
+        where = f" {str(exc.filename)!r}" if exc.filename else ""
+        print(f"ebt {name}: error: {exc.strerror}{where}: check the path, its permissions and the free space "
+              "(`ebt --debug ...` shows where it happened)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ import json
 from ebt.benchmarks.compare import format_table, train_bench
 from ebt.benchmarks.generation import generate_speed
 from ebt.benchmarks.train_step import MODELS, SIZES, parse_overrides, spec_from_args
+from ebt.cli.common import at_least, at_least_one
 
 
 def bench_args(p: argparse.ArgumentParser) -> None:
@@ -44,6 +45,10 @@ def bench_args(p: argparse.ArgumentParser) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     """Benchmark a training step (time, peak memory, ratio to Transformer++) or generation speed."""
+    at_least_one(steps=args.steps, ctx=args.ctx, batch=args.batch, vocab=args.vocab, think_steps=args.think_steps,
+                 prompt=args.prompt, new=args.new,
+                 **{k: getattr(args, k) for k in ("dim", "layers", "heads") if getattr(args, k) is not None})
+    at_least(0, warmup=args.warmup, threads=args.threads)
     size = dict(SIZES[args.size]) if args.size else dict(SIZES["cpu"])
     for k in ("dim", "layers", "heads"):
         if getattr(args, k) is not None:

@@ -67,8 +67,12 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def at_least_one(**values: int) -> None:
-    """UserError naming the first flag below 1 (flags given as name=value, `_` for `-`)."""
+def at_least(minimum: int, **values: int) -> None:
+    """UserError naming the first flag below `minimum` (flags given as name=value, `_` for `-`)."""
     for name, value in values.items():
-        if value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if value < minimum:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def at_least_one(**values: int) -> None:
+    at_least(1, **values)

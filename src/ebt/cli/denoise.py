@@ -14,13 +14,15 @@ from ebt.images.data import image_names, load_images, save_png
 from ebt.images.denoisers import load_image_model
 from ebt.images.evaluate import Meter, noisy_versions
 from ebt.images.report import check_pair, compare, format_table, held_out_images, save_grid, save_plot
+from ebt.training.rundir import prepare_output
 
 
 # ---- ebt denoise ----------------------------------------------------------------------------------------------
 def denoise_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder or checkpoint folder of an EBT or DiT denoiser")
     p.add_argument("--input", required=True, help="folder of PNG/JPEG images, one image, or a .npy/.npz/.pt array")
-    p.add_argument("--out", required=True, help="folder for NAME_noisy.png and NAME_denoised.png")
+    p.add_argument("--out", required=True, help="folder for NAME_noisy.png and NAME_denoised.png (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing --out, replacing its PNGs")
     p.add_argument("--noise", type=float, help="noise level in (0, 1) to add (default: the training level)")
     p.add_argument("--steps", type=int, help="EBT: gradient steps (default: as trained); DiT: DDIM steps (default t+1)")
     p.add_argument("--recurse", type=int, default=0, help="DiT: re-run the DDIM chain on its own output N more times")
@@ -37,11 +39,12 @@ def denoise(args: argparse.Namespace) -> int:
     if args.noise is not None:
         check_noise_level(args.noise)
     model, cfg = load_image_model(args.checkpoint)
+    out_dir = prepare_output(Path(args.out), args.overwrite)
     level = args.noise if args.noise is not None else cfg.diffusion.train_level
     images = load_images(args.input, cfg.model.image_size, cfg.model.channels) * 2 - 1  # (N, C, H, W) in [-1, 1]
     names = image_names(args.input, images.shape[0])
     noisy_all = noisy_versions(images, model.schedule, level, args.seed)
-    before, after, out_dir, cost = Meter(), Meter(), Path(args.out), None
+    before, after, cost = Meter(), Meter(), None
     for i in range(0, images.shape[0], args.batch_size):
         clean, noisy = images[i:i + args.batch_size], noisy_all[i:i + args.batch_size]
         res = model.run(noisy, level, {"steps": args.steps, "ddim_steps": args.steps, "recurse": args.recurse})
@@ -75,19 +78,27 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=0, help="use at most this many test images (0: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the test noise (shared by both models)")
-    p.add_argument("--out", default="runs/eval-denoise", help="folder for grid.png, psnr_vs_nfe.png, results.json")
+    p.add_argument("--out", default="runs/eval-denoise", help="folder for grid.png, psnr_vs_nfe.png, results.json "
+                   "(new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing --out, replacing its files")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
 def evaluate(args: argparse.Namespace) -> int:
     """Compare an EBT and a DiT denoiser (PSNR, MSE, NFE) at several noise levels."""
+    for flag, values in (("--levels", args.levels), ("--ebt-steps", args.ebt_steps)):
+        if not values:
+            raise UserError(f"{flag} is empty: give at least one value")
     for level in args.levels:
         check_noise_level(level)
     steps = args.ebt_steps * len(args.levels) if len(args.ebt_steps) == 1 else args.ebt_steps
     if len(steps) != len(args.levels):
         raise UserError(f"--ebt-steps has {len(steps)} counts for {len(args.levels)} levels: give 1 or 1 per level")
-    if min(steps) < 1 or args.dit_recurse < 0 or args.batch_size < 1 or args.max_images < 0:
-        raise UserError("--ebt-steps and --batch-size must be >= 1, --dit-recurse and --max-images >= 0")
+    if min(steps) < 1 or args.dit_recurse < 0 or args.batch_size < 1 or args.max_images < 0 or \
+            any(s < 1 for s in args.dit_ddim_steps):
+        raise UserError("--ebt-steps, --dit-ddim-steps and --batch-size must be >= 1, --dit-recurse and --max-images "
+                        ">= 0")
+    out = prepare_output(Path(args.out), args.overwrite)
     ebt, ecfg = load_image_model(args.ebt, kind="ebt")
     dit, _ = load_image_model(args.dit, kind="dit")
     check_pair(ebt, dit)
@@ -95,8 +106,6 @@ def evaluate(args: argparse.Namespace) -> int:
     with torch.random.fork_rng():
         result, grid = compare(ebt, dit, clean, args.levels, steps, args.dit_recurse, args.dit_ddim_steps,
                                args.batch_size, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_grid(grid, out / "grid.png")
     save_plot(result, out / "psnr_vs_nfe.png")
     result.update(images=int(clean.shape[0]), image_shape=list(clean.shape[1:]), ebt=str(args.ebt),

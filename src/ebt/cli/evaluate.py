@@ -12,6 +12,7 @@ from ebt.text.evaluate import evaluate_text, heldout_windows, windows_for
 from ebt.text.ood import ood_sets
 from ebt.text.task import load_model
 from ebt.text.thinking_sweep import sweep_plot, sweep_table, thinking_sweep
+from ebt.training.rundir import prepare_output
 
 
 def text_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +41,8 @@ def text(args: argparse.Namespace) -> int:
 def thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ebt", required=True, help="EBT run or checkpoint folder")
     p.add_argument("--transformer", help="Transformer++ run or checkpoint folder (optional)")
-    p.add_argument("--out", required=True, help="folder for thinking.md / thinking.png / thinking.json (new)")
+    p.add_argument("--out", required=True, help="folder for thinking.md / thinking.png / thinking.json (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing --out, replacing its files")
     p.add_argument("--windows", type=int, default=16, help="context windows per data set")
     p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help="add your own OOD text file")
     p.add_argument("--no-embedded-ood", action="store_true", help="skip the embedded OOD sets")
@@ -48,9 +50,6 @@ def thinking_args(p: argparse.ArgumentParser) -> None:
 
 def thinking(args: argparse.Namespace) -> int:
     """Perplexity vs forward passes from thinking (more steps, best-of-N) on held-out and OOD text."""
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{str(out)!r} already exists and is not empty: choose a new --out folder")
     at_least_one(windows=args.windows)
     extra = {}
     for item in args.ood:
@@ -63,8 +62,8 @@ def thinking(args: argparse.Namespace) -> int:
     sets = {"held-out": heldout_windows(cfg, None)}
     texts = ood_sets(extra, embedded=not args.no_embedded_ood)
     sets.update({k: windows_for(v, cfg.model.context) for k, v in texts.items()})
+    out = prepare_output(Path(args.out), args.overwrite)
     records = thinking_sweep(ebt_model, tpp_model, sets, args.windows)
-    out.mkdir(parents=True, exist_ok=True)
     table = sweep_table(records)
     (out / "thinking.md").write_text(table)
     (out / "thinking.json").write_text(json.dumps(records, indent=1))

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ebt.cli.common import at_least_one
+from ebt.cli.common import at_least, at_least_one
 from ebt.experiments.s2_ablation import VARIANTS, AblationSettings, run_s2_ablation
 
 EXPERIMENTS = {"s2-ablation": run_s2_ablation}
@@ -30,6 +30,7 @@ def experiment(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else (3 if quick else AblationSettings.steps)
     windows = args.windows if args.windows is not None else (4 if quick else AblationSettings.windows)
     at_least_one(steps=steps, windows=windows, samples=args.samples, think_factor=args.think_factor)
+    at_least(0, threads=args.threads)
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else tuple(VARIANTS)
     s = AblationSettings(steps=steps, windows=windows, samples=args.samples, think_factor=args.think_factor,
                          variants=variants, seed=args.seed, threads=args.threads, quick=quick)

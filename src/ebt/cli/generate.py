@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ebt.cli.common import add_think_args, think_options
+from ebt.errors import UserError
 from ebt.text.data import ByteTokenizer
 from ebt.text.energies import colour, heatmap, token_energies
 from ebt.text.generation import SampleOptions, generate as generate_text
@@ -50,6 +51,8 @@ def energy_args(p: argparse.ArgumentParser) -> None:
 
 def energy(args: argparse.Namespace) -> int:
     """Show each token with its final energy (uncertainty); optionally a heatmap over thinking steps."""
+    if args.png and not Path(args.png).resolve().parent.is_dir():
+        raise UserError(f"--png {args.png!r}: its folder does not exist; create it or choose another path")
     model, _ = load_model(args.checkpoint, kind="ebt")
     result = token_energies(model, args.text, think_options(args), args.seed)
     if args.png:

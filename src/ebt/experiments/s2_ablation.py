@@ -31,6 +31,7 @@ from ebt.text.evaluate import evaluate_text, heldout_windows, windows_for
 from ebt.text.ood import ood_sets
 from ebt.text.task import load_model
 from ebt.thinking import ThinkOptions, trained_schedule
+from ebt.training.rundir import prepare_output
 
 def _s1_think(_: ThinkConfig) -> ThinkConfig:
     """The S1 recipe's thinking settings in place of the S2 ones."""
@@ -120,12 +121,10 @@ def gain(ce_base: float, ce: float) -> float:
 
 def run_s2_ablation(out: Path, s: AblationSettings, log: Callable[[str], None] = print) -> dict:
     """Train and evaluate every variant; writes results.json, table.md and s2_ablation.png into `out`."""
-    if out.exists():
-        raise UserError(f"output folder {str(out)!r} already exists: choose a new --out (results are not overwritten)")
     unknown = [v for v in s.variants if v not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
-    out.mkdir(parents=True)
+    prepare_output(out, overwrite=False)   # its variants' run folders are never replaced: always a new --out
     threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)

@@ -141,8 +141,9 @@ def _read_array(path: Path) -> Tensor:
                 keys = [k for k in ("images", "x", "arr_0") if k in data.files] or data.files[:1]
                 data = data[keys[0]] if keys else None
             arr = None if data is None else torch.from_numpy(np.asarray(data))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"cannot read array file {str(path)!r} ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # torch and numpy raise many types for damaged, foreign or code-carrying files
+        raise UserError(f"cannot read array file {str(path)!r} ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:160]}): pass a .npy/.npz/.pt array of images") from None
     if arr is None or arr.ndim not in (2, 3, 4):
         raise UserError(f"{str(path)!r} holds no (N, H, W[, C]) or (N, C, H, W) image array")
     arr = arr[None] if arr.ndim == 2 else arr

@@ -103,7 +103,11 @@ def load_reference(path: str | Path) -> tuple[nn.Module, RunConfig]:
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise UserError(f"cannot read {str(path)!r} as a reference checkpoint ({type(exc).__name__}): "
                         "pass a .ckpt saved by the reference trainer") from None
-    cfg = reference_config(hp, state)
+    try:
+        cfg = reference_config(hp, state)
+    except KeyError as exc:
+        raise UnsupportedReference(f"reference checkpoint {str(path)!r} lacks the setting or weight {exc}: pass a "
+                                   ".ckpt saved by the reference trainer") from None
     model = build_lm(cfg)
     ours = reference_state_dict(state, cfg.model.kind)
     missing, unexpected = model.load_state_dict(ours, strict=False)

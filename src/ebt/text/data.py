@@ -27,7 +27,10 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        try:
+            return list(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:   # e.g. undecodable bytes on the command line (surrogate escapes)
+            raise UserError(f"the text is not valid UTF-8 (character {exc.start}): pass UTF-8 text") from None
 
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids if int(i) != 0).decode("utf-8", errors="replace")

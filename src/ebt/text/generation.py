@@ -28,8 +28,8 @@ class SampleOptions:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise UserError(f"max new tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):
+            raise UserError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
 
@@ -89,6 +89,7 @@ def generate(model, prompt: Tensor, opts: Optional[SampleOptions] = None,
     if prompt.shape[1] > model.cfg.context:
         raise UserError(f"the prompt has {prompt.shape[1]} tokens, more than the model's context "
                         f"{model.cfg.context}: shorten it")
+    model.check_options(think_opts)
     model.eval()
     gen = torch.Generator(device=prompt.device)
     gen.manual_seed(opts.seed if opts.seed is not None else torch.seed() % 2**63)

@@ -15,6 +15,7 @@ from ebt.models.ar_ebt import ContextEnergy
 from ebt.models.backbone import Observed
 from ebt.models.layers import frozen_weights
 from ebt.thinking import ThinkOptions
+from ebt.training.devices import check_fits
 
 
 @dataclass
@@ -56,8 +57,13 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     if N > 1:
         fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
     dtype = energy_model.embeddings.weight.dtype
+    # the descent keeps a few (B*N, L, V) tensors alive at once (candidates, distribution, update)
+    check_fits(4.0 * B * N * L * energy_model.cfg.vocab_size * dtype.itemsize, input_ids.device,
+               f"thinking with {N} samples per position")
     if z0 is None:  # rows b*N .. b*N+N-1 are the N candidates of context b
-        z0 = model.initial_logits(B * N, L, input_ids.device, generator).to(dtype)
+        z0 = model.initial_logits(B * N, L, input_ids.device, generator)
+        if not torch.is_autocast_enabled(input_ids.device.type):   # under autocast float32 candidates meet bf16
+            z0 = z0.to(dtype)                                       # weights in the matmuls, as in training
     schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
     with frozen_weights():   # gradients w.r.t. the candidates only
         out = thinker.descend(fn, z0, schedule, opts)

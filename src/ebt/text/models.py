@@ -137,6 +137,10 @@ class TextEBT(nn.Module):
         return adamw_groups(self, optim, self.thinker.alpha, self.think_cfg.alpha_lr_mult)
 
     # ---- inference -------------------------------------------------------------------------------------------
+    @staticmethod
+    def check_options(options: Optional[ThinkOptions]) -> None:
+        """Every thinking option applies to an EBT."""
+
     def predict(self, input_ids: Tensor, options: Optional[ThinkOptions] = None,
                 generator: Optional[torch.Generator] = None) -> Prediction:
         """Logits (B, S, V) for the token after every position of contexts (B, S), by thinking (`options`)."""
@@ -180,14 +184,15 @@ class TextTransformer(nn.Module):
 
     # ---- inference (the interface of TextEBT, without thinking) -----------------------------------------------
     @staticmethod
-    def _refuse(options: Optional[ThinkOptions]) -> None:
+    def check_options(options: Optional[ThinkOptions]) -> None:
+        """A Transformer++ cannot think: any thinking option is refused with one line."""
         if options is not None:
             raise UserError("thinking options (steps, samples, select, tol, langevin) need an EBT checkpoint; "
                             "this one is a Transformer++")
 
     def predict(self, input_ids: Tensor, options: Optional[ThinkOptions] = None,
                 generator: Optional[torch.Generator] = None) -> Prediction:
-        self._refuse(options)
+        self.check_options(options)
         return Prediction(self.net(input_ids))
 
     def start_cache(self, window: Tensor) -> Observed:
@@ -200,7 +205,7 @@ class TextTransformer(nn.Module):
 
     def next_logits(self, window: Tensor, cache: Optional[Observed] = None, options: Optional[ThinkOptions] = None,
                     generator: Optional[torch.Generator] = None, final_energy: bool = False) -> Prediction:
-        self._refuse(options)
+        self.check_options(options)
         cache = cache if cache is not None else self.start_cache(window)
         return Prediction(self.net.head(cache.hidden[:, -1:])[:, -1])
 
