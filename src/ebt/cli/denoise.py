@@ -39,10 +39,10 @@ def denoise(args: argparse.Namespace) -> int:
     if args.noise is not None:
         check_noise_level(args.noise)
     model, cfg = load_image_model(args.checkpoint)
-    out_dir = prepare_output(Path(args.out), args.overwrite)
     level = args.noise if args.noise is not None else cfg.diffusion.train_level
     images = load_images(args.input, cfg.model.image_size, cfg.model.channels) * 2 - 1  # (N, C, H, W) in [-1, 1]
     names = image_names(args.input, images.shape[0])
+    out_dir = prepare_output(Path(args.out), args.overwrite)   # once every input has been checked
     noisy_all = noisy_versions(images, model.schedule, level, args.seed)
     before, after, cost = Meter(), Meter(), None
     for i in range(0, images.shape[0], args.batch_size):
@@ -98,11 +98,11 @@ def evaluate(args: argparse.Namespace) -> int:
             any(s < 1 for s in args.dit_ddim_steps):
         raise UserError("--ebt-steps, --dit-ddim-steps and --batch-size must be >= 1, --dit-recurse and --max-images "
                         ">= 0")
-    out = prepare_output(Path(args.out), args.overwrite)
     ebt, ecfg = load_image_model(args.ebt, kind="ebt")
     dit, _ = load_image_model(args.dit, kind="dit")
     check_pair(ebt, dit)
     clean = held_out_images(ecfg, args.data, args.max_images)
+    out = prepare_output(Path(args.out), args.overwrite)   # once every input has been checked
     with torch.random.fork_rng():
         result, grid = compare(ebt, dit, clean, args.levels, steps, args.dit_recurse, args.dit_ddim_steps,
                                args.batch_size, args.seed)

@@ -13,11 +13,11 @@ from ebt.presets import PRESETS, get_preset
 from ebt.tasks import fit
 from ebt.text.convert import load_reference
 from ebt.training import distributed as dist
-from ebt.training.checkpoint import read_config, save_checkpoint
+from ebt.training.checkpoint import find_checkpoint, read_config, save_checkpoint
 
 
 def train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="lm-tiny", help="starting configuration (see `ebt presets`)")
+    p.add_argument("--preset", help="starting configuration (default lm-tiny; see `ebt presets`)")
     p.add_argument("--config", help="YAML file with config sections, applied over the preset")
     p.add_argument("--model", choices=["ebt", "transformer"], help="shortcut for --model.kind")
     p.add_argument("--data", help="text file or folder (default: the embedded corpus); shortcut for --data.path")
@@ -28,16 +28,21 @@ def train_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
-    cfg = get_preset(args.preset)
+    """preset (lm-tiny by default) + YAML + shortcuts + overrides. --resume without --preset/--config starts from the
+    run's saved config instead; either way the trainer refuses changes a resumed run may not make."""
+    cfg = get_preset(args.preset or "lm-tiny")
     if args.config:
         cfg = load_yaml(args.config, base=cfg)
     shortcuts = {"model.kind": args.model, "data.path": args.data, "train.out_dir": args.out}
     overrides = {**{k: v for k, v in shortcuts.items() if v is not None}, **overrides}
     cfg = apply_overrides(cfg, overrides)
-    if args.resume:  # the run's own config wins; overrides may still extend it (e.g. more steps)
-        ckpt = Path(cfg.train.out_dir) / "checkpoint"
-        if ckpt.is_dir():
-            cfg = apply_overrides(read_config(ckpt)[0], overrides)
+    if args.resume and args.preset is None and args.config is None:
+        try:
+            ckpt = find_checkpoint(Path(cfg.train.out_dir))
+            if ckpt.is_dir():
+                cfg = apply_overrides(read_config(ckpt)[0], overrides)
+        except UserError:
+            pass   # no checkpoint there: the trainer says so in its own words
     return cfg
 
 

@@ -6,6 +6,7 @@ Normalize(0.5, 0.5)) and serves shuffled, resumable, rank-sharded batches like t
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -133,7 +134,9 @@ def _read_image_files(files: list[Path], image_size: int, channels: int) -> Tens
 def _read_array(path: Path) -> Tensor:
     try:
         if path.suffix == ".pt":
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():   # torch's notes on foreign pickles are not the user's concern
+                warnings.simplefilter("ignore")
+                data = torch.load(path, map_location="cpu", weights_only=True)
             arr = data if isinstance(data, Tensor) else None
         else:
             data = np.load(path, allow_pickle=False)

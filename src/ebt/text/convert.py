@@ -6,6 +6,7 @@ silently compute something else.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -98,7 +99,9 @@ def load_reference(path: str | Path) -> tuple[nn.Module, RunConfig]:
     if not path.is_file():
         raise UserError(f"reference checkpoint {str(path)!r} does not exist: check the path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch's notes on foreign pickles are not the user's concern
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
         hp, state = dict(ckpt["hyper_parameters"]), ckpt["state_dict"]
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise UserError(f"cannot read {str(path)!r} as a reference checkpoint ({type(exc).__name__}): "

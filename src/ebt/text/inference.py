@@ -46,6 +46,10 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     L = length if length is not None else input_ids.shape[1] - start
     N = opts.samples
     thinker, energy_model = model.thinker, model.energy
+    # the descent keeps a few (B*N, L, V) tensors alive at once (candidates, distribution, update)
+    dtype = energy_model.embeddings.weight.dtype
+    check_fits(4.0 * B * N * L * energy_model.cfg.vocab_size * dtype.itemsize, input_ids.device,
+               f"thinking with {N} samples per position")
     fn = ContextEnergy(energy_model, input_ids, start=start)
     if obs is not None:
         fn.cache.update(obs)
@@ -56,10 +60,6 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
         fn.observed(0 if key is None else key)  # fill the cache before repeating it for the samples
     if N > 1:
         fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
-    dtype = energy_model.embeddings.weight.dtype
-    # the descent keeps a few (B*N, L, V) tensors alive at once (candidates, distribution, update)
-    check_fits(4.0 * B * N * L * energy_model.cfg.vocab_size * dtype.itemsize, input_ids.device,
-               f"thinking with {N} samples per position")
     if z0 is None:  # rows b*N .. b*N+N-1 are the N candidates of context b
         z0 = model.initial_logits(B * N, L, input_ids.device, generator)
         if not torch.is_autocast_enabled(input_ids.device.type):   # under autocast float32 candidates meet bf16

@@ -100,8 +100,8 @@ def _raw_config(path: Path) -> tuple[dict, dict]:
         if not isinstance(data["config"], dict):
             raise TypeError("config is not a mapping")
         return data["config"], data.get("meta", {})
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{str(cfg_file)!r} is unreadable ({exc}): the checkpoint is damaged") from None
+    except (ValueError, KeyError, TypeError) as exc:   # JSON and UTF-8 decoding errors are ValueErrors
+        raise UserError(f"{str(cfg_file)!r} is unreadable ({type(exc).__name__}): the checkpoint is damaged") from None
 
 
 def task_name(config: dict) -> str:

@@ -191,8 +191,9 @@ def _diverges_at(step: int, saved: Optional[int], out_dir: Path) -> Iterator[Non
     """A thinking step that meets a non-finite gradient is a divergence of training (exit code 3)."""
     try:
         yield
-    except NonFinite as exc:
-        raise Diverged(_diverged_message(step, str(exc).split(":")[0], saved, out_dir)) from None
+    except NonFinite:
+        raise Diverged(_diverged_message(step, "energy gradient of a thinking step is not finite", saved,
+                                         out_dir)) from None
 
 
 def sample_noise(enabled: bool, seed: int, start: int, batch_size: int):

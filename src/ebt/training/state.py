@@ -8,6 +8,7 @@ tensor is replaced by {"__tensor__": key} (and every tuple by {"__tuple__": [...
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -76,7 +77,9 @@ def read_state(folder: Path) -> Optional[dict]:
     if not legacy.is_file():
         return None
     try:
-        return torch.load(legacy, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():   # e.g. torch's note on the pickle protocol: not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.load(legacy, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises many types for damaged, foreign or code-carrying files
         raise UserError(f"cannot read {str(legacy)!r} ({type(exc).__name__}) without running code: the trainer "
                         "state is damaged or was not written by `ebt train`; its weights (model.safetensors) still work with "

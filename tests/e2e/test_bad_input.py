@@ -1,0 +1,194 @@
+"""Bad input across every command: each row runs `ebt ...` in-process and must exit with its code, print exactly one
+line on stderr (no traceback) naming the problem, and change nothing on disk. docs/errors.md lists the table."""
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebt.cli import main
+
+from conftest import FIXTURES
+
+TEXT = ["--preset", "lm-tiny", "--model.dim=32", "--model.layers=2", "--model.heads=2", "--model.context=16",
+        "--train.steps=2", "--train.batch_size=4", "--train.eval_batches=1", "--data.max_chars=20000",
+        "--data.val_fraction=0.1", "--train.progress=false", "--train.threads=1"]
+IMAGE = ["--data.embedded=digits", "--data.image_size=0", "--data.max_images=48", "--model.patch=2", "--model.dim=16",
+         "--model.layers=1", "--model.heads=2", "--train.steps=2", "--train.batch_size=8", "--train.eval_batches=1",
+         "--train.progress=false", "--train.threads=1"]
+
+
+class Payload:
+    """Unpickling this creates the file PWNED: proof that code ran."""
+
+    def __reduce__(self):
+        return (open, ("PWNED", "w"))
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, one_thread_per_module):
+    """A workspace: trained text and image runs, good and bad files, and pickle payloads in every readable format."""
+    root = tmp_path_factory.mktemp("ws")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["train", *TEXT, "--out", "runs/ebt"]) == 0
+        assert main(["train", *TEXT, "--model", "transformer", "--out", "runs/tpp"]) == 0
+        assert main(["train", "--preset", "denoise-tiny", *IMAGE, "--out", "runs/img-ebt"]) == 0
+        assert main(["train", "--preset", "dit-tiny", *IMAGE, "--out", "runs/img-dit"]) == 0
+    finally:
+        os.chdir(cwd)
+    (root / "good.txt").write_text("In the beginning " * 300)
+    (root / "bad.bin").write_bytes(b"valid text then \xff\xfe invalid" * 100)
+    (root / "afile").write_text("not a folder")
+    (root / "empty").mkdir()
+    (root / "notrun").mkdir()
+    (root / "notrun" / "thesis.tex").write_text("precious")
+    (root / "bad.yaml").write_text("train: [unclosed")
+    (root / "random.ckpt").write_bytes(os.urandom(256))
+    payload = pickle.dumps({"state_dict": Payload()})
+    (root / "payload.ckpt").write_bytes(payload)
+    (root / "payload.pt").write_bytes(payload)
+    (root / "payload.npy").write_bytes(payload)
+    missing = torch.load(FIXTURES / "tiny_default.ckpt", weights_only=True)
+    del missing["hyper_parameters"]["embedding_dim"]
+    torch.save(missing, root / "missing_key.ckpt")
+    (root / "pngs").mkdir()
+    from conftest import write_pngs
+    write_pngs(root / "pngs", [(8, 8, "L")])
+    # a copy of the text run whose files carry payloads: weights, config and a legacy trainer.pt
+    for name, file in (("weights", "model.safetensors"), ("config", "config.json"), ("trainer", "trainer.pt")):
+        run = root / "planted" / name
+        (run / "checkpoint").mkdir(parents=True)
+        for f in (root / "runs" / "ebt" / "checkpoint").iterdir():
+            (run / "checkpoint" / f.name).write_bytes(f.read_bytes())
+        (run / ".ebt-run").write_text("{}")
+        if name == "trainer":
+            for f in ("trainer.json", "trainer.safetensors"):
+                (run / "checkpoint" / f).unlink()
+        (run / "checkpoint" / file).write_bytes(payload)
+    return root
+
+
+def snapshot(root: Path) -> dict:
+    """Every file's size and modification time and every folder's name (a run folder's .lock file may appear:
+    it holds no data and locks nothing once its process has gone)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else "dir"
+            for p in sorted(root.rglob("*")) if p.name != ".lock"}
+
+
+T, E = "train", "eval"
+ROWS = [  # (argv, words in the message, exit code)
+    ([T, *TEXT, "--train.steps=-1"], "train.steps must be >= 1", 2),
+    ([T, *TEXT, "--think.alpha=0"], "think.alpha must be a finite number > 0", 2),
+    ([T, *TEXT, "--think.alpha=inf"], "think.alpha must be a finite number > 0", 2),
+    ([T, *TEXT, "--optim.lr=nan"], "optim.lr must be a finite number > 0", 2),
+    ([T, *TEXT, "--model.heads=3"], "does not divide", 2),
+    ([T, *TEXT, "--optim.lrr=1"], "did you mean 'lr'", 2),
+    ([T, *TEXT, "--data", "/nonexistent/x.txt", "--out", "o"], "does not exist", 2),
+    ([T, "--preset", "nope"], "unknown preset", 2),
+    ([T, *TEXT, "--train.device=tpu"], "train.device='tpu' is not known", 2),
+    ([T, *TEXT, "--train.threads=-2"], "train.threads must be >= 0", 2),
+    ([T, *TEXT, "--data", "bad.bin", "--out", "o"], "is not valid UTF-8 (byte 16", 2),
+    ([T, *TEXT, "--data.errors=ignore"], "use strict or replace", 2),
+    ([T, *TEXT, "--out", "afile"], "is a file", 2),
+    ([T, *TEXT, "--out", "notrun", "--overwrite"], "has no .ebt-run marker", 2),
+    ([T, *TEXT, "--out", ".", "--overwrite"], "it is the working directory", 2),
+    ([T, *TEXT, "--out", "..", "--overwrite"], "it is the working directory or one of its parents", 2),
+    ([T, *TEXT, "--out", "runs/ebt"], "already exists: pass --resume", 2),
+    ([T, *TEXT, "--out", "empty", "--resume"], "has no checkpoint to resume from", 2),
+    ([T, *TEXT, "--out", "nowhere", "--resume"], "does not exist; drop --resume", 2),
+    ([T, "--out", "runs/ebt", "--resume", "--model.heads=4"], "changes model.heads=4 (saved 2)", 2),
+    ([T, *TEXT, "--out", "runs/ebt", "--resume", "--preset", "lm-tiny-s2"], "--resume keeps the run's saved config", 2),
+    ([T, "--out", "runs/ebt", "--resume", "--train.steps=1"], "is below the run's 2", 2),
+    ([T, "--out", "planted/trainer", "--resume"], "without running code", 2),
+    ([T, "--config", "missing.yaml"], "does not exist", 2),
+    ([T, "--config", "bad.yaml"], "is not valid YAML", 2),
+    ([T, *TEXT, "--train.steps=abc"], "not a valid int", 2),
+    ([T, *TEXT, "--model.conditioning=film"], "is not known", 2),
+    ([T, *TEXT, "--dist.strategy=zero"], "dist.strategy='zero' is not known", 2),
+    ([T, *TEXT, "--foo"], "unrecognised argument '--foo'", 2),
+    ([T, *TEXT, "--train.out_dir="], "train.out_dir is empty", 2),
+    (["generate", "/nonexistent", "--prompt", "x"], "does not exist", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--temperature", "nan"], "temperature must be a finite number", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--temperature", "-1"], "temperature must be a finite number", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--top-p", "0"], "top-p must be in (0, 1]", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--max-new", "-1"], "max new tokens must be >= 0", 2),
+    (["generate", "runs/ebt", "--prompt", ""], "the prompt is empty", 2),
+    (["generate", "runs/ebt", "--prompt", "caf\udce9"], "not valid UTF-8", 2),
+    (["generate", "runs/ebt", "--prompt", "x" * 40], "more than the model's context", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--steps", "0"], "thinking steps must be >= 1", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--samples", "0"], "samples must be >= 1", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--alpha", "inf"], "alpha must be a finite number > 0", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--langevin", "-1"], "Langevin noise must be", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--samples", "1000000000"], "GiB are free", 2),
+    (["generate", "runs/tpp", "--prompt", "x", "--steps", "2"], "need an EBT checkpoint", 2),
+    (["generate", "runs/img-ebt", "--prompt", "x"], "holds an image denoiser", 2),
+    (["generate", "planted/weights", "--prompt", "x"], "cannot read weights", 2),
+    (["generate", "planted/config", "--prompt", "x"], "is unreadable", 2),
+    ([E, "empty", "--json"], "not an ebt checkpoint folder", 2),
+    ([E, "runs/ebt", "--windows", "0"], "--windows must be >= 1", 2),
+    ([E, "runs/ebt", "--batch-size", "0"], "--batch-size must be >= 1", 2),
+    ([E, "runs/ebt", "--data", "/nonexistent"], "does not exist", 2),
+    ([E, "text", "runs/ebt", "--data", "bad.bin"], "is not valid UTF-8", 2),
+    ([E, "thinking", "--ebt", "runs/tpp", "--out", "o"], "holds a transformer model, but this command needs ebt", 2),
+    ([E, "thinking", "--ebt", "runs/ebt", "--out", "runs/ebt"], "already exists and is not empty", 2),
+    ([E, "thinking", "--ebt", "runs/ebt", "--out", "afile"], "is a file", 2),
+    ([E, "thinking", "--ebt", "runs/ebt", "--out", "o", "--ood", "noequals"], "write NAME=PATH", 2),
+    ([E, "thinking", "--ebt", "runs/ebt", "--out", "o", "--ood", "x=/nonexistent"], "does not exist", 2),
+    ([E, "thinking", "--ebt", "runs/ebt", "--out", "o", "--windows", "0"], "--windows must be >= 1", 2),
+    ([E, "denoise", "--ebt", "runs/img-ebt", "--dit", "runs/img-dit", "--levels", ""], "--levels is empty", 2),
+    ([E, "denoise", "--ebt", "runs/img-ebt", "--dit", "runs/img-dit", "--levels", "1.5"], "is outside (0, 1)", 2),
+    ([E, "denoise", "--ebt", "runs/img-ebt", "--dit", "runs/img-dit", "--dit-ddim-steps", "0"], "must be >= 1", 2),
+    ([E, "denoise", "--ebt", "runs/img-ebt", "--dit", "runs/img-dit", "--out", "runs/ebt"], "already exists", 2),
+    ([E, "denoise", "--ebt", "runs/img-dit", "--dit", "runs/img-dit", "--out", "o"], "ebt is expected", 2),
+    ([E, "denoise", "--ebt", "runs/ebt", "--dit", "runs/img-dit", "--out", "o"], "holds a text model", 2),
+    (["energy", "runs/tpp", "--text", "hello"], "this command needs ebt", 2),
+    (["energy", "runs/ebt", "--text", "a"], "at least two characters", 2),
+    (["energy", "runs/ebt", "--text", "hello", "--png", "missing/dir/x.png"], "its folder does not exist", 2),
+    (["denoise", "runs/img-ebt", "--input", "/nonexistent", "--out", "o"], "does not exist", 2),
+    (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--noise", "2"], "is outside (0, 1)", 2),
+    (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "runs/ebt"], "already exists and is not empty", 2),
+    (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--steps", "0"], "--steps must be >= 1", 2),
+    (["denoise", "runs/ebt", "--input", "pngs", "--out", "o"], "holds a text model", 2),
+    (["denoise", "runs/img-ebt", "--input", "payload.pt", "--out", "o"], "cannot read array file", 2),
+    (["denoise", "runs/img-ebt", "--input", "payload.npy", "--out", "o"], "cannot read array file", 2),
+    (["convert", "/nonexistent.ckpt", "o"], "does not exist", 2),
+    (["convert", "random.ckpt", "o"], "cannot read", 2),
+    (["convert", "payload.ckpt", "o"], "cannot read", 2),
+    (["convert", "missing_key.ckpt", "o"], "lacks the setting", 2),
+    (["convert", "missing_key.ckpt", "runs"], "already exists", 2),
+    (["bench", "train", "--steps", "0"], "--steps must be >= 1", 2),
+    (["bench", "train", "--batch", "0"], "--batch must be >= 1", 2),
+    (["bench", "train", "--warmup", "-1"], "--warmup must be >= 0", 2),
+    (["bench", "train", "--device", "tpu", "--no-memory"], "device 'tpu' is not known", 2),
+    (["bench", "train", "--set", "nokey", "--no-memory"], "write KEY=VALUE", 2),
+    (["bench", "generate", "--prompt", "100", "--new", "100"], "exceeds --ctx", 2),
+    (["experiment", "s2-ablation", "--out", "runs"], "already exists", 2),
+    (["experiment", "s2-ablation", "--out", "o", "--variants", "nope"], "unknown variant", 2),
+    (["experiment", "s2-ablation", "--out", "o", "--steps", "0"], "--steps must be >= 1", 2),
+    (["experiment", "s2-ablation", "--out", "o", "--threads", "-1"], "--threads must be >= 0", 2),
+    (["presets", "extra"], "unrecognised arguments", 2),
+]
+
+
+@pytest.mark.parametrize("argv, words, code", ROWS, ids=[f"{i:02d}-{r[0][0]}" for i, r in enumerate(ROWS)])
+def test_bad_input_is_one_line_and_changes_nothing(ws, capsys, monkeypatch, argv, words, code):
+    monkeypatch.chdir(ws)
+    before = snapshot(ws)
+    got = main(list(argv))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("ebt: note:")]
+    assert got == code, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert words in lines[0], lines[0]
+    assert snapshot(ws) == before, "the command changed files on disk"
+    assert not (ws / "PWNED").exists(), "a pickle payload ran"
+
+
+def test_the_table_is_large_and_covers_every_command():
+    from ebt.cli import command_names
+
+    assert len(ROWS) >= 60
+    assert set(command_names()) <= {argv[0] for argv, _, _ in ROWS}
