@@ -35,6 +35,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Any, trainer_state:
     """Write a checkpoint folder atomically (replacing an older checkpoint at the same path).
 
     `weights`: the state dict to write instead of `model.state_dict()` (a sharded model's gathered full state)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -52,10 +53,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Any, trainer_state:
         if trainer_state is not None:
             write_state(tmp, trainer_state)
         _swap_in(tmp, path)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:   # safetensors reports a full disk as its own error type
+        reason = getattr(exc, "strerror", None) or str(exc).rpartition("I/O error: ")[2].split(" (os error")[0]
         kept = "the previous checkpoint is intact" if (path / CONFIG).is_file() else "no checkpoint was written"
-        raise UserError(f"cannot write the checkpoint {str(path)!r} ({exc.strerror or exc}): {kept}; free some "
-                        "space or choose another folder") from None
+        raise UserError(f"cannot write the checkpoint {str(path)!r} ({reason}): {kept}; free some space or choose "
+                        "another folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
