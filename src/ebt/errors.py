@@ -16,3 +16,7 @@ class NonFinite(UserError):
 class Diverged(UserError):
     """Training diverged (a non-finite loss or gradient). Exit code 3; the last good checkpoint is kept."""
     exit_code = 3
+
+
+class Note(UserWarning):
+    """Something the user should know that is not an error (the CLI prints it as one `ebt: note:` line)."""

@@ -14,8 +14,7 @@ from typing import Callable, Optional, Union
 
 from ebt.cli import bench, denoise, evaluate, experiment, generate, train
 from ebt.cli.common import split_overrides
-from ebt.config.parsing import RenamedKeyWarning
-from ebt.errors import UserError
+from ebt.errors import Note, UserError
 
 
 @dataclass(frozen=True)
@@ -118,8 +117,8 @@ _show_warning = warnings.showwarning
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
-    """Renamed config keys are reported as one `ebt: note:` line, not as a warning with a source line."""
-    if issubclass(category, RenamedKeyWarning):
+    """Notes (e.g. a renamed config key) are one `ebt: note:` line, not a warning with a source line."""
+    if issubclass(category, Note):
         print(f"ebt: note: {message}", file=sys.stderr)
     else:
         _show_warning(message, category, filename, lineno, file, line)

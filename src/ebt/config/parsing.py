@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ebt.config.sections import RunConfig
-from ebt.errors import UserError
+from ebt.errors import Note, UserError
 
 
 def to_dict(cfg: Any) -> dict:
@@ -81,7 +81,7 @@ def _suggest(key: str, options) -> str:
     return f": did you mean {close[0]!r}?" if close else f": known keys are {', '.join(options)}"
 
 
-class RenamedKeyWarning(FutureWarning):
+class RenamedKeyWarning(Note, FutureWarning):
     """A config key was given by its old name (it still works)."""
 
 

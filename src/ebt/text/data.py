@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ebt.training.sharding import sharded_indices
-from ebt.errors import UserError
+from ebt.errors import Note, UserError
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
 
@@ -63,7 +63,7 @@ def decode_text(data: bytes, where: str, errors: str = "strict") -> str:
     text = data.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
     warnings.warn(f"{where}: {bad} invalid UTF-8 byte sequence(s) replaced by U+FFFD (data.errors=replace)",
-                  stacklevel=2)
+                  Note, stacklevel=2)
     return text
 
 

@@ -1,0 +1,20 @@
+"""Text data (ebt/text/data.py): strict UTF-8 by default with the file and byte offset, or counted replacements."""
+import pytest
+
+from ebt.errors import Note, UserError
+from ebt.text.data import ByteTokenizer, load_text
+
+
+def test_invalid_utf8_is_refused_with_the_offset_or_replaced_and_counted(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"fine text \xff\xfe then more")
+    with pytest.raises(UserError, match=r"is not valid UTF-8 \(byte 10: b'\\xff'\).*data.errors=replace"):
+        load_text(str(tmp_path / "a.txt"))
+    with pytest.warns(Note, match="2 invalid UTF-8 byte sequence"):
+        text = load_text(str(tmp_path / "a.txt"), errors="replace")
+    assert text == "fine text \ufffd\ufffd then more"
+
+
+def test_text_that_is_not_utf8_cannot_be_encoded():
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        ByteTokenizer().encode("caf\udce9")          # a byte that was not UTF-8 on the command line
+    assert ByteTokenizer().decode(ByteTokenizer().encode("café")) == "café"
