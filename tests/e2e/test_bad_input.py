@@ -51,6 +51,9 @@ def ws(tmp_path_factory, one_thread_per_module):
     (root / "payload.ckpt").write_bytes(payload)
     (root / "payload.pt").write_bytes(payload)
     (root / "payload.npy").write_bytes(payload)
+    import numpy as np
+    np.savez(root / "payload.npz", images=np.array([Payload()], dtype=object))   # an object array: a pickle inside
+    (root / "payload.yaml").write_text("train: !!python/object/apply:builtins.open [PWNED, w]\n")
     missing = torch.load(FIXTURES / "tiny_default.ckpt", weights_only=True)
     del missing["hyper_parameters"]["embedding_dim"]
     torch.save(missing, root / "missing_key.ckpt")
@@ -58,7 +61,8 @@ def ws(tmp_path_factory, one_thread_per_module):
     from conftest import write_pngs
     write_pngs(root / "pngs", [(8, 8, "L")])
     # a copy of the text run whose files carry payloads: weights, config and a legacy trainer.pt
-    for name, file in (("weights", "model.safetensors"), ("config", "config.json"), ("trainer", "trainer.pt")):
+    for name, file in (("weights", "model.safetensors"), ("config", "config.json"), ("trainer", "trainer.pt"),
+                       ("state", "trainer.json"), ("tensors", "trainer.safetensors")):
         run = root / "planted" / name
         (run / "checkpoint").mkdir(parents=True)
         for f in (root / "runs" / "ebt" / "checkpoint").iterdir():
@@ -103,6 +107,10 @@ ROWS = [  # (argv, words in the message, exit code)
     ([T, *TEXT, "--out", "runs/ebt", "--resume", "--preset", "lm-tiny-s2"], "--resume keeps the run's saved config", 2),
     ([T, "--out", "runs/ebt", "--resume", "--train.steps=1"], "is below the run's 2", 2),
     ([T, "--out", "planted/trainer", "--resume"], "without running code", 2),
+    ([T, "--out", "planted/state", "--resume"], "cannot read the trainer state", 2),
+    ([T, "--out", "planted/tensors", "--resume"], "cannot read the trainer state", 2),
+    ([T, "--config", "payload.yaml"], "is not valid YAML", 2),
+    ([T, *TEXT, "--model.dim=400000", "--model.heads=2", "--out", "o"], "GiB are free", 2),
     ([T, "--config", "missing.yaml"], "does not exist", 2),
     ([T, "--config", "bad.yaml"], "is not valid YAML", 2),
     ([T, *TEXT, "--train.steps=abc"], "not a valid int", 2),
@@ -154,6 +162,7 @@ ROWS = [  # (argv, words in the message, exit code)
     (["denoise", "runs/ebt", "--input", "pngs", "--out", "o"], "holds a text model", 2),
     (["denoise", "runs/img-ebt", "--input", "payload.pt", "--out", "o"], "cannot read array file", 2),
     (["denoise", "runs/img-ebt", "--input", "payload.npy", "--out", "o"], "cannot read array file", 2),
+    (["denoise", "runs/img-ebt", "--input", "payload.npz", "--out", "o"], "cannot read array file", 2),
     (["convert", "/nonexistent.ckpt", "o"], "does not exist", 2),
     (["convert", "random.ckpt", "o"], "cannot read", 2),
     (["convert", "payload.ckpt", "o"], "cannot read", 2),

@@ -61,10 +61,13 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
         torch.set_flush_denormal(True)
     if t.threads:
         torch.set_num_threads(t.threads)
-    task = task or task_for(cfg)
+    task = task or task_for(cfg)   # the data and the model are checked before the run folder is touched
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
+    random.seed(t.seed)
+    model = task.build_model().to(device)
     lock = open_run(out_dir, cfg, resume, overwrite)
     try:
-        return _run(cfg, task, out_dir, device, resume, stop_at)
+        return _run(cfg, task, model, out_dir, device, resume, stop_at)
     finally:
         if lock is not None:
             lock.release()
@@ -86,12 +89,9 @@ def open_run(out_dir: Path, cfg: Any, resume: bool, overwrite: bool) -> Optional
     return lock
 
 
-def _run(cfg: Any, task: Task, out_dir: Path, device: torch.device, resume: bool,
+def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.device, resume: bool,
          stop_at: Optional[int]) -> TrainResult:
     t, dcfg = cfg.train, dist.dist_config(cfg)
-    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
-    random.seed(t.seed)
-    model = task.build_model().to(device)
     step, samples, state = 0, 0, None
     if resume:
         state = load_trainer_state(out_dir / CHECKPOINT_DIR)

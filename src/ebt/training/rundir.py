@@ -84,7 +84,8 @@ def prepare_run(folder: Path, resume: bool, overwrite: bool) -> RunLock:
                         "replace it, or choose another --train.out_dir")
     if exists:
         reason = _protected(folder) or (None if is_run(folder) else
-                                        f"it has no {MARKER} marker, so it is not a run folder written by `ebt train`")
+                                        f"it has no {MARKER} marker, so it is not a run folder written by `ebt train` (a run of "
+                                        "an older version: delete it yourself)")
         if reason:
             raise UserError(f"--overwrite refuses to delete {str(folder)!r}: {reason}; choose another --out")
     try:
