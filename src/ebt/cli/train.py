@@ -14,6 +14,7 @@ from ebt.tasks import fit
 from ebt.text.convert import load_reference
 from ebt.training import distributed as dist
 from ebt.training.checkpoint import find_checkpoint, read_config, save_checkpoint
+from ebt.training.resume import RESUMABLE, changed_keys, refuse_changes
 
 
 def train_args(p: argparse.ArgumentParser) -> None:
@@ -28,22 +29,27 @@ def train_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
-    """preset (lm-tiny by default) + YAML + shortcuts + overrides. --resume without --preset/--config starts from the
-    run's saved config instead; either way the trainer refuses changes a resumed run may not make."""
+    """preset (lm-tiny by default) + YAML + shortcuts + overrides. With --resume the run's saved config + overrides
+    instead: a --preset/--config given too must agree with it (on what a resumed run may not change), and the
+    trainer refuses overrides a resumed run may not make."""
     cfg = get_preset(args.preset or "lm-tiny")
     if args.config:
         cfg = load_yaml(args.config, base=cfg)
     shortcuts = {"model.kind": args.model, "data.path": args.data, "train.out_dir": args.out}
     overrides = {**{k: v for k, v in shortcuts.items() if v is not None}, **overrides}
     cfg = apply_overrides(cfg, overrides)
-    if args.resume and args.preset is None and args.config is None:
-        try:
-            ckpt = find_checkpoint(Path(cfg.train.out_dir))
-            if ckpt.is_dir():
-                cfg = apply_overrides(read_config(ckpt)[0], overrides)
-        except UserError:
-            pass   # no checkpoint there: the trainer says so in its own words
-    return cfg
+    if not args.resume:
+        return cfg
+    try:
+        ckpt = find_checkpoint(Path(cfg.train.out_dir))
+        saved = apply_overrides(read_config(ckpt)[0], overrides) if ckpt.is_dir() else None
+    except UserError:
+        saved = None
+    if saved is None:
+        return cfg   # no checkpoint there: the trainer says so in its own words
+    if args.preset is not None or args.config is not None:
+        refuse_changes(changed_keys(cfg, saved, {*RESUMABLE, "train.batch_size", "train.grad_accum"}), cfg, saved)
+    return saved
 
 
 def train(args: argparse.Namespace) -> int:

@@ -22,21 +22,30 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
-def check_resume(cfg: Any, saved: Any, saved_world: int = 1, world: int = 1) -> None:
-    """Refuse `cfg` for resuming a run saved with `saved` (by `saved_world` processes, now `world`) when it changes
-    anything outside RESUMABLE. train.batch_size and train.grad_accum may change only together with the number of
-    processes, keeping the global batch (processes x batch x accumulation)."""
+def changed_keys(cfg: Any, saved: Any, free: set) -> list[str]:
+    """Dotted keys whose values differ between two configs, except those in `free`."""
     new, old = _flat(to_dict(cfg)), _flat(to_dict(saved))
-    free = set(RESUMABLE)
-    if world * cfg.train.batch_size * cfg.train.grad_accum == saved_world * saved.train.batch_size * \
-            saved.train.grad_accum:
-        free |= {"train.batch_size", "train.grad_accum"}
-    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in free)
+    return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in free)
+
+
+def refuse_changes(changed: list[str], cfg: Any, saved: Any) -> None:
     if changed:
+        new, old = _flat(to_dict(cfg)), _flat(to_dict(saved))
         shown = ", ".join(f"{k}={new.get(k)!r} (saved {old.get(k)!r})" for k in changed[:3])
         raise UserError(f"--resume keeps the run's saved config, but this changes {shown}"
                         f"{' and more' if len(changed) > 3 else ''}: drop those settings, or start a new run; a "
                         f"resumed run may change only {', '.join(RESUMABLE)}")
+
+
+def check_resume(cfg: Any, saved: Any, saved_world: int = 1, world: int = 1) -> None:
+    """Refuse `cfg` for resuming a run saved with `saved` (by `saved_world` processes, now `world`) when it changes
+    anything outside RESUMABLE. train.batch_size and train.grad_accum may change only together with the number of
+    processes, keeping the global batch (processes x batch x accumulation)."""
+    free = set(RESUMABLE)
+    if world * cfg.train.batch_size * cfg.train.grad_accum == saved_world * saved.train.batch_size * \
+            saved.train.grad_accum:
+        free |= {"train.batch_size", "train.grad_accum"}
+    refuse_changes(changed_keys(cfg, saved, free), cfg, saved)
     if cfg.train.steps < saved.train.steps:
         raise UserError(f"--resume: train.steps={cfg.train.steps} is below the run's {saved.train.steps} (the "
                         "learning-rate schedule is laid out over it): keep it or raise it")
