@@ -26,8 +26,9 @@ def test_overrides_are_typed():
     ({"optim.lrr": "1"}, "did you mean 'lr'"),
     ({"train.steps": "-3"}, "train.steps must be >= 1"),
     ({"think.alpha": "0"}, "think.alpha must be a finite number > 0"),
-    ({"think.alpha": "inf"}, "think.alpha must be a finite number > 0"),
-    ({"optim.lr": "nan"}, "optim.lr must be a finite number > 0"),
+    ({"think.alpha": "inf"}, "think.alpha='inf' is not a finite number"),
+    ({"optim.lr": "nan"}, "optim.lr='nan' is not a finite number"),
+    ({"model.ffn_mult": "inf"}, "model.ffn_mult='inf' is not a finite number"),
     ({"model.heads": "3"}, "does not divide"),
     ({"train.steps": "abc"}, "not a valid int"),
     ({"optim": "1"}, "is a section"),
@@ -65,3 +66,12 @@ def test_renamed_key_still_loads_with_a_note(tmp_path):
     assert old == RunConfig()
     with pytest.raises(UserError, match="did you mean 'landscapes'"):
         apply_overrides(RunConfig(), {"think.landscape": "2"})
+
+
+def test_sections_built_in_python_refuse_non_finite_rates():
+    from ebt.config import OptimConfig, ThinkConfig
+
+    with pytest.raises(UserError, match="think.alpha must be a finite number > 0"):
+        ThinkConfig(alpha=float("inf"))
+    with pytest.raises(UserError, match="optim.lr must be a finite number > 0"):
+        OptimConfig(lr=float("nan"))

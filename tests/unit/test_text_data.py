@@ -7,9 +7,9 @@ from ebt.text.data import ByteTokenizer, load_text
 
 def test_invalid_utf8_is_refused_with_the_offset_or_replaced_and_counted(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"fine text \xff\xfe then more")
-    with pytest.raises(UserError, match=r"is not valid UTF-8 \(byte 10: b'\\xff'\).*data.errors=replace"):
+    with pytest.raises(UserError, match=r"is not valid utf-8 \(byte 10: b'\\xff'\).*data.errors=replace"):
         load_text(str(tmp_path / "a.txt"))
-    with pytest.warns(Note, match="2 invalid UTF-8 byte sequence"):
+    with pytest.warns(Note, match="2 invalid utf-8 byte sequence"):
         text = load_text(str(tmp_path / "a.txt"), errors="replace")
     assert text == "fine text \ufffd\ufffd then more"
 

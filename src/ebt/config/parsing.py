@@ -7,6 +7,7 @@ loads (from YAML files, overrides and checkpoints written before the rename) wit
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 import warnings
 from pathlib import Path
@@ -42,13 +43,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 raise ValueError
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if tp is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):   # every float setting is a finite quantity (rates, sizes, levels)
+                raise UserError(f"{where}={value!r} is not a finite number: give a finite value")
+            return number
         if tp is str:
             return str(value)
         if tp is tuple:
             if isinstance(value, str):
                 value = [float(v) for v in value.strip("()[] ").split(",")]
             return tuple(value)
+    except UserError:
+        raise
     except (TypeError, ValueError):
         raise UserError(f"{where}={value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
     return value

@@ -5,6 +5,7 @@ train and dist sections (`ebt.images.config`). Every invalid value raises `UserE
 """
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from dataclasses import dataclass, field
@@ -221,14 +222,21 @@ class DataConfig:
     """Share of the token stream held out for validation (the tail of the stream)."""
     max_chars: int = 0
     """Use only the first N characters of the corpus (0: all)."""
+    encoding: str = "utf-8"
+    """The text files' encoding (any Python codec name)."""
     errors: str = "strict"
-    """Text that is not valid UTF-8: `strict` stops with the file and byte offset; `replace` substitutes U+FFFD for
-    each bad byte and reports how many."""
+    """Bytes that are not valid in `encoding`: `strict` stops with the file and byte offset; `replace` substitutes
+    U+FFFD for each and reports how many."""
 
     def __post_init__(self) -> None:
         check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         check(self.max_chars >= 0, f"data.max_chars must be >= 0, got {self.max_chars}")
         check(self.errors in ("strict", "replace"), f"data.errors={self.errors!r}: use strict or replace")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise UserError(f"data.encoding={self.encoding!r} is not a known encoding: use e.g. utf-8 or "
+                            "latin-1") from None
 
 
 DIST_STRATEGIES = ("ddp", "fsdp2")

@@ -51,23 +51,24 @@ def embedded_corpus() -> str:
     return "\n".join(strip.sub("", v).strip() for v in verses) + "\n"
 
 
-def decode_text(data: bytes, where: str, errors: str = "strict") -> str:
-    """UTF-8 text of a file's bytes. errors="strict": invalid bytes stop with the file and byte offset;
+def decode_text(data: bytes, where: str, errors: str = "strict", encoding: str = "utf-8") -> str:
+    """The text of a file's bytes. errors="strict": invalid bytes stop with the file and byte offset;
     "replace": each is replaced by U+FFFD and the count is reported once."""
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
         if errors == "strict":
-            raise UserError(f"{where} is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}): "
-                            "convert it to UTF-8, or set data.errors=replace to replace invalid bytes") from None
-    text = data.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-    warnings.warn(f"{where}: {bad} invalid UTF-8 byte sequence(s) replaced by U+FFFD (data.errors=replace)",
+            raise UserError(f"{where} is not valid {encoding} (byte {exc.start}: {data[exc.start:exc.start + 1]!r}): "
+                            "convert it, set data.encoding to its encoding, or set data.errors=replace to replace "
+                            "invalid bytes") from None
+    text = data.decode(encoding, errors="replace")
+    bad = text.count("\ufffd") - data.decode(encoding, errors="ignore").count("\ufffd")
+    warnings.warn(f"{where}: {bad} invalid {encoding} byte sequence(s) replaced by U+FFFD (data.errors=replace)",
                   Note, stacklevel=2)
     return text
 
 
-def read_documents(path: str | Path, errors: str = "strict") -> list[str]:
+def read_documents(path: str | Path, errors: str = "strict", encoding: str = "utf-8") -> list[str]:
     """A text file, or every text file under a folder (sorted), as documents."""
     path = Path(path)
     if not path.exists():
@@ -81,12 +82,12 @@ def read_documents(path: str | Path, errors: str = "strict") -> list[str]:
             data = f.read_bytes()
         except OSError as exc:
             raise UserError(f"cannot read {str(f)!r} ({exc.strerror}): check its permissions") from None
-        docs.append(decode_text(data, repr(str(f)), errors))
+        docs.append(decode_text(data, repr(str(f)), errors, encoding))
     return [d for d in docs if d.strip()]
 
 
-def load_text(path: Optional[str], max_chars: int = 0, errors: str = "strict") -> str:
-    text = embedded_corpus() if path is None else "\n\n".join(read_documents(path, errors))
+def load_text(path: Optional[str], max_chars: int = 0, errors: str = "strict", encoding: str = "utf-8") -> str:
+    text = embedded_corpus() if path is None else "\n\n".join(read_documents(path, errors, encoding))
     if max_chars:
         text = text[:max_chars]
     if not text.strip():

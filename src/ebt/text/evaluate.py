@@ -31,7 +31,7 @@ def heldout_windows(cfg, data_path: Optional[str]) -> PackedWindows:
     if data_path is None:
         tokens = token_stream(load_text(None, cfg.data.max_chars))
         return split_stream(tokens, cfg.data.val_fraction, cfg.model.context + 1)[1]
-    return windows_for(load_text(data_path, errors=cfg.data.errors), cfg.model.context)
+    return windows_for(load_text(data_path, errors=cfg.data.errors, encoding=cfg.data.encoding), cfg.model.context)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ class TextTask:
         if cfg.model.vocab_size < self.tokenizer.vocab_size:
             raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the byte tokenizer's 256: "
                             "set model.vocab_size=256")
-        tokens = token_stream(load_text(cfg.data.path, cfg.data.max_chars, cfg.data.errors), self.tokenizer)
+        tokens = token_stream(load_text(cfg.data.path, cfg.data.max_chars, cfg.data.errors, cfg.data.encoding), self.tokenizer)
         self.train_windows, self.val_windows = split_stream(tokens, cfg.data.val_fraction, cfg.model.context + 1)
 
     def describe(self) -> str:
