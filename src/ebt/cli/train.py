@@ -14,7 +14,7 @@ from ebt.tasks import fit
 from ebt.text.convert import load_reference
 from ebt.training import distributed as dist
 from ebt.training.checkpoint import find_checkpoint, read_config, save_checkpoint
-from ebt.training.resume import RESUMABLE, changed_keys, refuse_changes
+from ebt.training.resume import RESUMABLE, changed_keys, flat, refuse_changes
 
 
 def train_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +48,9 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
     if saved is None:
         return cfg   # no checkpoint there: the trainer says so in its own words
     if args.preset is not None or args.config is not None:
-        refuse_changes(changed_keys(cfg, saved, {*RESUMABLE, "train.batch_size", "train.grad_accum"}), cfg, saved)
+        free = {*RESUMABLE, "train.batch_size", "train.grad_accum"}
+        free |= {k for k in getattr(cfg, "FROM_DATA", ()) if flat(cfg)[k] == 0}   # resolved when the run began
+        refuse_changes(changed_keys(cfg, saved, free), cfg, saved)
     return saved
 
 

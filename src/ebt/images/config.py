@@ -7,7 +7,7 @@ unchanged. The top-level `task = "denoise"` names the registered task (`ebt.imag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from ebt.config import DistConfig, OptimConfig, ThinkConfig, TrainConfig, check, check_at_least_one
 
@@ -110,6 +110,8 @@ class ImageDataConfig:
 
 @dataclass(kw_only=True)
 class ImageRunConfig:
+    FROM_DATA: ClassVar[tuple[str, ...]] = ("model.image_size", "model.channels")
+    """Settings where 0 means "taken from the data when training starts" (a saved run holds the resolved values)."""
     task: str = "denoise"
     """The registered task of image runs (do not change)."""
     model: ImageModelConfig = field(default_factory=ImageModelConfig)

@@ -13,24 +13,26 @@ RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_b
 """Keys a resumed run may change (train.steps only upwards)."""
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A config (or its dict) as {dotted key: value}."""
+    node = to_dict(node) if hasattr(node, "__dataclass_fields__") else node
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+            out.update(flat(v, f"{prefix}.{k}" if prefix else k))
         return out
     return {prefix: node}
 
 
 def changed_keys(cfg: Any, saved: Any, free: set) -> list[str]:
     """Dotted keys whose values differ between two configs, except those in `free`."""
-    new, old = _flat(to_dict(cfg)), _flat(to_dict(saved))
+    new, old = flat(cfg), flat(saved)
     return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in free)
 
 
 def refuse_changes(changed: list[str], cfg: Any, saved: Any) -> None:
     if changed:
-        new, old = _flat(to_dict(cfg)), _flat(to_dict(saved))
+        new, old = flat(cfg), flat(saved)
         shown = ", ".join(f"{k}={new.get(k)!r} (saved {old.get(k)!r})" for k in changed[:3])
         raise UserError(f"--resume keeps the run's saved config, but this changes {shown}"
                         f"{' and more' if len(changed) > 3 else ''}: drop those settings, or start a new run; a "
