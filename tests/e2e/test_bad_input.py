@@ -57,12 +57,18 @@ def ws(tmp_path_factory, one_thread_per_module):
     missing = torch.load(FIXTURES / "tiny_default.ckpt", weights_only=True)
     del missing["hyper_parameters"]["embedding_dim"]
     torch.save(missing, root / "missing_key.ckpt")
+    (root / "victim.txt").write_text("precious")
+    (root / "linked").mkdir()
+    (root / "linked" / ".lock").symlink_to(root / "victim.txt")          # a lock file that points elsewhere
+    (root / "nest" / "inner").mkdir(parents=True)
+    for d in (root / "nest", root / "nest" / "inner"):
+        (d / ".ebt-run").write_text("{}")
     (root / "pngs").mkdir()
     from conftest import write_pngs
     write_pngs(root / "pngs", [(8, 8, "L")])
     # a copy of the text run whose files carry payloads: weights, config and a legacy trainer.pt
     for name, file in (("weights", "model.safetensors"), ("config", "config.json"), ("trainer", "trainer.pt"),
-                       ("state", "trainer.json"), ("tensors", "trainer.safetensors")):
+                       ("state", "trainer.json"), ("tensors", "trainer.safetensors"), ("layout", "trainer.json")):
         run = root / "planted" / name
         (run / "checkpoint").mkdir(parents=True)
         for f in (root / "runs" / "ebt" / "checkpoint").iterdir():
@@ -71,7 +77,7 @@ def ws(tmp_path_factory, one_thread_per_module):
         if name == "trainer":
             for f in ("trainer.json", "trainer.safetensors"):
                 (run / "checkpoint" / f).unlink()
-        (run / "checkpoint" / file).write_bytes(payload)
+        (run / "checkpoint" / file).write_bytes(payload if name != "layout" else b'{"step": "3"}')
     return root
 
 
@@ -111,6 +117,10 @@ ROWS = [  # (argv, words in the message, exit code)
     ([T, "--out", "planted/trainer", "--resume"], "without running code", 2),
     ([T, "--out", "planted/state", "--resume"], "cannot read the trainer state", 2),
     ([T, "--out", "planted/tensors", "--resume"], "cannot read the trainer state", 2),
+    ([T, "--out", "planted/layout", "--resume"], "'optimizer' is missing", 2),
+    ([T, "--out", "runs/ebt", "--resume", "--train.batch_size=2"], "would change the global batch from 4", 2),
+    ([T, *TEXT, "--out", "linked"], "holds a symbolic link '.lock'", 2),
+    ([T, *TEXT, "--out", "nest", "--overwrite"], "it holds another run folder", 2),
     ([T, "--config", "payload.yaml"], "is not valid YAML", 2),
     ([T, *TEXT, "--model.dim=400000", "--model.heads=2", "--out", "o"], "GiB are free", 2),
     ([T, "--config", "missing.yaml"], "does not exist", 2),

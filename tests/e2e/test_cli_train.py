@@ -160,3 +160,10 @@ def test_parity_fixtures_from_another_folder(tmp_path):
                           str(ROOT / "tests" / "unit" / "test_parity.py")], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "EBT_PARITY_FIXTURES": str(tmp_path)}, timeout=300)
     assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout[-2000:]
+
+
+def test_debug_shows_the_traceback_of_a_user_mistake(tmp_path):
+    from ebt.errors import UserError
+
+    with pytest.raises(UserError, match="train.steps must be >= 1"):
+        main(["train", *TINY, "--train.steps=0", "--out", str(tmp_path / "r"), "--debug"])

@@ -79,6 +79,38 @@ def test_skip_nonfinite_skips_the_updates_of_bad_steps(tmp_path, capsys):
     assert all(torch.isfinite(t).all() for t in weights(out).values())
 
 
+def test_skip_nonfinite_also_skips_non_finite_thinking(tmp_path, capsys):
+    """Non-finite thinking gradients in a training step count as skipped steps: the run goes on to its last step
+    (whose validation, on the diverged weights, then stops it with exit code 3)."""
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", *TEXT, "--optim.lr=1e10", "--optim.warmup_steps=0", "--train.steps=4",
+                       "--train.skip_nonfinite=5", "--train.log_every=1", "--train.eval_every=1000", "--out", str(out))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert code == 3 and "training diverged at step 4" in err, err
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["skipped"] >= 2
+
+
+def test_resume_after_a_cut_metrics_line_and_with_data_moved_away(tmp_path, capsys, monkeypatch):
+    """A metrics line cut short by a kill is dropped on resume; a relative --data path is stored absolute, so the
+    run resumes from another folder on the same data."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "corpus.txt").write_text("And it was so. " * 2000)
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["train", *TEXT, "--data", "corpus.txt", "--train.steps=2", "--train.log_every=1",
+                 "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())["config"]
+    assert saved["data"]["path"] == str(tmp_path / "a" / "corpus.txt")
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "split": "tr')
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code, _, err = run(capsys, "train", "--out", "run", "--resume", "--train.steps=4", "--train.log_every=1")
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == [1, 2, 3, 4]
+
+
 def test_kill_9_mid_run_then_resume_is_bit_exact(tmp_path, capsys):
     """A training process killed with SIGKILL after its first checkpoints resumes to the same final weights as a
     run that was never interrupted (and metrics.jsonl holds each step once)."""

@@ -118,6 +118,6 @@ def test_trainer_state_is_never_unpickled(tmp_path):
     with pytest.raises(UserError, match="without running code"):
         load_trainer_state(tmp_path)
     assert not (tmp_path / "pwned").exists()
-    torch.save({"step": 3, "torch_rng": [torch.get_rng_state()], "py_rng": [(3, (1, 2), None)]},
-               tmp_path / LEGACY_STATE)
+    torch.save({"step": 3, "optimizer": {}, "scheduler": {}, "torch_rng": [torch.get_rng_state()],
+                "py_rng": [(3, (1, 2), None)]}, tmp_path / LEGACY_STATE)
     assert load_trainer_state(tmp_path)["step"] == 3      # an older run whose state is plain data still resumes

@@ -129,8 +129,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     line on stderr and exit code 2 (3 for a diverged training run); a bug keeps its traceback. `--debug` (or
     EBT_DEBUG=1) shows the traceback of everything."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv[:1] or os.environ.get("EBT_DEBUG", "") not in ("", "0")
-    argv = normalise_argv(argv[1:] if argv[:1] == ["--debug"] else argv)
+    debug = "--debug" in argv or os.environ.get("EBT_DEBUG", "") not in ("", "0")
+    argv = normalise_argv([a for a in argv if a != "--debug"])
     warnings.showwarning = _note
     args, extra = build_parser().parse_known_args(argv)
     name = " ".join(filter(None, [args.command, getattr(args, "subcommand", None)]))

@@ -37,21 +37,29 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
         cfg = load_yaml(args.config, base=cfg)
     shortcuts = {"model.kind": args.model, "data.path": args.data, "train.out_dir": args.out}
     overrides = {**{k: v for k, v in shortcuts.items() if v is not None}, **overrides}
-    cfg = apply_overrides(cfg, overrides)
+    cfg = absolute_data_path(apply_overrides(cfg, overrides))
     if not args.resume:
         return cfg
     try:
         ckpt = find_checkpoint(Path(cfg.train.out_dir))
-        saved = apply_overrides(read_config(ckpt)[0], overrides) if ckpt.is_dir() else None
+        saved = read_config(ckpt)[0] if ckpt.is_dir() else None
     except UserError:
         saved = None
     if saved is None:
         return cfg   # no checkpoint there: the trainer says so in its own words
+    saved = absolute_data_path(apply_overrides(saved, overrides))   # a bad override is reported as such
     if args.preset is not None or args.config is not None:
         free = {*RESUMABLE, "train.batch_size", "train.grad_accum"}
         free |= {k for k in getattr(cfg, "FROM_DATA", ()) if flat(cfg)[k] == 0}   # resolved when the run began
         refuse_changes(changed_keys(cfg, saved, free), cfg, saved)
     return saved
+
+
+def absolute_data_path(cfg):
+    """A run records where its data are, not where they were relative to the folder it was started from."""
+    if getattr(cfg.data, "path", None):
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    return cfg
 
 
 def train(args: argparse.Namespace) -> int:

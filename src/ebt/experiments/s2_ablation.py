@@ -124,7 +124,7 @@ def run_s2_ablation(out: Path, s: AblationSettings, log: Callable[[str], None] =
     unknown = [v for v in s.variants if v not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
-    prepare_output(out, overwrite=False)   # its variants' run folders are never replaced: always a new --out
+    prepare_output(out, overwrite=False, can_overwrite=False)   # its variants' run folders are never replaced: always a new --out
     threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)

@@ -79,6 +79,9 @@ def recover(path: str | Path) -> None:
     complete NAME it is removed. Only the process that writes the run calls this."""
     path = Path(path)
     old = _previous(path)
+    for scratch in path.parent.glob(f".{path.name}.*"):   # scratch folders of saves a kill interrupted
+        if scratch != old and scratch.is_dir() and not scratch.is_symlink():
+            shutil.rmtree(scratch, ignore_errors=True)
     if not old.is_dir():
         return
     if (path / CONFIG).is_file():

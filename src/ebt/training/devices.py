@@ -22,7 +22,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_fits(nbytes: float, device: torch.device, what: str) -> None:
+def check_fits(nbytes: float, device: torch.device, what: str,
+               fix: str = "use fewer samples, a shorter text or a smaller batch") -> None:
     """Refuse, before allocating, a tensor set that cannot fit: more than the free memory of the GPU, or of the
     machine (MemAvailable) on CPU. Unknown free memory is not checked."""
     free = None
@@ -36,8 +37,7 @@ def check_fits(nbytes: float, device: torch.device, what: str) -> None:
         except OSError:
             pass
     if free is not None and nbytes > free:
-        raise UserError(f"{what} needs about {nbytes / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: "
-                        "use fewer samples, a shorter text or a smaller batch")
+        raise UserError(f"{what} needs about {nbytes / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: {fix}")
 
 
 def autocast(device: torch.device, precision: str):

@@ -21,7 +21,7 @@ from ebt.config import save_yaml
 from ebt.errors import Diverged, NonFinite, UserError
 from ebt.training import distributed as dist
 from ebt.training.checkpoint import load_checked_weights, load_trainer_state, read_config, recover, save_checkpoint
-from ebt.training.devices import autocast, resolve_device
+from ebt.training.devices import autocast, check_fits, resolve_device
 from ebt.training.metrics import MetricsLog
 from ebt.training.optim import build_optimizer
 from ebt.training.registry import Task, task_for
@@ -62,6 +62,7 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
     if t.threads:
         torch.set_num_threads(t.threads)
     task = task or task_for(cfg)   # the data and the model are checked before the run folder is touched
+    check_model_fits(task, device)
     torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
     random.seed(t.seed)
     model = task.build_model().to(device)
@@ -71,6 +72,18 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_model_fits(task: Task, device: torch.device) -> None:
+    """Count the model's parameters on the meta device (nothing allocated) and refuse a model whose weights,
+    gradients and AdamW moments (16 bytes per parameter) cannot fit: in the machine's memory, for every process of
+    this machine, and on the GPU."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in task.build_model().parameters())
+    what, fix = f"a model of {n / 1e6:,.0f}M parameters", "use a smaller model (model.dim, model.layers)"
+    check_fits(16.0 * n * (dist.world() if device.type == "cpu" else 1), torch.device("cpu"), what, fix)
+    if device.type == "cuda":
+        check_fits(16.0 * n, device, what, fix)
 
 
 def open_run(out_dir: Path, cfg: Any, resume: bool, overwrite: bool) -> Optional[RunLock]:
@@ -129,24 +142,32 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
             model.train()
             opt.zero_grad(set_to_none=True)
             totals: dict[str, float] = {}
+            bad = None   # what was not finite in this step
             for m in range(t.grad_accum):
                 batch = next(batches).to(device)
-                with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), dist.gathered(wrapped), \
-                        sample_noise(dcfg.invariant_noise, t.seed, samples, micro), autocast(device, precision), \
-                        _diverges_at(step + 1, saved, out_dir):
-                    out = wrapped(batch)
-                    # with System 1's stepwise gradients (think.stepwise_grad, the default) the forward has already
-                    # taken each thinking step's parameter gradient and freed its graph; this backward hands those
-                    # gradients to the parameters and back-propagates the context stream once (text/stepwise.py)
-                    (out.loss / t.grad_accum).backward()
-                samples += micro * dist.world()
+                samples += micro * dist.world()   # consumed even when skipped: the data stream stays aligned
+                if bad is not None:
+                    continue
+                try:
+                    with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), dist.gathered(wrapped), \
+                            sample_noise(dcfg.invariant_noise, t.seed, samples - micro * dist.world(), micro), \
+                            autocast(device, precision):
+                        out = wrapped(batch)
+                        # with System 1's stepwise gradients (think.stepwise_grad, the default) the forward has
+                        # already taken each thinking step's parameter gradient and freed its graph; this backward
+                        # hands those gradients to the parameters and back-propagates the context stream once
+                        # (text/stepwise.py)
+                        (out.loss / t.grad_accum).backward()
+                except NonFinite:   # (under torchrun every rank meets it: the weights are the same)
+                    bad = "energy gradient of a thinking step is not finite"
+                    continue
                 for k, v in {"loss": out.loss.item(), **out.metrics}.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / t.grad_accum
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             grad_norm = dist.as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-            totals = dist.all_reduce_mean(totals)   # before the update, so that every rank decides alike
-            bad = next((f"{k} is {v}" for k, v in (("loss", totals["loss"]), ("gradient norm", grad_norm))
-                        if not math.isfinite(v)), None)
+            totals = dist.all_reduce_mean(totals) if bad is None else {"loss": float("nan")}
+            bad = bad or next((f"{k} is {v}" for k, v in (("loss", totals["loss"]), ("gradient norm", grad_norm))
+                               if not math.isfinite(v)), None)
             if bad is not None:
                 skipped += 1
                 if skipped > t.skip_nonfinite:
@@ -163,7 +184,7 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")
             if step % t.eval_every == 0 or step == t.steps:
-                with dist.gathered(model):
+                with dist.gathered(model), _diverges_at(step, saved, out_dir):
                     val = task.evaluate(model, device, t.eval_batches, t.batch_size, precision)
                 log.log(step, "val", val)
                 if bar is not None:
@@ -182,13 +203,13 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
 def _diverged_message(step: int, what: str, saved: Optional[int], out_dir: Path) -> str:
     kept = (f"the last good checkpoint (step {saved}) is kept in {str(out_dir / CHECKPOINT_DIR)!r}" if saved
             else "no checkpoint was written")
-    return (f"training diverged at step {step}: the {what}; lower optim.lr (or think.alpha for an EBT), or set "
-            f"train.skip_nonfinite=N to skip up to N such steps; {kept}")
+    return (f"training diverged at step {step}: the {what}; start again with a lower optim.lr (or think.alpha "
+            f"for an EBT), or resume with train.skip_nonfinite=N to skip up to N such steps; {kept}")
 
 
 @contextmanager
 def _diverges_at(step: int, saved: Optional[int], out_dir: Path) -> Iterator[None]:
-    """A thinking step that meets a non-finite gradient is a divergence of training (exit code 3)."""
+    """A thinking step that meets a non-finite gradient in validation is a divergence of training (exit code 3)."""
     try:
         yield
     except NonFinite:
@@ -212,6 +233,9 @@ def seed_rngs(state: Optional[dict], seed: int, step: int) -> None:
     if state is not None and len(rngs) == dist.world() and isinstance(py, list):
         torch.set_rng_state(rngs[r])
         random.setstate(py[r])
+        cuda = state.get("cuda_rng")
+        if cuda and len(cuda) == dist.world() and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda[r])
         return
     if state is not None and len(rngs) == 1 and dist.world() == 1:  # single-process checkpoint of an older version
         torch.set_rng_state(rngs[0])
@@ -227,10 +251,11 @@ def save_run(out_dir: Path, model: nn.Module, cfg: Any, opt, sched, step: int, s
     tensors only, so it loads in one process or under any world size."""
     rngs = dist.gather_objects(torch.get_rng_state())
     py_rngs = dist.gather_objects(random.getstate())
+    cuda_rngs = dist.gather_objects(torch.cuda.get_rng_state()) if torch.cuda.is_available() else None
     weights = dist.full_model_state(model)
     optim = dist.full_optimizer_state(model, opt)
     if dist.is_main():
         state = {"optimizer": optim, "scheduler": sched.state_dict(), "step": step, "samples": samples,
-                 "world": dist.world(), "torch_rng": rngs, "py_rng": py_rngs}
+                 "world": dist.world(), "torch_rng": rngs, "py_rng": py_rngs, "cuda_rng": cuda_rngs}
         save_checkpoint(out_dir / CHECKPOINT_DIR, model, cfg, state, meta={"step": step}, weights=weights)
     dist.barrier()

@@ -9,8 +9,10 @@ from ebt.config import to_dict
 from ebt.errors import UserError
 
 RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.save_every",
-             "train.progress", "train.threads", "train.device", "train.out_dir", "dist.strategy", "dist.backend")
-"""Keys a resumed run may change (train.steps only upwards)."""
+             "train.progress", "train.threads", "train.device", "train.out_dir", "train.skip_nonfinite",
+             "dist.strategy", "dist.backend", "data.errors")
+"""Keys a resumed run may change (train.steps only upwards; data.errors=replace changes no text that strict decoding
+accepted)."""
 
 
 def flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,11 +45,13 @@ def check_resume(cfg: Any, saved: Any, saved_world: int = 1, world: int = 1) -> 
     """Refuse `cfg` for resuming a run saved with `saved` (by `saved_world` processes, now `world`) when it changes
     anything outside RESUMABLE. train.batch_size and train.grad_accum may change only together with the number of
     processes, keeping the global batch (processes x batch x accumulation)."""
-    free = set(RESUMABLE)
-    if world * cfg.train.batch_size * cfg.train.grad_accum == saved_world * saved.train.batch_size * \
-            saved.train.grad_accum:
-        free |= {"train.batch_size", "train.grad_accum"}
-    refuse_changes(changed_keys(cfg, saved, free), cfg, saved)
+    refuse_changes(changed_keys(cfg, saved, {*RESUMABLE, "train.batch_size", "train.grad_accum"}), cfg, saved)
+    new_batch = world * cfg.train.batch_size * cfg.train.grad_accum
+    old_batch = saved_world * saved.train.batch_size * saved.train.grad_accum
+    if new_batch != old_batch:
+        raise UserError(f"--resume would change the global batch from {old_batch} ({saved_world} process(es) x "
+                        f"train.batch_size {saved.train.batch_size} x train.grad_accum {saved.train.grad_accum}) to "
+                        f"{new_batch}: keep processes x batch_size x grad_accum = {old_batch}")
     if cfg.train.steps < saved.train.steps:
         raise UserError(f"--resume: train.steps={cfg.train.steps} is below the run's {saved.train.steps} (the "
                         "learning-rate schedule is laid out over it): keep it or raise it")

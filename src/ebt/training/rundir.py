@@ -21,6 +21,9 @@ from typing import Optional
 from ebt.errors import UserError
 
 MARKER, LOCK = ".ebt-run", ".lock"
+WRITTEN = (MARKER, LOCK, "config.yaml", "metrics.jsonl", "tb", "checkpoint", ".checkpoint.old")
+"""What a run writes in its folder: none of these may be a symbolic link (writing through it would change a file
+elsewhere)."""
 
 
 def is_run(folder: Path) -> bool:
@@ -46,7 +49,7 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)   # never via a link
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -71,6 +74,10 @@ def prepare_run(folder: Path, resume: bool, overwrite: bool) -> RunLock:
     exists = folder.exists() and any(p.name != LOCK for p in folder.iterdir()) if folder.is_dir() else False
     if folder.exists() and not folder.is_dir():
         raise UserError(f"run folder {str(folder)!r} is a file: choose another --out")
+    links = [name for name in WRITTEN if (folder / name).is_symlink()]
+    if links:
+        raise UserError(f"run folder {str(folder)!r} holds a symbolic link {links[0]!r} where ebt writes: remove the "
+                        "link or choose another --out")
     if resume:
         if not folder.is_dir():
             raise UserError(f"--resume: {str(folder)!r} does not exist; drop --resume to start a new run")
@@ -83,9 +90,11 @@ def prepare_run(folder: Path, resume: bool, overwrite: bool) -> RunLock:
         raise UserError(f"run folder {str(folder)!r} already exists: pass --resume to continue it, --overwrite to "
                         "replace it, or choose another --train.out_dir")
     if exists:
+        nested = next((p.parent for p in folder.rglob(MARKER) if p.parent != folder), None)
         reason = _protected(folder) or (None if is_run(folder) else
                                         f"it has no {MARKER} marker, so it is not a run folder written by `ebt train` (a run of "
-                                        "an older version: delete it yourself)")
+                                        "an older version: delete it yourself)") or \
+            (f"it holds another run folder, {str(nested)!r}" if nested is not None else None)
         if reason:
             raise UserError(f"--overwrite refuses to delete {str(folder)!r}: {reason}; choose another --out")
     try:
@@ -107,19 +116,24 @@ def truncate_metrics(folder: Path, step: int) -> None:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except ValueError:
+            pass   # a line cut short by a kill or a full disk
     path.write_text("".join(kept))
 
 
-def prepare_output(folder: Path, overwrite: bool, flag: str = "--out") -> Path:
+def prepare_output(folder: Path, overwrite: bool, flag: str = "--out", can_overwrite: bool = True) -> Path:
     """The one rule for output folders: refuse an existing non-empty folder unless `overwrite` (files written
     again are then replaced; nothing else is deleted). Creates the folder."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {str(folder)!r} is a file: choose a folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise UserError(f"{flag} {str(folder)!r} already exists and is not empty: choose a new folder or pass "
-                        "--overwrite to replace the files it writes")
+        hint = " or pass --overwrite to replace the files it writes" if can_overwrite else ""
+        raise UserError(f"{flag} {str(folder)!r} already exists and is not empty: choose a new folder{hint}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -61,6 +61,19 @@ def write_state(folder: Path, state: dict) -> None:
     (folder / STATE_JSON).write_text(json.dumps(tree))
 
 
+LAYOUT = {"optimizer": dict, "scheduler": dict, "step": int, "torch_rng": list}
+"""What the trainer needs from a state, and of which type."""
+
+
+def _checked(state: Any) -> dict:
+    if not isinstance(state, dict):
+        raise TypeError("the state is not a mapping")
+    for key, kind in LAYOUT.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise TypeError(f"{key!r} is missing or not a {kind.__name__}")
+    return state
+
+
 def read_state(folder: Path) -> Optional[dict]:
     """The trainer state of a checkpoint folder, or None if it has none. A `trainer.pt` of an older version is read
     with `weights_only=True` (tensors and plain containers only); anything else is refused with one line."""
@@ -69,17 +82,17 @@ def read_state(folder: Path) -> Optional[dict]:
 
     if (folder / STATE_JSON).is_file():
         try:
-            return _join(json.loads((folder / STATE_JSON).read_text()), load_file(str(folder / STATE_TENSORS)))
+            return _checked(_join(json.loads((folder / STATE_JSON).read_text()), load_file(str(folder / STATE_TENSORS))))
         except (OSError, SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"cannot read the trainer state in {str(folder)!r} ({type(exc).__name__}): it is damaged; "
-                            "start a new run from the checkpoint's weights instead") from None
+            raise UserError(f"cannot read the trainer state in {str(folder)!r} ({type(exc).__name__}: {exc}): it is "
+                            "damaged; start a new run from the checkpoint's weights instead") from None
     legacy = folder / LEGACY_STATE
     if not legacy.is_file():
         return None
     try:
         with warnings.catch_warnings():   # e.g. torch's note on the pickle protocol: not the user's concern
             warnings.simplefilter("ignore")
-            return torch.load(legacy, weights_only=True, map_location="cpu")
+            return _checked(torch.load(legacy, weights_only=True, map_location="cpu"))
     except Exception as exc:  # torch raises many types for damaged, foreign or code-carrying files
         raise UserError(f"cannot read {str(legacy)!r} ({type(exc).__name__}) without running code: the trainer "
                         "state is damaged or was not written by `ebt train`; its weights (model.safetensors) still work with "
