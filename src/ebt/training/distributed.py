@@ -50,9 +50,11 @@ def setup(backend: str = "auto", device: str = "auto") -> None:
 
 
 def teardown() -> None:
-    """Destroy the process group if `setup` created it (the CLI calls this at exit)."""
+    """Destroy the process group if `setup` created it (the CLI calls this at exit). The ranks meet first, so that
+    none tears down gloo's connections while another still uses them (seen once as an abort at exit)."""
     global _created_group
     if _created_group and is_distributed():
+        tdist.barrier()
         tdist.destroy_process_group()
     _created_group = False
 
