@@ -25,7 +25,10 @@ def resolve_device(name: str) -> torch.device:
 def check_fits(nbytes: float, device: torch.device, what: str,
                fix: str = "use fewer samples, a shorter text or a smaller batch") -> None:
     """Refuse, before allocating, a tensor set that cannot fit: more than the free memory of the GPU, or of the
-    machine (MemAvailable) on CPU. Unknown free memory is not checked."""
+    machine (MemAvailable) on CPU. Unknown free memory is not checked, nor are requests under 256 MiB (cheap enough
+    for every generated token: no system query)."""
+    if nbytes < 256 * 2**20:
+        return
     free = None
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]

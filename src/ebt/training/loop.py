@@ -145,13 +145,12 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
             bad = None   # what was not finite in this step
             for m in range(t.grad_accum):
                 batch = next(batches).to(device)
-                samples += micro * dist.world()   # consumed even when skipped: the data stream stays aligned
+                start, samples = samples, samples + micro * dist.world()   # consumed even when skipped
                 if bad is not None:
                     continue
                 try:
                     with dist.no_sync_unless(wrapped, m == t.grad_accum - 1), dist.gathered(wrapped), \
-                            sample_noise(dcfg.invariant_noise, t.seed, samples - micro * dist.world(), micro), \
-                            autocast(device, precision):
+                            sample_noise(dcfg.invariant_noise, t.seed, start, micro), autocast(device, precision):
                         out = wrapped(batch)
                         # with System 1's stepwise gradients (think.stepwise_grad, the default) the forward has
                         # already taken each thinking step's parameter gradient and freed its graph; this backward

@@ -71,7 +71,7 @@ class RunLock:
 def prepare_run(folder: Path, resume: bool, overwrite: bool) -> RunLock:
     """Check and lock the run folder for a new run, a resumed one or a replaced one; returns the held lock.
     Called by the process that writes the run (rank 0); nothing is changed on disk when a check fails."""
-    exists = folder.exists() and any(p.name != LOCK for p in folder.iterdir()) if folder.is_dir() else False
+    exists = folder.is_dir() and any(p.name != LOCK for p in folder.iterdir())
     if folder.exists() and not folder.is_dir():
         raise UserError(f"run folder {str(folder)!r} is a file: choose another --out")
     links = [name for name in WRITTEN if (folder / name).is_symlink()]
