@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("EBT_PARITY_FIXTURES", ROOT / "tests" / "fixtures" / "reference"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# derived data (the embedded BPE tokenizers) is cached in a folder of the test session, never in ~/.cache; child
+# processes (the CLI under torchrun, data-preparation workers) inherit it
+os.environ["EBT_CACHE_DIR"] = tempfile.mkdtemp(prefix="ebt-cache-")
 
 
 @pytest.fixture

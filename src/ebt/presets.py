@@ -2,11 +2,45 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig
 from ebt.errors import UserError
 from ebt.images.config import denoise_tiny, dit_tiny
+
+
+class Size(NamedTuple):
+    layers: int
+    heads: int
+    dim: int
+    lr: float
+    """The reference's suggested peak learning rate for this size (its `model_sizes` comments)."""
+
+
+SIZES: dict[str, Size] = {
+    # the paper's ladder (Table D.1, reference model/model_utils.py): FFN width = model width, context 256
+    "4xs": Size(2, 2, 128, 2.4e-3), "3xs": Size(4, 4, 256, 1.8e-3), "xxs": Size(6, 6, 384, 1.2e-3),
+    "xs": Size(12, 6, 384, 9e-4), "small": Size(12, 12, 768, 6e-4), "medium": Size(24, 16, 1024, 3e-4),
+    "large": Size(24, 16, 1536, 2.5e-4), "xl": Size(24, 32, 2048, 2e-4),
+    # smaller rungs for CPUs (lr by the same trend); `cpu` is the width of docs/performance.md's benchmarks
+    "tiny": Size(2, 2, 32, 3e-3), "cpu": Size(4, 4, 256, 1.8e-3),
+}
+"""The one table of model sizes (layers / heads / width / lr), shared by presets, benchmarks and studies."""
+
+
+def lm_size(name: str) -> RunConfig:
+    """An EBT of the paper's size `name` (System 1, time_embed, 2 steps, context 256; the vocabulary is the
+    tokenizer's, by default an 8k BPE of the embedded corpus: give data.path shards and data.tokenizer=auto for a real
+    corpus). Meant for GPUs; the reference's xxs recipe otherwise (lr per size, warm-up 10k, batch 256)."""
+    size = SIZES[name]
+    return RunConfig(
+        model=ModelConfig(vocab_size=0, dim=size.dim, layers=size.layers, heads=size.heads, ffn_mult=1.0,
+                          context=256, conditioning="time_embed"),
+        think=ThinkConfig(landscapes=2, alpha=500.0, learn_alpha=True, alpha_lr_mult=1500.0),
+        optim=OptimConfig(lr=size.lr, weight_decay=0.01, warmup_steps=10_000, grad_clip=1.0),
+        train=TrainConfig(steps=100_000, batch_size=32, grad_accum=8, eval_every=1000, out_dir=f"runs/lm-{name}"),
+        data=DataConfig(tokenizer="embedded-bpe-8192"),
+    )
 
 
 def lm_tiny() -> RunConfig:
@@ -65,7 +99,23 @@ def lm_s2_reference() -> RunConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], RunConfig]] = {"lm-tiny": lm_tiny, "lm-tiny-s2": lm_tiny_s2}
+ALPHA_TINY_BPE = 50.0
+"""Step size of lm-tiny-bpe (picked by a short sweep on a tuning split, docs/data.md)."""
+
+
+def lm_tiny_bpe() -> RunConfig:
+    """lm-tiny on a byte-level BPE of 4,096 tokens trained on the embedded corpus (at first use, then cached): the
+    same model and schedule, a vocabulary 16x larger (about 4 bytes per token), its own step size."""
+    cfg = lm_tiny()
+    cfg.model.vocab_size = 0
+    cfg.data.tokenizer = "embedded-bpe-4096"
+    cfg.think.alpha, cfg.think.alpha_lr_mult = ALPHA_TINY_BPE, 3 * ALPHA_TINY_BPE
+    cfg.train.out_dir = "runs/lm-tiny-bpe"
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"lm-tiny": lm_tiny, "lm-tiny-s2": lm_tiny_s2, "lm-tiny-bpe": lm_tiny_bpe}
+PRESETS.update({f"lm-{name}": (lambda name=name: lm_size(name)) for name in SIZES if name not in ("tiny", "cpu")})
 PRESETS.update({"denoise-tiny": denoise_tiny, "dit-tiny": dit_tiny})  # image runs build an ImageRunConfig
 
 

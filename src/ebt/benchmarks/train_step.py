@@ -25,19 +25,14 @@ import torch
 
 from ebt.config import ModelConfig, RunConfig, ThinkConfig, apply_overrides
 from ebt.errors import UserError
+from ebt.presets import SIZES as MODEL_SIZES
 from ebt.text.models import build_lm
 from ebt.training.devices import autocast
 from ebt.training.devices import resolve_device as resolve_run_device
 from ebt.training.optim import build_optimizer
 
-SIZES = {  # paper Table D.1 (FFN width = model width), plus the CPU sizes used in docs/performance.md
-    "tiny": dict(dim=32, layers=2, heads=2),
-    "cpu": dict(dim=256, layers=4, heads=4),
-    "xxs": dict(dim=384, layers=6, heads=6),
-    "xs": dict(dim=384, layers=12, heads=6),
-    "small": dict(dim=768, layers=12, heads=12),
-    "medium": dict(dim=1024, layers=24, heads=16),
-}
+SIZES = {name: dict(dim=s.dim, layers=s.layers, heads=s.heads) for name, s in MODEL_SIZES.items()}
+"""dim/layers/heads of `ebt.presets.SIZES` (the paper's ladder and the CPU rungs)."""
 MODELS = ("ebt", "transformer", "ebt-ref")
 
 

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ebt.cli import bench, denoise, evaluate, experiment, generate, train
+from ebt.cli import bench, data, denoise, evaluate, experiment, generate, train
 from ebt.cli.common import split_overrides
 from ebt.errors import Note, UserError
 
@@ -43,6 +43,10 @@ COMMANDS: dict[str, dict[str, Union[Command, Group]]] = {
         "generate": Command(generate.generate, generate.generate_args),
         "energy": Command(generate.energy, generate.energy_args),
         "denoise": Command(denoise.denoise, denoise.denoise_args),
+    },
+    "data and tokenizers": {
+        "tokenizer": Group("Tokenizers.", {"train": Command(data.train_tokenizer, data.tokenizer_args)}),
+        "data": Group("Text data.", {"prepare": Command(data.prepare, data.prepare_args)}),
     },
     "evaluate": {
         "eval": Group("Evaluate checkpoints: held-out text, the thinking sweep, or EBT vs DiT denoising.", {

@@ -8,16 +8,17 @@ from pathlib import Path
 
 from ebt.cli.common import add_think_args, at_least_one, think_options
 from ebt.errors import UserError
-from ebt.text.evaluate import evaluate_text, heldout_windows, windows_for
+from ebt.text.evaluate import evaluate_text
 from ebt.text.ood import ood_sets
-from ebt.text.task import load_model
+from ebt.text.splits import heldout_windows, windows_for
+from ebt.text.task import load_model, load_tokenizer_of
 from ebt.text.thinking_sweep import sweep_plot, sweep_table, thinking_sweep
 from ebt.training.rundir import prepare_output
 
 
 def text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--data", help="held-out text file or folder (default: the run's own validation split)")
+    p.add_argument("--data", help="held-out text file or folder, or a shard folder's held-out split (default: the run's own validation split)")
     p.add_argument("--windows", type=int, default=64, help="at most this many context windows")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=1234)
@@ -26,15 +27,16 @@ def text_args(p: argparse.ArgumentParser) -> None:
 
 
 def text(args: argparse.Namespace) -> int:
-    """Cross-entropy, perplexity and forward passes per token on held-out text (also `ebt eval CKPT`)."""
+    """Cross-entropy, perplexity, bits per byte and forward passes per token on held-out text (also `ebt eval CKPT`)."""
     at_least_one(windows=args.windows, batch_size=args.batch_size)
     model, cfg = load_model(args.checkpoint)
-    res = evaluate_text(model, heldout_windows(cfg, args.data), think_options(args), args.windows, args.batch_size,
-                        args.seed)
+    windows = heldout_windows(cfg, load_tokenizer_of(args.checkpoint), args.data)
+    res = evaluate_text(model, windows, think_options(args), args.windows, args.batch_size, args.seed)
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"ce {res['ce']:.4f}  ppl {res['ppl']:.3f}  tokens {res['tokens']}  nfe/token {res['nfe_per_token']}")
+        print(f"ce {res['ce']:.4f}  ppl {res['ppl']:.3f}  bpb {res['bpb']:.4f}  tokens {res['tokens']}  "
+              f"nfe/token {res['nfe_per_token']}")
     return 0
 
 
@@ -59,9 +61,10 @@ def thinking(args: argparse.Namespace) -> int:
         extra[name] = path
     ebt_model, cfg = load_model(args.ebt, kind="ebt")
     tpp_model = load_model(args.transformer, kind="transformer")[0] if args.transformer else None
-    sets = {"held-out": heldout_windows(cfg, None)}
+    tok = load_tokenizer_of(args.ebt)
+    sets = {"held-out": heldout_windows(cfg, tok)}
     texts = ood_sets(extra, embedded=not args.no_embedded_ood)
-    sets.update({k: windows_for(v, cfg.model.context) for k, v in texts.items()})
+    sets.update({k: windows_for(v, cfg.model.context, tok) for k, v in texts.items()})
     out = prepare_output(Path(args.out), args.overwrite)
     records = thinking_sweep(ebt_model, tpp_model, sets, args.windows)
     table = sweep_table(records)

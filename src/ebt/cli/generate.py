@@ -10,10 +10,9 @@ import torch
 
 from ebt.cli.common import add_think_args, think_options
 from ebt.errors import UserError
-from ebt.text.data import ByteTokenizer
 from ebt.text.energies import colour, heatmap, token_energies
 from ebt.text.generation import SampleOptions, generate as generate_text
-from ebt.text.task import load_model
+from ebt.text.task import load_model, load_tokenizer_of
 
 
 def generate_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +32,7 @@ def generate(args: argparse.Namespace) -> int:
     opts = SampleOptions(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p,
                          seed=args.seed, use_cache=not args.no_cache)
     model, _ = load_model(args.checkpoint)
-    tok = ByteTokenizer()
+    tok = load_tokenizer_of(args.checkpoint)
     prompt = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
     out = generate_text(model, prompt, opts, topts)
     print(tok.decode(out[0].tolist()))
@@ -54,7 +53,7 @@ def energy(args: argparse.Namespace) -> int:
     if args.png and not Path(args.png).resolve().parent.is_dir():
         raise UserError(f"--png {args.png!r}: its folder does not exist; create it or choose another path")
     model, _ = load_model(args.checkpoint, kind="ebt")
-    result = token_energies(model, args.text, think_options(args), args.seed)
+    result = token_energies(model, args.text, think_options(args), args.seed, load_tokenizer_of(args.checkpoint))
     if args.png:
         heatmap(result, Path(args.png))
     if args.json:

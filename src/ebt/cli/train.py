@@ -21,7 +21,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="starting configuration (default lm-tiny; see `ebt presets`)")
     p.add_argument("--config", help="YAML file with config sections, applied over the preset")
     p.add_argument("--model", choices=["ebt", "transformer"], help="shortcut for --model.kind")
-    p.add_argument("--data", help="text file or folder (default: the embedded corpus); shortcut for --data.path")
+    p.add_argument("--data", help="text file or folder, or a shard folder from `ebt data prepare` (default: the "
+                   "embedded corpus); shortcut for --data.path")
     p.add_argument("--out", help="run folder; shortcut for --train.out_dir")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -59,6 +60,9 @@ def absolute_data_path(cfg):
     """A run records where its data are, not where they were relative to the folder it was started from."""
     if getattr(cfg.data, "path", None):
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    tokenizer = getattr(cfg.data, "tokenizer", None)
+    if tokenizer and Path(tokenizer).expanduser().exists():   # a tokenizer.json, not `bytes` or `embedded-bpe-N`
+        cfg.data.tokenizer = str(Path(tokenizer).expanduser().resolve())
     return cfg
 
 

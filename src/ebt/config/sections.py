@@ -34,7 +34,7 @@ class ModelConfig:
     kind: str = "ebt"
     """`ebt` (energy-based transformer) or `transformer` (Transformer++ baseline)."""
     vocab_size: int = 256
-    """Vocabulary size; 256 for the default byte-level tokenizer."""
+    """Vocabulary size: 256 for the byte tokenizer; 0 takes the size of the run's tokenizer (`data.tokenizer`)."""
     dim: int = 128
     """Model width D."""
     layers: int = 4
@@ -72,7 +72,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check(self.kind in ("ebt", "transformer"), f"model.kind={self.kind!r} is not known: use ebt or transformer")
-        check_at_least_one("model", self, ("vocab_size", "dim", "layers", "heads", "context", "attn_query_blocks"))
+        check_at_least_one("model", self, ("dim", "layers", "heads", "context", "attn_query_blocks"))
+        check(self.vocab_size >= 0, f"model.vocab_size must be >= 1 (or 0: the tokenizer's size), got {self.vocab_size}")
         check(self.dim % self.heads == 0,
                f"model.heads={self.heads} does not divide model.dim={self.dim}: pick heads that divide dim")
         check((self.dim // self.heads) % 2 == 0,
@@ -217,11 +218,15 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class DataConfig:
     path: Optional[str] = None
-    """A text file or a folder of .txt/.md files; None uses the embedded corpus (King James Bible)."""
+    """A text file, a folder of .txt/.md files, or a token shard folder (`ebt data prepare`); None uses the embedded
+    corpus (King James Bible)."""
+    tokenizer: str = "auto"
+    """`auto` (a shard folder's own tokenizer; bytes for text), `bytes`, `embedded-bpe-N` (a byte-level BPE of N
+    tokens trained on the embedded corpus at first use and cached), or a path to a Hugging Face tokenizer.json."""
     val_fraction: float = 0.02
     """Share of the token stream held out for validation (the tail of the stream)."""
     max_chars: int = 0
-    """Use only the first N characters of the corpus (0: all)."""
+    """Use only the first N characters of the text (0: all; not used with token shards)."""
     encoding: str = "utf-8"
     """The text files' encoding (any Python codec name)."""
     errors: str = "strict"
@@ -232,6 +237,8 @@ class DataConfig:
         check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         check(self.max_chars >= 0, f"data.max_chars must be >= 0, got {self.max_chars}")
         check(self.errors in ("strict", "replace"), f"data.errors={self.errors!r}: use strict or replace")
+        check(bool(self.tokenizer.strip()), "data.tokenizer is empty: use auto, bytes, embedded-bpe-N or a path to a "
+              "tokenizer.json")
         try:
             codecs.lookup(self.encoding)
         except LookupError:

@@ -27,7 +27,8 @@ from ebt.config import DataConfig, ModelConfig, RunConfig, ThinkConfig
 from ebt.errors import UserError
 from ebt.presets import lm_tiny, lm_tiny_s2
 from ebt.tasks import fit
-from ebt.text.evaluate import evaluate_text, heldout_windows, windows_for
+from ebt.text.evaluate import evaluate_text
+from ebt.text.splits import heldout_windows, run_tokenizer, windows_for
 from ebt.text.ood import ood_sets
 from ebt.text.task import load_model
 from ebt.thinking import ThinkOptions, trained_schedule
@@ -140,8 +141,9 @@ def _run(out: Path, s: AblationSettings, log: Callable[[str], None]) -> dict:
     results: dict = {"settings": dataclasses.asdict(s), "vocab_size": base.model.vocab_size, "variants": {}}
     t_start = time.time()
     # variants change only the thinking settings: the evaluation windows are the same for all of them
-    data = {"held-out": heldout_windows(base, None)}
-    data.update({name: windows_for(text, base.model.context) for name, text in texts.items()})
+    tok = run_tokenizer(base)
+    data = {"held-out": heldout_windows(base, tok)}
+    data.update({name: windows_for(text, base.model.context, tok) for name, text in texts.items()})
     for key in s.variants:
         cfg = variant_config(base, key, out)
         t0 = time.time()

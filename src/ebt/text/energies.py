@@ -8,17 +8,19 @@ from typing import Optional
 import torch
 
 from ebt.errors import UserError
-from ebt.text.data import ByteTokenizer
+from ebt.text.tokenizers import ByteTokenizer, Tokenizer
 from ebt.text.inference import think
 from ebt.thinking import ThinkOptions
 
 
-def token_energies(model, text: str, opts: Optional[ThinkOptions] = None, seed: int = 0) -> dict:
-    """Energies of each next-token prediction for `text`: per step (steps, T) and final (T,), with the tokens."""
-    tok = ByteTokenizer()
+def token_energies(model, text: str, opts: Optional[ThinkOptions] = None, seed: int = 0,
+                   tokenizer: Optional[Tokenizer] = None) -> dict:
+    """Energies of each next-token prediction for `text`: per step (steps, T) and final (T,), with the tokens
+    (decoded one by one with `tokenizer`, default bytes)."""
+    tok = tokenizer or ByteTokenizer()
     ids = tok.encode(text)
     if len(ids) < 2:
-        raise UserError("--text needs at least two characters (each token is scored given the ones before it)")
+        raise UserError("--text needs at least two tokens (each token is scored given the ones before it)")
     if len(ids) - 1 > model.cfg.context:
         raise UserError(f"--text has {len(ids)} tokens, more than the model's context {model.cfg.context} + 1: "
                         "shorten it")

@@ -9,25 +9,32 @@ from torch import Tensor, nn
 
 from ebt.config import RunConfig
 from ebt.errors import UserError
-from ebt.text.data import ByteTokenizer, load_text, split_stream, token_stream
 from ebt.text.evaluate import evaluate_text
 from ebt.text.models import build_lm
+from ebt.text.splits import run_splits, run_tokenizer
+from ebt.text.tokenizers import Tokenizer, tokenizer_from_files
 from ebt.training import distributed as dist
-from ebt.training.checkpoint import load_checked
+from ebt.training.checkpoint import find_checkpoint, load_checked
 from ebt.training.registry import register_task
 
 
 class TextTask:
-    """Next-token prediction on packed byte-level windows of the embedded corpus or a user's text."""
+    """Next-token prediction on packed windows of the embedded corpus, a user's text or token shards."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.tokenizer = ByteTokenizer()
+        self.tokenizer = run_tokenizer(cfg)
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = self.tokenizer.vocab_size   # saved in the run's config: the size is then fixed
         if cfg.model.vocab_size < self.tokenizer.vocab_size:
-            raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the byte tokenizer's 256: "
-                            "set model.vocab_size=256")
-        tokens = token_stream(load_text(cfg.data.path, cfg.data.max_chars, cfg.data.errors, cfg.data.encoding), self.tokenizer)
-        self.train_windows, self.val_windows = split_stream(tokens, cfg.data.val_fraction, cfg.model.context + 1)
+            raise UserError(f"the tokenizer {self.tokenizer.spec!r} has {self.tokenizer.vocab_size} ids, more than "
+                            f"model.vocab_size={cfg.model.vocab_size}: set model.vocab_size="
+                            f"{self.tokenizer.vocab_size} (or 0, the tokenizer's size)")
+        self.train_windows, self.val_windows = run_splits(cfg, self.tokenizer)
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """Files every checkpoint of this run carries: its tokenizer (none for bytes)."""
+        return self.tokenizer.files()
 
     def describe(self) -> str:
         return self.cfg.model.kind
@@ -45,7 +52,7 @@ class TextTask:
         process."""
         res = evaluate_text(model, self.val_windows, None, max_batches * batch_size * dist.world(), batch_size,
                             device=device, precision=precision)
-        return {k: res[k] for k in ("ce", "ppl", "tokens")}
+        return {k: res[k] for k in ("ce", "ppl", "bpb", "tokens") if k in res}
 
 
 register_task("text", RunConfig, TextTask)
@@ -59,3 +66,8 @@ def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu"
         "holds an image denoiser ({found}), not a language model: use `ebt denoise` or `ebt eval denoise` with it",
         "holds a {found} model, but this command needs {kind}: pass a checkpoint of the right model type")
     return model.to(device), cfg
+
+
+def load_tokenizer_of(path: str | Path) -> Tokenizer:
+    """The tokenizer a text checkpoint (or run) folder carries: its tokenizer.json, or bytes."""
+    return tokenizer_from_files(find_checkpoint(path))

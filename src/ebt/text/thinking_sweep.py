@@ -22,7 +22,7 @@ SWEEP: list[tuple[str, Optional[dict]]] = [
 
 def thinking_sweep(ebt_model, tpp_model, sets: dict, max_windows: int = 16, batch_size: int = 8,
                    rows=SWEEP) -> list[dict]:
-    """One record per (model, setting, data set): ppl, ce, nfe_per_token, and the % change vs no thinking."""
+    """One record per (model, setting, data set): ppl, ce, bpb, nfe_per_token, and the % change vs no thinking."""
     records = []
     for name, windows in sets.items():
         base = None
@@ -41,14 +41,14 @@ def thinking_sweep(ebt_model, tpp_model, sets: dict, max_windows: int = 16, batc
 def sweep_table(records: list[dict]) -> str:
     sets = list(dict.fromkeys(r["set"] for r in records))
     rows = list(dict.fromkeys((r["model"], r["setting"]) for r in records))
-    head = "| model | setting | NFE/token | " + " | ".join(f"{s} ppl (Δ%)" for s in sets) + " |"
+    head = "| model | setting | NFE/token | " + " | ".join(f"{s} ppl (Δ%), bits/byte" for s in sets) + " |"
     lines = [head, "|" + "---|" * (3 + len(sets))]
     for model, setting in rows:
         cells = []
         nfe = ""
         for s in sets:
             r = next((r for r in records if (r["model"], r["setting"], r["set"]) == (model, setting, s)), None)
-            cells.append("" if r is None else f"{r['ppl']:.3f} ({r['ppl_change_pct']:+.1f}%)")
+            cells.append("" if r is None else f"{r['ppl']:.3f} ({r['ppl_change_pct']:+.1f}%), {r.get('bpb', float('nan')):.3f}")
             nfe = r["nfe_per_token"] if r else nfe
         lines.append(f"| {model} | {setting} | {nfe} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

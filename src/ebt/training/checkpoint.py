@@ -31,10 +31,12 @@ def _previous(path: Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Any, trainer_state: Optional[dict] = None,
-                    meta: Optional[dict] = None, weights: Optional[dict] = None) -> Path:
+                    meta: Optional[dict] = None, weights: Optional[dict] = None,
+                    files: Optional[dict[str, bytes]] = None) -> Path:
     """Write a checkpoint folder atomically (replacing an older checkpoint at the same path).
 
-    `weights`: the state dict to write instead of `model.state_dict()` (a sharded model's gathered full state)."""
+    `weights`: the state dict to write instead of `model.state_dict()` (a sharded model's gathered full state);
+    `files`: more files to write into the folder, by name (the task's, e.g. a text run's tokenizer.json)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -49,9 +51,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Any, trainer_state:
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "kind": getattr(model, "kind", "")})
-        (tmp / CONFIG).write_text(json.dumps({"config": to_dict(cfg), "meta": meta or {}}, indent=1))
+        files = files or {}
+        meta = {**(meta or {}), **({"files": sorted(files)} if files else {})}
+        (tmp / CONFIG).write_text(json.dumps({"config": to_dict(cfg), "meta": meta}, indent=1))
         if trainer_state is not None:
             write_state(tmp, trainer_state)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
         _swap_in(tmp, path)
     except (OSError, SafetensorError) as exc:   # safetensors reports a full disk as its own error type
         reason = getattr(exc, "strerror", None) or str(exc).rpartition("I/O error: ")[2].split(" (os error")[0]
@@ -174,3 +180,14 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist: pass a run folder or a checkpoint folder")
     return path
+
+
+def check_same_files(path: str | Path, files: dict[str, bytes]) -> None:
+    """Refuse to resume a run whose task now brings other files (e.g. another tokenizer, or none where the run had
+    one) than its checkpoint has (their names are in its meta `files`)."""
+    path = Path(path)
+    saved = set(_raw_config(path)[1].get("files", []))
+    for name in saved | set(files):
+        if name not in files or name not in saved or (path / name).read_bytes() != files[name]:
+            raise UserError(f"the run's checkpoint {str(path)!r} was trained with another {name} than its data has "
+                            "now: resume with the data (and data.tokenizer) it was trained on, or start a new run")

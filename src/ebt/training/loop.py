@@ -20,7 +20,8 @@ from ebt import noise
 from ebt.config import save_yaml
 from ebt.errors import Diverged, NonFinite, UserError
 from ebt.training import distributed as dist
-from ebt.training.checkpoint import load_checked_weights, load_trainer_state, read_config, recover, save_checkpoint
+from ebt.training.checkpoint import (check_same_files, load_checked_weights, load_trainer_state, read_config,
+                                     recover, save_checkpoint)
 from ebt.training.devices import autocast, check_fits, resolve_device
 from ebt.training.metrics import MetricsLog
 from ebt.training.optim import build_optimizer
@@ -112,6 +113,7 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
             raise UserError(f"--resume: {str(out_dir / CHECKPOINT_DIR)!r} has no trainer state (it was not written "
                             "by `ebt train`): start a new run from it instead")
         check_resume(cfg, read_config(out_dir / CHECKPOINT_DIR)[0], state.get("world", 1), dist.world())
+        check_same_files(out_dir / CHECKPOINT_DIR, task.checkpoint_files())
         load_checked_weights(model, out_dir / CHECKPOINT_DIR)  # whole weights, before any sharding
     wrapped = dist.wrap(model, cfg)
     opt, sched = build_optimizer(model, cfg.optim, t.steps)  # after wrapping: FSDP2 replaces the parameters
@@ -190,7 +192,7 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
                     shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
                     bar.write(f"step {step}: val {shown}")  # whatever the task reports (ce/ppl, psnr/mse, ...)
             if (t.save_every and step % t.save_every == 0) or step == last_step:
-                save_run(out_dir, model, cfg, opt, sched, step, samples)
+                save_run(out_dir, model, cfg, opt, sched, step, samples, task.checkpoint_files())
                 saved = step
     finally:
         if bar is not None:
@@ -245,7 +247,8 @@ def seed_rngs(state: Optional[dict], seed: int, step: int) -> None:
     random.seed(s)
 
 
-def save_run(out_dir: Path, model: nn.Module, cfg: Any, opt, sched, step: int, samples: int = 0) -> None:
+def save_run(out_dir: Path, model: nn.Module, cfg: Any, opt, sched, step: int, samples: int = 0,
+             files: Optional[dict[str, bytes]] = None) -> None:
     """All ranks call this (RNG states and FSDP2 shards are gathered); rank 0 writes the checkpoint folder, whole
     tensors only, so it loads in one process or under any world size."""
     rngs = dist.gather_objects(torch.get_rng_state())
@@ -256,5 +259,5 @@ def save_run(out_dir: Path, model: nn.Module, cfg: Any, opt, sched, step: int, s
     if dist.is_main():
         state = {"optimizer": optim, "scheduler": sched.state_dict(), "step": step, "samples": samples,
                  "world": dist.world(), "torch_rng": rngs, "py_rng": py_rngs, "cuda_rng": cuda_rngs}
-        save_checkpoint(out_dir / CHECKPOINT_DIR, model, cfg, state, meta={"step": step}, weights=weights)
+        save_checkpoint(out_dir / CHECKPOINT_DIR, model, cfg, state, meta={"step": step}, weights=weights, files=files)
     dist.barrier()

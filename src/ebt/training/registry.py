@@ -35,6 +35,10 @@ class Task(Protocol):
                  precision: str = "fp32") -> dict:
         """Held-out metrics (floats), the same on every rank."""
 
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """Files (name -> contents) every checkpoint of the run carries besides weights and config, e.g. a text
+        run's tokenizer; a resumed run must bring the same ones."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:

@@ -6,7 +6,9 @@ micro-batch is `world * batch_size` consecutive stream positions and process r t
 - W processes with batch b see exactly the items of one process with batch W*b (the all-reduced mean gradient is
   the single-process gradient of the same global batch);
 - a run's data position is one number, the samples consumed so far, which resumes on any world size.
-Batches may straddle an epoch boundary; nothing is dropped.
+Batches may straddle an epoch boundary; nothing is dropped. Up to RANDPERM_MAX items an epoch's order is a
+`torch.randperm`; above it (a corpus of billions of tokens) it is a keyed Feistel permutation evaluated only at the
+positions in use, so the loader's memory does not grow with the corpus.
 """
 from __future__ import annotations
 
@@ -16,11 +18,32 @@ import torch
 from torch import Tensor
 
 from ebt.errors import UserError
+from ebt.noise import mix
+
+RANDPERM_MAX = 1 << 22
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     """The order of the n items in `epoch`, the same on every process."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def feistel_permute(i: Tensor, n: int, key: int, rounds: int = 4) -> Tensor:
+    """P(i) for a pseudo-random bijection P of [0, n) chosen by `key`, without materialising it: a balanced Feistel
+    network on 2h bits (2^2h >= n), cycle-walked (applied again to values >= n) until each value is inside [0, n)."""
+    h = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = (1 << h) - 1
+    keys = [mix(key, r) & 0x7FFFFFFF for r in range(rounds)]
+    x = i.to(torch.int64).clone()
+    todo = torch.ones_like(x, dtype=torch.bool)
+    while bool(todo.any()):
+        left, right = x[todo] >> h, x[todo] & mask
+        for k in keys:   # values stay below 2^63: right < 2^32, the multipliers < 2^31
+            f = (right * 0x5BD1E995 + k) & 0x7FFFFFFFFFFF
+            left, right = right, left ^ ((f ^ (f >> 13)) * 0x2C1B3C6D + k >> 11 & mask)
+        x[todo] = (left << h) | right
+        todo = x >= n
+    return x
 
 
 def rank_positions(start: int, batch_size: int, rank: int = 0) -> Tensor:
@@ -39,6 +62,11 @@ class EpochStream:
     def items(self, positions: Tensor) -> Tensor:
         epochs, offsets = positions // self.n, positions % self.n
         out = torch.empty_like(positions)
+        if self.n > RANDPERM_MAX:
+            for e in epochs.unique().tolist():
+                sel = epochs == e
+                out[sel] = feistel_permute(offsets[sel], self.n, mix(self.seed, e))
+            return out
         for e in epochs.unique().tolist():
             if e not in self._cache:
                 self._cache = {k: v for k, v in self._cache.items() if k >= e - 1}  # keep memory bounded
