@@ -40,6 +40,15 @@ def ws(tmp_path_factory, one_thread_per_module):
     finally:
         os.chdir(cwd)
     (root / "good.txt").write_text("In the beginning " * 300)
+    assert main(["data", "prepare", str(root / "good.txt"), "--tokenizer", "embedded-bpe-300", "--out",
+                 str(root / "shards-bpe"), "--workers", "1", "--val-fraction", "0.2", "--no-progress"]) == 0
+    import shutil
+    shutil.copytree(root / "shards-bpe", root / "shards-damaged")
+    (root / "shards-damaged" / "index.json").write_text('{"format": "ebt-token-shards", "vers')
+    (root / "norecs.jsonl").write_text('{"body": "no text field"}\n')
+    (root / "emptycorpus").mkdir()
+    (root / "emptycorpus" / "a.txt").write_text("")
+    (root / "notatok.json").write_text('{"model": "not a tokenizer"}')
     (root / "bad.bin").write_bytes(b"valid text then \xff\xfe invalid" * 100)
     (root / "afile").write_text("not a folder")
     (root / "empty").mkdir()
@@ -130,6 +139,22 @@ ROWS = [  # (argv, words in the message, exit code)
     ([T, *TEXT, "--dist.strategy=zero"], "dist.strategy='zero' is not known", 2),
     ([T, *TEXT, "--foo"], "unrecognised argument '--foo'", 2),
     ([T, *TEXT, "--train.out_dir="], "train.out_dir is empty", 2),
+    ([T, *TEXT, "--data.tokenizer=notatok.json"], "is not a Hugging Face tokenizer file", 2),
+    ([T, *TEXT, "--data.tokenizer=embedded-bpe-300"], "has 300 ids, more than model.vocab_size=256", 2),
+    ([T, *TEXT, "--data", "shards-damaged", "--out", "o"], "is damaged (unreadable index.json", 2),
+    ([T, *TEXT, "--data", "shards-bpe", "--data.tokenizer=bytes", "--out", "o"], "were made with the tokenizer", 2),
+    ([T, *TEXT, "--model.vocab_size=-1"], "model.vocab_size must be >= 1 (or 0", 2),
+    (["data", "prepare", "norecs.jsonl", "--out", "o"], "has no field 'text'", 2),
+    (["data", "prepare", "emptycorpus", "--out", "o"], "hold no text", 2),
+    (["data", "prepare", "good.txt", "--tokenizer", "notatok.json", "--out", "o"], "not a Hugging Face tokenizer", 2),
+    (["data", "prepare", "good.txt", "--out", "shards-bpe"], "holds shards of another tokenizer", 2),
+    (["data", "prepare", "good.txt", "--out", "runs/ebt"], "exists and is not a shard folder", 2),
+    (["data", "prepare", "bad.bin", "--out", "o"], "unsupported file type '.bin'", 2),
+    (["data", "prepare", "good.txt", "--out", "o", "--val-fraction", "1"], "--val-fraction must be in [0, 1)", 2),
+    (["tokenizer", "train", "--vocab", "100", "--out", "o"], "at least 258", 2),
+    (["tokenizer", "train", "--data", "/nonexistent", "--vocab", "300", "--out", "o"], "does not exist", 2),
+    (["tokenizer", "train", "--data", "norecs.jsonl", "--vocab", "300", "--out", "o"], "has no field 'text'", 2),
+    (["tokenizer", "train", "--data", "good.txt", "--vocab", "300", "--out", "runs"], "already exists", 2),
     (["generate", "/nonexistent", "--prompt", "x"], "does not exist", 2),
     (["generate", "runs/ebt", "--prompt", "x", "--temperature", "nan"], "temperature must be a finite number", 2),
     (["generate", "runs/ebt", "--prompt", "x", "--temperature", "-1"], "temperature must be a finite number", 2),
@@ -152,6 +177,7 @@ ROWS = [  # (argv, words in the message, exit code)
     ([E, "runs/ebt", "--batch-size", "0"], "--batch-size must be >= 1", 2),
     ([E, "runs/ebt", "--data", "/nonexistent"], "does not exist", 2),
     ([E, "text", "runs/ebt", "--data", "bad.bin"], "is not valid utf-8", 2),
+    ([E, "runs/ebt", "--data", "shards-bpe"], "were made with the tokenizer 'embedded-bpe-300'", 2),
     ([E, "thinking", "--ebt", "runs/tpp", "--out", "o"], "holds a transformer model, but this command needs ebt", 2),
     ([E, "thinking", "--ebt", "runs/ebt", "--out", "runs/ebt"], "already exists and is not empty", 2),
     ([E, "thinking", "--ebt", "runs/ebt", "--out", "afile"], "is a file", 2),
@@ -165,7 +191,7 @@ ROWS = [  # (argv, words in the message, exit code)
     ([E, "denoise", "--ebt", "runs/img-dit", "--dit", "runs/img-dit", "--out", "o"], "ebt is expected", 2),
     ([E, "denoise", "--ebt", "runs/ebt", "--dit", "runs/img-dit", "--out", "o"], "holds a text model", 2),
     (["energy", "runs/tpp", "--text", "hello"], "this command needs ebt", 2),
-    (["energy", "runs/ebt", "--text", "a"], "at least two characters", 2),
+    (["energy", "runs/ebt", "--text", "a"], "at least two tokens", 2),
     (["energy", "runs/ebt", "--text", "hello", "--png", "missing/dir/x.png"], "its folder does not exist", 2),
     (["denoise", "runs/img-ebt", "--input", "/nonexistent", "--out", "o"], "does not exist", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--noise", "2"], "is outside (0, 1)", 2),

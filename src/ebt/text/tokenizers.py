@@ -173,7 +173,7 @@ def embedded_bpe(vocab_size: int, progress: bool = False) -> HFTokenizer:
     spec = f"embedded-bpe-{vocab_size}"
     file = cache_dir() / "tokenizers" / spec / TOKENIZER_FILE
     if file.is_file():
-        return HFTokenizer.from_file(file)
+        return HFTokenizer(HFTokenizer.from_file(file).tok, spec)
     tok = HFTokenizer(train_bpe(embedded_corpus().split("\n"), vocab_size, progress=progress), spec)
     try:   # write-then-rename: processes that train it at the same time write the same file
         file.parent.mkdir(parents=True, exist_ok=True)
