@@ -35,3 +35,16 @@ def test_readme_cli_examples_parse():
     for line in blocks("bash")[2].splitlines():
         if line.startswith("ebt "):
             assert line.split()[1] in command_names(), line
+
+
+def test_readme_corpus_examples_parse():
+    """The corpus block names real commands and subcommands (the flow itself runs in test_cli_data.py)."""
+    import shlex
+
+    from ebt.cli import build_parser, normalise_argv
+
+    corpus = next(b for b in blocks("bash") if "ebt data prepare" in b)
+    for line in corpus.splitlines():
+        argv = normalise_argv(shlex.split(line.split("  #")[0])[1:])
+        args, extra = build_parser().parse_known_args(argv)
+        assert args.func is not None and all(e.startswith("--") and "." in e for e in extra), line

@@ -12,6 +12,7 @@ from ebt.errors import UserError
 from ebt.presets import PRESETS, get_preset
 from ebt.tasks import fit
 from ebt.text.convert import load_reference
+from ebt.text.shards import is_shard_folder
 from ebt.training import distributed as dist
 from ebt.training.checkpoint import find_checkpoint, read_config, save_checkpoint
 from ebt.training.resume import RESUMABLE, changed_keys, flat, refuse_changes
@@ -37,6 +38,8 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
     if args.config:
         cfg = load_yaml(args.config, base=cfg)
     shortcuts = {"model.kind": args.model, "data.path": args.data, "train.out_dir": args.out}
+    if is_shard_folder(args.data) and "data.tokenizer" not in overrides:
+        shortcuts["data.tokenizer"] = "auto"   # `--data SHARDS` trains with the shards' own tokenizer
     overrides = {**{k: v for k, v in shortcuts.items() if v is not None}, **overrides}
     cfg = absolute_data_path(apply_overrides(cfg, overrides))
     if not args.resume:

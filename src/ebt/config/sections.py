@@ -281,6 +281,8 @@ class DistConfig:
 @dataclass(kw_only=True)
 class RunConfig:
     """A text language-modelling run (an EBT or the Transformer++ baseline)."""
+    FROM_DATA: ClassVar[tuple[str, ...]] = ("model.vocab_size",)
+    """Keys whose 0 means "from the data" (here: the tokenizer's size), resolved when the run starts."""
     task: str = "text"
     """Which registered task trains and loads this run (`ebt.training.registry`); text runs have task=text."""
     model: ModelConfig = field(default_factory=ModelConfig)

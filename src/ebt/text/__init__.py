@@ -7,7 +7,11 @@
     generation.py      sampling and KV-cached decoding for both models
     evaluate.py        the one held-out evaluator (validation, `ebt eval`, sweeps)
     thinking_sweep.py  perplexity vs forward passes;  energies.py: per-token energies as uncertainty
-    data.py            byte tokenizer, embedded corpus, user files, packed windows;  ood.py: embedded OOD sets
+    tokenizers.py      bytes, Hugging Face tokenizer.json, the embedded BPE; bytes per token (bits per byte)
+    corpus.py          raw sources (embedded corpus, text, JSONL, Parquet, saved datasets) and units of work
+    shards.py          `ebt data prepare` into memory-mapped token shards, and reading them
+    data.py            text in memory and packed windows (over one stream or many shards);  ood.py: OOD sets
+    splits.py          a run's tokenizer and training / held-out windows, from its data section
     task.py            the trainer task (registered as "text") and `load_model`
     convert.py         checkpoints written by the reference implementation
 """
