@@ -33,7 +33,7 @@ def token_stream(text: str, tokenizer: Optional[Tokenizer] = None) -> Tensor:
 
 
 def _read(part, a: int, b: int) -> Tensor:
-    """Tokens [a, b) of a part (a tensor, or a memory-mapped numpy array of uint16/uint32) as int64."""
+    """Tokens [a, b) of a part (a tensor, or a numpy array or `TokenFile` of uint16/uint32 tokens) as int64."""
     piece = part[a:b]
     return piece if isinstance(piece, Tensor) else torch.from_numpy(np.asarray(piece, dtype=np.int64))
 
@@ -41,8 +41,9 @@ def _read(part, a: int, b: int) -> Tensor:
 class PackedWindows:
     """Non-overlapping windows of `length` tokens cut from a token stream, optionally sharded across ranks.
 
-    The stream is one tensor, or consecutive parts (memory-mapped token shards, `ebt.text.shards`) read only where a
-    window falls, so a corpus larger than memory streams from disk; a window may run from one part into the next.
+    The stream is one tensor, or consecutive parts (token shards on disk, `ebt.text.shards.TokenFile`) read only
+    where a window falls, so a corpus larger than memory streams from disk; a window may run from one part into the
+    next.
     `token_bytes` (V,): bytes of text per token id, for bits per byte (None: not reported)."""
 
     def __init__(self, tokens, length: int, token_bytes: Optional[Tensor] = None):

@@ -178,6 +178,27 @@ def write_index(out: Path, plan: dict) -> dict:
 
 # --- reading ----------------------------------------------------------------------------------------------------
 
+class TokenFile:
+    """A shard's tokens on disk. Each read maps only the pages it needs and unmaps them when done (as nanoGPT
+    re-creates its memmap per batch): a long-lived mapping of the whole file would keep every page the loader ever
+    touched in the process's resident memory, which then grows with the corpus (bench/text_data.py measures it)."""
+
+    def __init__(self, path: Path, dtype: str, length: int):
+        self.path, self.dtype, self.length = path, np.dtype(dtype), length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, where: slice) -> np.ndarray:
+        a, b, _ = where.indices(self.length)
+        if b <= a:
+            return np.zeros(0, dtype=np.int64)
+        view = np.memmap(self.path, dtype=self.dtype, mode="r", offset=a * self.dtype.itemsize, shape=(b - a,))
+        out = np.array(view, dtype=np.int64)
+        del view   # unmapped here
+        return out
+
+
 @dataclass
 class ShardSet:
     """A prepared shard folder: its tokenizer and the memory-mapped token files of each split."""
@@ -193,7 +214,7 @@ class ShardSet:
             raise UserError(f"the {split} split of {str(self.folder)!r} has {self.tokens(split)} tokens, fewer than one "
                             f"window of {length}: prepare more data (or a larger --val-fraction) or use a smaller "
                             "model.context")
-        parts = [np.memmap(self.folder / s["file"], dtype=self.index["dtype"], mode="r")
+        parts = [TokenFile(self.folder / s["file"], self.index["dtype"], s["tokens"])
                  for s in self.index["splits"][split]["shards"]]
         return PackedWindows(parts, length, self.tokenizer.token_bytes())
 
