@@ -29,6 +29,7 @@ from ebt.presets import SIZES as MODEL_SIZES
 from ebt.text.models import build_lm
 from ebt.training.devices import autocast
 from ebt.training.devices import resolve_device as resolve_run_device
+from ebt.training.flops import matmul_flops as count_matmul_flops
 from ebt.training.optim import build_optimizer
 
 SIZES = {name: dict(dim=s.dim, layers=s.layers, heads=s.heads) for name, s in MODEL_SIZES.items()}
@@ -160,31 +161,9 @@ def time_train(specs: list[TrainSpec], steps: int = 5, warmup: int = 2) -> list[
 
 
 def matmul_flops(spec: TrainSpec) -> float:
-    """FLOPs of the matrix products (mm/bmm/addmm/baddbmm, and those inside fused SDPA kernels, counted as the
-    plain attention's) in one training step's forward and backward."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    mms = {torch.ops.aten.mm.default: 0, torch.ops.aten.bmm.default: 0,
-           torch.ops.aten.addmm.default: 1, torch.ops.aten.baddbmm.default: 1}   # index of the first factor
-
-    class Count(TorchDispatchMode):
-        total = 0.0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in mms:
-                a, b = args[mms[func]], args[mms[func] + 1]
-                Count.total += 2.0 * a.numel() * b.shape[-1]
-            elif "scaled_dot_product" in func.__name__:   # fused SDPA: counted as the math path's 2 (4) matmuls
-                backward = func.__name__.split(".")[0].endswith("_backward")
-                q, k = args[1:3] if backward else args[0:2]          # (B, H, Lq, hd), (B, H, Lk, hd)
-                Count.total += (8.0 if backward else 4.0) * q.numel() * k.shape[-2]
-            return func(*args, **(kwargs or {}))
-
-    device = resolve_device(spec.device)
-    model, _, batch = build(spec, device)
-    with Count():
-        model(batch).loss.backward()
-    return Count.total
+    """FLOPs of the matrix products in one training step's forward and backward (`ebt.training.flops`)."""
+    model, _, batch = build(spec, resolve_device(spec.device))
+    return count_matmul_flops(lambda: model(batch).loss.backward())
 
 
 def parse_overrides(items: list[str]) -> dict:

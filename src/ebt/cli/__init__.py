@@ -55,7 +55,9 @@ COMMANDS: dict[str, dict[str, Union[Command, Group]]] = {
             "denoise": Command(denoise.evaluate, denoise.eval_args)}, default="text"),
     },
     "studies and speed": {
-        "experiment": Command(experiment.experiment, experiment.experiment_args),
+        "experiment": Group("Small-budget reproductions of the paper's studies.", {
+            "s2-ablation": Command(experiment.ablation, experiment.ablation_args),
+            "scaling": Command(experiment.scaling, experiment.scaling_args)}),
         "bench": Command(bench.bench, bench.bench_args),
     },
     "checkpoints and presets": {

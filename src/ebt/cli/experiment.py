@@ -1,4 +1,4 @@
-"""`ebt experiment NAME`: the paper's studies at a small budget (`ebt.experiments`)."""
+"""`ebt experiment s2-ablation|scaling`: the paper's studies at a small budget (`ebt.experiments`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 from ebt.cli.common import at_least, at_least_one
+from ebt.errors import UserError
 from ebt.experiments.s2_ablation import VARIANTS, AblationSettings, run_s2_ablation
+from ebt.experiments.scaling import BUDGETS, FITTED, MODELS, StudySettings, run_study
+from ebt.experiments.scaling_report import write_report
 
-EXPERIMENTS = {"s2-ablation": run_s2_ablation}
 
-
-def experiment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=sorted(EXPERIMENTS), help="which experiment")
+def ablation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--steps", type=int, help=f"training steps per variant (default {AblationSettings.steps})")
     p.add_argument("--quick", action="store_true", help="tiny model and budget (seconds; for smoke tests)")
@@ -24,8 +24,8 @@ def experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: PyTorch's default)")
 
 
-def experiment(args: argparse.Namespace) -> int:
-    """Run a small-budget reproduction of one of the paper's studies (s2-ablation: Table 2)."""
+def ablation(args: argparse.Namespace) -> int:
+    """The System 2 ablation (paper Table 2): each S2 component removed, thinking measured held-out and OOD."""
     quick = args.quick
     steps = args.steps if args.steps is not None else (3 if quick else AblationSettings.steps)
     windows = args.windows if args.windows is not None else (4 if quick else AblationSettings.windows)
@@ -34,6 +34,39 @@ def experiment(args: argparse.Namespace) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else tuple(VARIANTS)
     s = AblationSettings(steps=steps, windows=windows, samples=args.samples, think_factor=args.think_factor,
                          variants=variants, seed=args.seed, threads=args.threads, quick=quick)
-    EXPERIMENTS[args.name](Path(args.out), s)
+    run_s2_ablation(Path(args.out), s)
     print(json.dumps({"out_dir": args.out, "table": str(Path(args.out) / "table.md")}))
+    return 0
+
+
+def scaling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="study folder: new, or an earlier study's to resume it")
+    p.add_argument("--budget", default="tiny", choices=list(BUDGETS),
+                   help="; ".join(f"{b.name}: {b.minutes}" for b in BUDGETS.values()))
+    p.add_argument("--axes", default="data,params,width", help=f"comma-separated, from {','.join(FITTED)}")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: ebt,transformer")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per point")
+    p.add_argument("--jobs", type=int, default=2, help="points trained at once (one process and thread each)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def scaling(args: argparse.Namespace) -> int:
+    """Scaling of EBT vs Transformer++ with data, parameters, width, depth, batch and FLOPs: fitted rates and CIs."""
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "study.json").is_file())):
+        raise UserError(f"--out {str(out)!r} exists and is not a scaling study folder: choose a new folder")
+    s = StudySettings(budget=args.budget, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()),
+                      models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seeds=args.seeds,
+                      jobs=args.jobs, progress=not args.no_progress)
+    if (out / "study.json").is_file():
+        saved = json.loads((out / "study.json").read_text())
+        if saved["budget"]["name"] != s.budget:
+            raise UserError(f"{str(out)!r} holds a study of budget {saved['budget']['name']!r}: resume it with "
+                            f"--budget {saved['budget']['name']} or choose a new --out")
+    records = run_study(out, s)
+    command = (f"ebt experiment scaling --budget {s.budget} --axes {','.join(s.axes)} --models "
+               f"{','.join(s.models)} --seeds {s.seeds} --jobs {s.jobs} --out {args.out}")
+    report = write_report(out, records, s.axes, s.models, command)
+    print("\n".join(report["summary"]))
+    print(json.dumps({"out_dir": args.out, "report": str(out / "report.md"), "points": len(records)}))
     return 0

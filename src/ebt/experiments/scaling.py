@@ -1,0 +1,254 @@
+"""The scaling study (`ebt experiment scaling`): how validation perplexity falls as data, batch size, parameters,
+width and depth grow, for the EBT and the Transformer++, with fitted rates and bootstrap intervals.
+
+For each axis a ladder of points varies that quantity with everything else at the budget's base. Every point is an
+ordinary run folder (`runs/AXIS-VALUE-MODEL-sSEED`) trained by the same trainer and evaluated afterwards on the same
+held-out windows; its measures go to `point.json` there, which marks it done. A study that is killed resumes: done
+points are skipped and interrupted ones continue from their last checkpoint. Points run `jobs` at a time in
+separate processes with one thread each. FLOPs is not a ladder of its own: the parameter and data points are fitted
+again against their training FLOPs (matmul FLOPs counted from one real step, times the steps; element-wise work
+excluded). Tasks plug in through POINT_CONFIGS (config of a point) — text today.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig
+from ebt.errors import UserError
+from ebt.presets import SIZES
+
+AXES = ("data", "params", "width", "depth", "batch")
+FITTED = AXES + ("flops",)
+MODELS = ("ebt", "transformer")
+X_OF = {"data": "tokens", "params": "params_non_embedding", "width": "dim", "depth": "layers", "batch": "batch",
+        "flops": "train_flops"}
+"""The measure each axis is fitted against."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A study's base run and ladders. Ladders: `data` multiplies the base steps (tokens = steps x batch x context),
+    `params` lists (layers, heads, width), `width` widths at the base depth, `depth` layers at the base width,
+    `batch` batch sizes at the base steps (so tokens grow with the batch, as in the paper's batch scaling)."""
+    name: str
+    size: tuple[int, int, int]
+    """Base (layers, heads, width)."""
+    context: int
+    batch: int
+    steps: int
+    lr: float
+    """Peak learning rate of points whose size is not in ebt.presets.SIZES (which states one per size)."""
+    data: tuple[float, ...]
+    params: tuple[tuple[int, int, int], ...]
+    width: tuple[int, ...]
+    depth: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    eval_windows: int = 64
+    max_chars: int = 0
+    alpha: float = 50.0
+    """EBT step size (lm-tiny's: byte level); alpha_lr_mult = 3 alpha (the reference's S1 rule)."""
+    tokenizer: str = "bytes"
+    vocab_size: int = 256
+    minutes: str = ""
+    """What it is meant to take."""
+
+
+def size_of(name: str) -> tuple[int, int, int]:
+    s = SIZES[name]
+    return s.layers, s.heads, s.dim
+
+
+BUDGETS: dict[str, Budget] = {b.name: b for b in (
+    Budget("trivial", size=(1, 2, 16), context=8, batch=4, steps=4, lr=3e-3, data=(0.5, 1.0), params=((1, 2, 16),
+           (1, 2, 32)), width=(16, 32), depth=(1, 2), batch_sizes=(2, 4), eval_windows=4, max_chars=20000,
+           minutes="seconds (tests)"),
+    Budget("tiny", size=(2, 2, 64), context=64, batch=16, steps=120, lr=3e-3, data=(0.25, 0.5, 1.0, 2.0),
+           params=((1, 2, 32), (2, 2, 48), (2, 2, 64), (3, 2, 96)), width=(32, 48, 64, 96), depth=(1, 2, 3, 4),
+           batch_sizes=(4, 8, 16, 32), eval_windows=64, minutes="<= 30 on 2 CPU cores (3 axes)"),
+    Budget("small", size=(4, 4, 128), context=64, batch=16, steps=400, lr=3e-3, data=(0.25, 0.5, 1.0, 2.0),
+           params=((2, 2, 64), (2, 2, 96), (4, 4, 128), (4, 4, 192), (6, 4, 256)), width=(64, 96, 128, 192, 256),
+           depth=(1, 2, 4, 6, 8), batch_sizes=(4, 8, 16, 32, 64), eval_windows=128, minutes="~2 h on 2 CPU cores"),
+    Budget("gpu", size=size_of("xxs"), context=256, batch=64, steps=2000, lr=1.2e-3, data=(0.25, 0.5, 1.0, 2.0),
+           params=tuple(size_of(n) for n in ("4xs", "3xs", "xxs", "xs")), width=(128, 256, 384, 512),
+           depth=(2, 4, 6, 12), batch_sizes=(16, 32, 64, 128), eval_windows=256, alpha=500.0,
+           tokenizer="embedded-bpe-8192", vocab_size=0, minutes="one GPU, a few hours"),
+)}
+
+
+def lr_for(budget: Budget, layers: int, heads: int, dim: int) -> float:
+    """The stated learning-rate rule: the suggested rate of a size in ebt.presets.SIZES, else the budget's."""
+    match = [s.lr for s in SIZES.values() if (s.layers, s.heads, s.dim) == (layers, heads, dim)]
+    return match[0] if match else budget.lr
+
+
+@dataclass(frozen=True)
+class Point:
+    axis: str
+    value: float | int | str
+    model: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        value = "x".join(map(str, self.value)) if isinstance(self.value, tuple) else str(self.value)
+        return f"{self.axis}-{value}-{self.model}-s{self.seed}"
+
+
+def text_point(budget: Budget, point: Point, run_dir: Path) -> RunConfig:
+    """The run config of a text point: the base with the point's axis changed."""
+    layers, heads, dim = budget.size
+    steps, batch = budget.steps, budget.batch
+    if point.axis == "data":
+        steps = max(1, round(budget.steps * float(point.value)))
+    elif point.axis == "params":
+        layers, heads, dim = point.value
+    elif point.axis == "width":
+        dim = int(point.value)
+    elif point.axis == "depth":
+        layers = int(point.value)
+    elif point.axis == "batch":
+        batch = int(point.value)
+    largest_data = point.axis == "data" and float(point.value) == max(budget.data)
+    return RunConfig(
+        model=ModelConfig(kind=point.model, vocab_size=budget.vocab_size, dim=dim, layers=layers, heads=heads,
+                          context=budget.context, conditioning="time_embed"),
+        think=ThinkConfig(landscapes=2, alpha=budget.alpha, alpha_lr_mult=3 * budget.alpha),
+        optim=OptimConfig(lr=lr_for(budget, layers, heads, dim), warmup_steps=max(1, steps // 10)),
+        train=TrainConfig(steps=steps, batch_size=batch, seed=point.seed, threads=1, progress=False,
+                          eval_every=max(1, steps // 8) if largest_data else steps, eval_batches=4,
+                          save_every=max(1, steps // 4), log_every=max(1, steps // 20), out_dir=str(run_dir)),
+        data=DataConfig(max_chars=budget.max_chars, tokenizer=budget.tokenizer),
+    )
+
+
+POINT_CONFIGS: dict[str, Callable[[Budget, Point, Path], RunConfig]] = {"text": text_point}
+
+
+def plan(budget: Budget, axes: tuple[str, ...], models: tuple[str, ...], seeds: int) -> list[Point]:
+    ladders = {"data": budget.data, "params": budget.params, "width": budget.width, "depth": budget.depth,
+               "batch": budget.batch_sizes}
+    return [Point(axis, value, model, seed) for axis in axes for value in ladders[axis] for model in models
+            for seed in range(seeds)]
+
+
+def run_point(task: str, budget: Budget, point: Point, run_dir: Path) -> dict:
+    """Train (or finish) one point and measure it; writes RUN/point.json. Runs in a worker process."""
+    import torch
+
+    from ebt.tasks import fit
+    from ebt.text.evaluate import evaluate_text
+    from ebt.text.splits import heldout_windows, run_tokenizer
+    from ebt.text.task import TextTask, load_model
+    from ebt.training.checkpoint import find_checkpoint, read_config
+    from ebt.training.flops import matmul_flops, parameter_counts
+
+    torch.set_num_threads(1)
+    cfg = POINT_CONFIGS[task](budget, point, run_dir)
+    task_obj = TextTask(cfg)
+    torch.manual_seed(0)
+    probe = task_obj.build_model()
+    batch = next(task_obj.train_batches(cfg.train.batch_size))
+    flops_per_step = matmul_flops(lambda: probe(batch).loss.backward())
+    counts = parameter_counts(probe)
+    del probe
+    started = time.time()
+    done_step = 0
+    if (run_dir / "checkpoint" / "config.json").is_file():
+        done_step = read_config(find_checkpoint(run_dir))[1].get("step", 0)
+    if done_step < cfg.train.steps:
+        fit(cfg, resume=done_step > 0, overwrite=done_step == 0 and run_dir.exists())
+    model, saved = load_model(run_dir)
+    tok = run_tokenizer(saved)
+    res = evaluate_text(model, heldout_windows(saved, tok), None, budget.eval_windows, batch_size=16)
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    record = {"axis": point.axis, "value": point.value, "model": point.model, "seed": point.seed, "run": run_dir.name,
+              "ce": res["ce"], "ppl": res["ppl"], "bpb": res.get("bpb"), "eval_tokens": res["tokens"],
+              "tokens": cfg.train.steps * cfg.train.batch_size * cfg.model.context, "steps": cfg.train.steps,
+              "batch": cfg.train.batch_size, "dim": cfg.model.dim, "layers": cfg.model.layers, **counts,
+              "flops_per_step": flops_per_step, "train_flops": flops_per_step * cfg.train.steps,
+              "seconds": round(time.time() - started, 1), "lr": cfg.optim.lr,
+              "curve": [{"tokens": r["step"] * cfg.train.batch_size * cfg.model.context, "ce": r["ce"]}
+                        for r in curve if r.get("split") == "val"]}
+    (run_dir / "point.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _run_point(args: tuple) -> dict:
+    return run_point(*args)
+
+
+@dataclass
+class StudySettings:
+    budget: str = "tiny"
+    axes: tuple[str, ...] = ("data", "params", "width")
+    models: tuple[str, ...] = MODELS
+    seeds: int = 1
+    jobs: int = 2
+    task: str = "text"
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def check_settings(s: StudySettings) -> Budget:
+    if s.budget not in BUDGETS:
+        raise UserError(f"unknown budget {s.budget!r}: choose one of {', '.join(BUDGETS)}")
+    bad = [a for a in s.axes if a not in FITTED]
+    if bad or not s.axes:
+        raise UserError(f"unknown axis {bad[0] if bad else '(none)'!r}: choose from {', '.join(FITTED)}")
+    bad = [m for m in s.models if m not in MODELS]
+    if bad or not s.models:
+        raise UserError(f"unknown model {bad[0] if bad else '(none)'!r}: choose from {', '.join(MODELS)}")
+    if s.task not in POINT_CONFIGS:
+        raise UserError(f"unknown task {s.task!r}: choose from {', '.join(POINT_CONFIGS)}")
+    if s.seeds < 1 or s.jobs < 1:
+        raise UserError("--seeds and --jobs must be >= 1")
+    return BUDGETS[s.budget]
+
+
+def run_study(out: Path, s: StudySettings) -> list[dict]:
+    """Run (or resume) every point of the study into OUT/runs and return their records."""
+    budget = check_settings(s)
+    axes = tuple(dict.fromkeys(a2 for a in s.axes for a2 in (("params", "data") if a == "flops" else (a,))))
+    points = plan(budget, axes, s.models, s.seeds)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({"budget": asdict(budget), "axes": list(s.axes), "models":
+                                                list(s.models), "seeds": s.seeds, "task": s.task}, indent=1))
+    records, todo = [], []
+    for p in points:
+        done = runs / p.name / "point.json"
+        if done.is_file():
+            records.append(json.loads(done.read_text()))
+        else:
+            todo.append((s.task, budget, p, runs / p.name))
+    bar = None
+    if s.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(points), initial=len(records), desc=f"scaling {s.budget}", unit="point")
+    try:
+        if s.jobs == 1 or len(todo) <= 1:
+            for job in todo:
+                records.append(_run_point(job))
+                bar is not None and bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for record in pool.map(_run_point, todo):
+                    records.append(record)
+                    bar is not None and bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def load_records(out: Path) -> Optional[list[dict]]:
+    files = sorted((out / "runs").glob("*/point.json"))
+    return [json.loads(f.read_text()) for f in files] if files else None
