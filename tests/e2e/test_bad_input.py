@@ -150,7 +150,7 @@ ROWS = [  # (argv, words in the message, exit code)
     (["data", "prepare", "good.txt", "--out", "shards-bpe"], "holds shards of another tokenizer", 2),
     (["data", "prepare", "good.txt", "--out", "runs/ebt"], "exists and is not a shard folder", 2),
     (["data", "prepare", "bad.bin", "--out", "o"], "unsupported file type '.bin'", 2),
-    (["data", "prepare", "good.txt", "--out", "o", "--val-fraction", "1"], "--val-fraction must be in [0, 1)", 2),
+    (["data", "prepare", "good.txt", "--out", "o", "--val-fraction", "0"], "--val-fraction must be in (0, 1)", 2),
     (["tokenizer", "train", "--vocab", "100", "--out", "o"], "at least 258", 2),
     (["tokenizer", "train", "--data", "/nonexistent", "--vocab", "300", "--out", "o"], "does not exist", 2),
     (["tokenizer", "train", "--data", "norecs.jsonl", "--vocab", "300", "--out", "o"], "has no field 'text'", 2),
@@ -216,6 +216,11 @@ ROWS = [  # (argv, words in the message, exit code)
     (["experiment", "s2-ablation", "--out", "o", "--variants", "nope"], "unknown variant", 2),
     (["experiment", "s2-ablation", "--out", "o", "--steps", "0"], "--steps must be >= 1", 2),
     (["experiment", "s2-ablation", "--out", "o", "--threads", "-1"], "--threads must be >= 0", 2),
+    (["experiment", "scaling", "--out", "o", "--budget", "huge"], "unknown budget 'huge'", 2),
+    (["experiment", "scaling", "--out", "o", "--axes", "data,vibes"], "unknown axis 'vibes'", 2),
+    (["experiment", "scaling", "--out", "o", "--models", "rnn"], "unknown model 'rnn'", 2),
+    (["experiment", "scaling", "--out", "o", "--jobs", "0"], "--seeds and --jobs must be >= 1", 2),
+    (["experiment", "scaling", "--out", "runs"], "is not a scaling study folder", 2),
     (["presets", "extra"], "unrecognised arguments", 2),
 ]
 

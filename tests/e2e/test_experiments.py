@@ -1,4 +1,7 @@
-"""`ebt experiment s2-ablation` end to end (quick budget)."""
+"""`ebt experiment s2-ablation` (quick budget) and `ebt experiment scaling` (trivial budget) end to end."""
+import json
+
+from ebt.cli import main
 
 
 def test_s2_ablation_cli(tmp_path, capsys):
@@ -17,8 +20,6 @@ def test_s2_ablation_cli(tmp_path, capsys):
 def test_scaling_study_runs_reports_and_resumes(tmp_path, capsys):
     """The trivial budget on two axes: every point a run folder with its measures, a report with fits and plots; a
     killed study (one point's result lost, another point interrupted mid-run) finishes only what is missing."""
-    import json
-
     out = tmp_path / "study"
     argv = ["experiment", "scaling", "--budget", "trivial", "--axes", "data,width,flops", "--jobs", "1",
             "--no-progress", "--out", str(out)]

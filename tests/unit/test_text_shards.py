@@ -22,7 +22,7 @@ TEXT = "Ünïcode — ok 🙂. " + embedded_corpus()[:20000]
 def bpe_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
     tok = HFTokenizer(train_bpe(TEXT.split("\n"), 400, progress=False), "test")
-    (folder / "tokenizer.json").write_text(tok.json)
+    (folder / "tokenizer.json").write_bytes(tok.raw)
     return folder / "tokenizer.json"
 
 
@@ -35,7 +35,7 @@ def corpus(folder):
     docs = {"txt": lines[:40], "jsonl": lines[40:80], "parquet": lines[80:120], "arrow": lines[120:160]}
     (folder / "books").mkdir(parents=True)
     for k, d in enumerate(docs["txt"][:4]):
-        (folder / "books" / f"{k}.txt").write_text("\n".join(docs["txt"][k * 10:(k + 1) * 10]), encoding="utf-8")
+        (folder / "books" / f"{k}.txt").write_text("\n".join(docs["txt"][k * 3:(k + 1) * 3]), encoding="utf-8")
     with open(folder / "r.jsonl", "w", encoding="utf-8") as f:
         for d in docs["jsonl"]:
             f.write(json.dumps({"text": d, "n": 1}) + "\n\n")          # blank lines are skipped
@@ -46,7 +46,7 @@ def corpus(folder):
     with pa.OSFile(str(ds / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     (ds / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
-    expected = ["\n".join(docs["txt"][k * 10:(k + 1) * 10]) for k in range(4)]
+    expected = ["\n".join(docs["txt"][k * 3:(k + 1) * 3]) for k in range(4)]
     return [str(folder / "books"), str(folder / "r.jsonl"), str(folder / "p.parquet"), str(ds)], \
         expected + docs["jsonl"] + docs["parquet"] + docs["arrow"]
 
@@ -113,6 +113,15 @@ def test_prepare_shards_keeps_every_document_once_in_parallel_and_resumes(tmp_pa
         open_shards(tmp_path / "two", load_tokenizer(other))
 
 
+def test_a_large_text_file_is_cut_into_line_ranges(tmp_path):
+    from ebt.text.corpus import plan_units
+
+    (tmp_path / "big.txt").write_text(TEXT)
+    units = plan_units([str(tmp_path / "big.txt")], unit_bytes=4000)
+    docs = [d for u in units for d in u.documents("text")]
+    assert len(units) > 4 and "".join(docs) == TEXT and all(d.endswith("\n") for d in docs[:-1])
+
+
 def test_damaged_shards_and_records_are_one_line(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
     with pytest.raises(UserError, match=r"line at byte 17\) has no field 'text'"):
@@ -146,3 +155,45 @@ def test_large_epochs_use_a_memory_free_permutation_that_is_a_bijection():
     n = 3 * 10**9                           # 3 billion windows: nothing of size n is allocated
     items = EpochStream(n, seed=0).items(torch.arange(n - 8, n + 8))
     assert ((items >= 0) & (items < n)).all() and len(set(items[:8].tolist())) == 8
+
+
+def test_tokenizers_whose_id_0_is_a_token_are_shifted_and_sentencepiece_bytes_are_counted(tmp_path):
+    """GPT-2 / Llama 3 style (id 0 an ordinary token): ids shift by one, id 0 stays padding. SentencePiece style
+    (Metaspace, byte fallback): "▁" counts as a space, <0xNN> as one byte, nothing is encoded in pieces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    plain = Tokenizer(models.BPE())
+    plain.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    plain.decoder = decoders.ByteLevel()
+    plain.train_from_iterator(TEXT.split("\n"), trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = HFTokenizer(plain, "plain")
+    ids = tok.encode(TEXT)
+    assert tok.offset == 1 and min(ids) >= 1 and tok.vocab_size == plain.get_vocab_size() + 1
+    assert tok.decode(ids) == TEXT and int(tok.token_bytes()[ids].sum()) == len(TEXT.encode("utf-8"))
+
+    sp = Tokenizer(models.BPE(unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    sp.decoder = decoders.Metaspace()
+    sp.train_from_iterator(TEXT.split("\n"), trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"],
+                                                                  show_progress=False))
+    tok = HFTokenizer(sp, "sp")
+    text = "plain words and more words " * 3
+    ids = tok.encode(text)
+    assert tok.offset == 0 and tok.eos_id == 1 and not tok.byte_level
+    assert ids == sp.encode(text, add_special_tokens=False).ids
+    assert int(tok.token_bytes()[ids].sum()) == len(" " + text)       # Metaspace prepends "▁" to the text
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "<0x0A>": 1, "\u2581the": 2, "é": 3}, unk_token="<unk>"))
+    words.add_special_tokens(["<unk>"])
+    assert HFTokenizer(words, "words").token_bytes().tolist() == [0, 1, 4, 2]
+
+
+def test_preparing_again_with_another_tokenizer_never_reuses_the_first_one(tmp_path, bpe_file):
+    (tmp_path / "a.txt").write_text(TEXT[:3000])
+    out = tmp_path / "out"
+    prepare_shards([str(tmp_path / "a.txt")], "bytes", out, workers=1, progress=False)
+    import shutil
+    shutil.rmtree(out)
+    index = prepare_shards([str(tmp_path / "a.txt")], str(bpe_file), out, workers=1, progress=False)
+    tokens = np.fromfile(out / index["splits"]["train"]["shards"][0]["file"], dtype=index["dtype"])
+    assert load_tokenizer(str(bpe_file)).decode(tokens.tolist()).startswith(TEXT[:100])

@@ -36,7 +36,7 @@ def train_tokenizer(args: argparse.Namespace) -> int:
     if tokenizer.vocab_size <= 257:
         raise UserError("the corpus is too small to learn any merge: pass more text")
     out = prepare_output(Path(args.out), args.overwrite)
-    (out / "tokenizer.json").write_text(tokenizer.json, encoding="utf-8")
+    (out / "tokenizer.json").write_bytes(tokenizer.raw)
     print(json.dumps({"tokenizer": str(out / "tokenizer.json"), "vocab_size": tokenizer.vocab_size,
                       "fingerprint": tokenizer.fingerprint}))
     return 0

@@ -62,6 +62,9 @@ def thinking(args: argparse.Namespace) -> int:
     ebt_model, cfg = load_model(args.ebt, kind="ebt")
     tpp_model = load_model(args.transformer, kind="transformer")[0] if args.transformer else None
     tok = load_tokenizer_of(args.ebt)
+    if args.transformer and load_tokenizer_of(args.transformer).fingerprint != tok.fingerprint:
+        raise UserError("--ebt and --transformer were trained with different tokenizers: compare models of one "
+                        "tokenizer (bits per byte across tokenizers: `ebt eval CKPT --json` on the same text)")
     sets = {"held-out": heldout_windows(cfg, tok)}
     texts = ood_sets(extra, embedded=not args.no_embedded_ood)
     sets.update({k: windows_for(v, cfg.model.context, tok) for k, v in texts.items()})

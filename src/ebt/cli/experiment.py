@@ -8,7 +8,7 @@ from pathlib import Path
 from ebt.cli.common import at_least, at_least_one
 from ebt.errors import UserError
 from ebt.experiments.s2_ablation import VARIANTS, AblationSettings, run_s2_ablation
-from ebt.experiments.scaling import BUDGETS, FITTED, MODELS, StudySettings, run_study
+from ebt.experiments.scaling import BUDGETS, FITTED, MODELS, StudySettings, check_settings, run_study
 from ebt.experiments.scaling_report import write_report
 
 
@@ -41,8 +41,7 @@ def ablation(args: argparse.Namespace) -> int:
 
 def scaling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="study folder: new, or an earlier study's to resume it")
-    p.add_argument("--budget", default="tiny", choices=list(BUDGETS),
-                   help="; ".join(f"{b.name}: {b.minutes}" for b in BUDGETS.values()))
+    p.add_argument("--budget", default="tiny", help="; ".join(f"{b.name}: {b.minutes}" for b in BUDGETS.values()))
     p.add_argument("--axes", default="data,params,width", help=f"comma-separated, from {','.join(FITTED)}")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: ebt,transformer")
     p.add_argument("--seeds", type=int, default=1, help="seeds per point")
@@ -59,10 +58,14 @@ def scaling(args: argparse.Namespace) -> int:
                       models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seeds=args.seeds,
                       jobs=args.jobs, progress=not args.no_progress)
     if (out / "study.json").is_file():
-        saved = json.loads((out / "study.json").read_text())
-        if saved["budget"]["name"] != s.budget:
-            raise UserError(f"{str(out)!r} holds a study of budget {saved['budget']['name']!r}: resume it with "
-                            f"--budget {saved['budget']['name']} or choose a new --out")
+        try:
+            budget = json.loads((out / "study.json").read_text())["budget"]["name"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{str(out / 'study.json')!r} is damaged: choose a new --out") from None
+        if budget != s.budget:
+            raise UserError(f"{str(out)!r} holds a study of budget {budget!r}: resume it with --budget {budget} or "
+                            "choose a new --out")
+    check_settings(s)
     records = run_study(out, s)
     command = (f"ebt experiment scaling --budget {s.budget} --axes {','.join(s.axes)} --models "
                f"{','.join(s.models)} --seeds {s.seeds} --jobs {s.jobs} --out {args.out}")

@@ -13,6 +13,7 @@ from ebt.presets import PRESETS, get_preset
 from ebt.tasks import fit
 from ebt.text.convert import load_reference
 from ebt.text.shards import is_shard_folder
+from ebt.text.tokenizers import EMBEDDED_BPE
 from ebt.training import distributed as dist
 from ebt.training.checkpoint import find_checkpoint, read_config, save_checkpoint
 from ebt.training.resume import RESUMABLE, changed_keys, flat, refuse_changes
@@ -35,13 +36,15 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
     instead: a --preset/--config given too must agree with it (on what a resumed run may not change), and the
     trainer refuses overrides a resumed run may not make."""
     cfg = get_preset(args.preset or "lm-tiny")
+    preset_tokenizer = getattr(cfg.data, "tokenizer", None)
     if args.config:
         cfg = load_yaml(args.config, base=cfg)
     shortcuts = {"model.kind": args.model, "data.path": args.data, "train.out_dir": args.out}
-    if is_shard_folder(args.data) and "data.tokenizer" not in overrides:
-        shortcuts["data.tokenizer"] = "auto"   # `--data SHARDS` trains with the shards' own tokenizer
     overrides = {**{k: v for k, v in shortcuts.items() if v is not None}, **overrides}
     cfg = absolute_data_path(apply_overrides(cfg, overrides))
+    if is_shard_folder(getattr(cfg.data, "path", None)) and "data.tokenizer" not in overrides \
+            and cfg.data.tokenizer == preset_tokenizer:
+        cfg.data.tokenizer = "auto"   # shards train with their own tokenizer unless one is asked for
     if not args.resume:
         return cfg
     try:
@@ -64,7 +67,7 @@ def absolute_data_path(cfg):
     if getattr(cfg.data, "path", None):
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
     tokenizer = getattr(cfg.data, "tokenizer", None)
-    if tokenizer and Path(tokenizer).expanduser().exists():   # a tokenizer.json, not `bytes` or `embedded-bpe-N`
+    if tokenizer and tokenizer not in ("auto", "bytes") and not EMBEDDED_BPE.fullmatch(tokenizer):   # a path
         cfg.data.tokenizer = str(Path(tokenizer).expanduser().resolve())
     return cfg
 

@@ -39,7 +39,9 @@ def embedded_corpus() -> str:
     return "\n".join(strip.sub("", v).strip() for v in verses) + "\n"
 
 
-def decode_text(data: bytes, where: str, errors: str = "strict", encoding: str = "utf-8") -> str:
+def decode_text(data: bytes, where: str, errors: str = "strict", encoding: str = "utf-8",
+                hint: str = ", set data.encoding to its encoding, or set data.errors=replace to replace invalid "
+                            "bytes") -> str:
     """The text of a file's bytes. errors="strict": invalid bytes stop with the file and byte offset;
     "replace": each is replaced by U+FFFD and the count is reported once."""
     try:
@@ -47,8 +49,7 @@ def decode_text(data: bytes, where: str, errors: str = "strict", encoding: str =
     except UnicodeDecodeError as exc:
         if errors == "strict":
             raise UserError(f"{where} is not valid {encoding} (byte {exc.start}: {data[exc.start:exc.start + 1]!r}): "
-                            "convert it, set data.encoding to its encoding, or set data.errors=replace to replace "
-                            "invalid bytes") from None
+                            f"convert it to {encoding}{hint}") from None
     text = data.decode(encoding, errors="replace")
     bad = text.count("\ufffd") - data.decode(encoding, errors="ignore").count("\ufffd")
     warnings.warn(f"{where}: {bad} invalid {encoding} byte sequence(s) replaced by U+FFFD (data.errors=replace)",
@@ -88,7 +89,7 @@ class TextUnit:
 
     def documents(self, field: str) -> Iterator[str]:
         for f in self.files:
-            yield decode_text(read_bytes(Path(f)), repr(f))
+            yield decode_text(read_bytes(Path(f)), repr(f), hint="")
 
     def check(self, field: str) -> None:
         """Refuse before any work starts what the first record already shows (text files have no fields)."""
@@ -118,6 +119,23 @@ class JsonlUnit:
 
 
 @dataclass(frozen=True)
+class TextRangeUnit:
+    """The lines of a large text file that start in bytes [start, stop): one document."""
+    path: str
+    start: int
+    stop: int
+
+    def documents(self, field: str) -> Iterator[str]:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            data = f.read(self.stop - self.start)
+        yield decode_text(data, f"{self.path!r} (bytes {self.start}..{self.stop})", hint="")
+
+    def check(self, field: str) -> None:
+        """Text files have no fields."""
+
+
+@dataclass(frozen=True)
 class ParquetUnit:
     """Row groups of a Parquet file; one document per row (its `field` column)."""
     path: str
@@ -131,7 +149,11 @@ class ParquetUnit:
             raise UserError(f"{self.path!r} has no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}): "
                             "pass --field NAME")
         for g in self.groups:
-            yield from column_text(pf.read_row_group(g, columns=[field]).column(0).to_pylist(), self.path, field)
+            try:
+                values = pf.read_row_group(g, columns=[field]).column(0).to_pylist()
+            except Exception as exc:   # pyarrow: ArrowInvalid, OSError without errno for damaged pages
+                raise UserError(f"{self.path!r} row group {g} is unreadable ({exc}): check the file") from None
+            yield from column_text(values, self.path, field)
 
     def check(self, field: str) -> None:
         import pyarrow.parquet as pq
@@ -167,7 +189,7 @@ class ArrowUnit:
                             "`datasets.Dataset.save_to_disk`") from None
 
 
-Unit = TextUnit | JsonlUnit | ParquetUnit | ArrowUnit
+Unit = TextUnit | TextRangeUnit | JsonlUnit | ParquetUnit | ArrowUnit
 
 
 def json_line(line: bytes, where: str):
@@ -196,7 +218,7 @@ def unit_to_dict(unit: Unit) -> dict:
     return {"type": type(unit).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(unit).items()}}
 
 
-def jsonl_units(path: Path, unit_bytes: int) -> list[JsonlUnit]:
+def line_ranges(path: Path, unit_bytes: int) -> list[tuple[int, int]]:
     """Byte ranges of about unit_bytes, each starting at the beginning of a line."""
     size, starts = path.stat().st_size, [0]
     with open(path, "rb") as f:
@@ -206,7 +228,7 @@ def jsonl_units(path: Path, unit_bytes: int) -> list[JsonlUnit]:
             if f.tell() >= size:
                 break
             starts.append(f.tell())
-    return [JsonlUnit(str(path), a, b) for a, b in zip(starts, starts[1:] + [size])]
+    return list(zip(starts, starts[1:] + [size]))
 
 
 def parquet_units(path: Path, unit_bytes: int) -> list[ParquetUnit]:
@@ -253,7 +275,7 @@ def plan_units(inputs: list[str], unit_bytes: int = UNIT_BYTES, field: str = "te
         texts, size = [], 0
 
     for item in inputs:
-        path = Path(item)
+        path = Path(item).expanduser().resolve()   # the plan is the same from any working directory
         if not path.exists():
             raise UserError(f"input {item!r} does not exist: pass text files, folders, .jsonl, .parquet files or "
                             "dataset folders")
@@ -264,14 +286,20 @@ def plan_units(inputs: list[str], unit_bytes: int = UNIT_BYTES, field: str = "te
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for f in files:
             suffix = f.suffix.lower()
-            if suffix in TEXT_SUFFIXES:
+            if suffix in TEXT_SUFFIXES and f.stat().st_size > unit_bytes:   # one document per range of lines
+                flush()
+                units += [TextRangeUnit(str(f), a, b) for a, b in line_ranges(f, unit_bytes)]
+            elif suffix in TEXT_SUFFIXES:
                 texts.append(str(f))
                 size += f.stat().st_size
                 if size >= unit_bytes:
                     flush()
-            elif suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+            elif suffix in JSONL_SUFFIXES:
                 flush()
-                units += jsonl_units(f, unit_bytes) if suffix in JSONL_SUFFIXES else parquet_units(f, unit_bytes)
+                units += [JsonlUnit(str(f), a, b) for a, b in line_ranges(f, unit_bytes)]
+            elif suffix in PARQUET_SUFFIXES:
+                flush()
+                units += parquet_units(f, unit_bytes)
             elif path.is_file():
                 raise UserError(f"{item!r}: unsupported file type {suffix or '(none)'!r}: pass text "
                                 f"({', '.join(TEXT_SUFFIXES)}), JSONL ({', '.join(JSONL_SUFFIXES)}) or .parquet files")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -49,13 +50,17 @@ def write_atomic(path: Path, data: bytes) -> None:
 # --- preparing --------------------------------------------------------------------------------------------------
 
 def cut_point(n: int, doc_ends: np.ndarray, val_fraction: float) -> int:
-    """Where the held-out tail of a unit of n tokens starts: the first document end at or after n - n_val that
-    leaves some tokens held out, else n - n_val itself."""
+    """Where the held-out tail of a unit of n tokens starts: the document end nearest to n - n_val when it is within
+    n_val / 2 of it (whole documents held out), else n - n_val itself (inside a document)."""
     n_val = int(round(n * val_fraction))
     if n_val == 0:
         return n
-    at = doc_ends[(doc_ends >= n - n_val) & (doc_ends < n)]
-    return int(at[0]) if len(at) else n - n_val
+    inner = doc_ends[(doc_ends > 0) & (doc_ends < n)]
+    if len(inner):
+        nearest = int(inner[np.abs(inner - (n - n_val)).argmin()])
+        if abs(nearest - (n - n_val)) <= n_val / 2:
+            return nearest
+    return n - n_val
 
 
 def encode_unit(tok: Tokenizer, unit: Unit, field: str) -> tuple[list[list[int]], list[int]]:
@@ -66,15 +71,16 @@ def encode_unit(tok: Tokenizer, unit: Unit, field: str) -> tuple[list[list[int]]
     return [ids + separator for ids in encode(docs)], [len(d.encode("utf-8")) for d in docs]
 
 
-_WORKER_TOKENIZER: dict[str, Tokenizer] = {}
+_WORKER_TOKENIZER: dict[tuple[str, str], Tokenizer] = {}
 
 
-def prepare_unit(out: str, number: int, unit: Unit, field: str, dtype: str, val_fraction: float) -> dict:
+def prepare_unit(out: str, fingerprint: str, number: int, unit: Unit, field: str, dtype: str,
+                 val_fraction: float) -> dict:
     """Tokenize one unit into its train/val files and write its done file (in a worker process)."""
     folder = Path(out)
-    if out not in _WORKER_TOKENIZER:
-        _WORKER_TOKENIZER[out] = tokenizer_from_files(folder)
-    docs, nbytes = encode_unit(_WORKER_TOKENIZER[out], unit, field)
+    if (out, fingerprint) not in _WORKER_TOKENIZER:
+        _WORKER_TOKENIZER[(out, fingerprint)] = tokenizer_from_files(folder)
+    docs, nbytes = encode_unit(_WORKER_TOKENIZER[(out, fingerprint)], unit, field)
     tokens = np.fromiter((i for ids in docs for i in ids), dtype=dtype, count=sum(map(len, docs)))
     ends = np.cumsum([len(ids) for ids in docs], dtype=np.int64)
     cut = cut_point(len(tokens), ends, val_fraction)
@@ -100,26 +106,35 @@ def start_folder(out: Path, plan: dict) -> None:
     if (out / PLAN).is_file():
         try:
             old = json.loads((out / PLAN).read_text())
-        except ValueError:
-            raise UserError(f"{str(out / PLAN)!r} is damaged: prepare into a new --out folder") from None
-        if old.get("tokenizer", {}).get("fingerprint") != plan["tokenizer"]["fingerprint"]:
-            raise UserError(f"{str(out)!r} holds shards of another tokenizer ({old.get('tokenizer', {}).get('spec')}): "
-                            "shards of two tokenizers never mix; prepare into a new --out folder")
-        if {**old, "tokenizer": None} != {**plan, "tokenizer": None}:
+            old_tokenizer = old["tokenizer"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{str(out / PLAN)!r} is damaged: delete {str(out)!r} or prepare into a new --out "
+                            "folder") from None
+        if not any((out / "shards").glob("*.json")):
+            shutil.rmtree(out / "shards", ignore_errors=True)   # nothing was finished: start again with this plan
+            for stale in (out / TOKENIZER_FILE, out / INDEX):
+                stale.unlink(missing_ok=True)
+        elif old_tokenizer.get("fingerprint") != plan["tokenizer"]["fingerprint"]:
+            raise UserError(f"{str(out)!r} holds shards of another tokenizer ({old_tokenizer.get('spec')}): shards "
+                            f"of two tokenizers never mix; prepare into a new --out folder (or delete {str(out)!r})")
+        elif {**old, "tokenizer": None} != {**plan, "tokenizer": None}:
             raise UserError(f"{str(out)!r} holds shards of other inputs or settings (inputs, --field or "
-                            "--val-fraction changed, or files changed size): prepare into a new --out folder")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                            f"--val-fraction changed, or files changed size): delete {str(out)!r} to start again, "
+                            "or prepare into a new --out folder")
+        else:
+            return
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {str(out)!r} exists and is not a shard folder: choose a new or empty folder")
     (out / "shards").mkdir(parents=True, exist_ok=True)
     write_atomic(out / PLAN, json.dumps(plan, indent=1).encode())
 
 
-def prepare_shards(inputs: list[str], tokenizer: str, out: str | Path, field: str = "text", val_fraction: float = 0.01,
-            workers: int = 0, unit_bytes: int = UNIT_BYTES, progress: bool = True) -> dict:
+def prepare_shards(inputs: list[str], tokenizer: str, out: str | Path, field: str = "text",
+                   val_fraction: float = 0.01, workers: int = 0, unit_bytes: int = UNIT_BYTES,
+                   progress: bool = True) -> dict:
     """Tokenize `inputs` into a shard folder `out` (resuming an interrupted preparation); returns the index."""
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}: training needs held-out text")
     out, tok = Path(out), load_tokenizer(tokenizer)
     units = plan_units(inputs, unit_bytes, field)
     files = sorted({f for u in units for f in (getattr(u, "files", None) or [u.path])})
@@ -132,9 +147,9 @@ def prepare_shards(inputs: list[str], tokenizer: str, out: str | Path, field: st
     start_folder(out, plan)
     for name, data in tok.files().items():
         write_atomic(out / name, data)
-    todo = [(str(out), k, u, field, plan["dtype"], val_fraction) for k, u in enumerate(units)
+    todo = [(str(out), tok.fingerprint, k, u, field, plan["dtype"], val_fraction) for k, u in enumerate(units)
             if not (out / f"shards/{k:06d}.json").is_file()]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo)))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -232,7 +247,7 @@ def open_shards(folder: str | Path, tokenizer: Optional[Tokenizer] = None) -> Sh
                         "with the same inputs and --out to finish it")
     try:
         index = json.loads((folder / INDEX).read_text())
-        if index.get("format") != FORMAT or index.get("version") != VERSION:
+        if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
             raise damaged(folder, f"not a {FORMAT} v{VERSION} index")
         itemsize = np.dtype(index["dtype"]).itemsize
         for split in SPLITS:
@@ -240,12 +255,13 @@ def open_shards(folder: str | Path, tokenizer: Optional[Tokenizer] = None) -> Sh
                 file = folder / shard["file"]
                 if not file.is_file() or file.stat().st_size != shard["tokens"] * itemsize:
                     raise damaged(folder, f"{shard['file']} is missing or has the wrong size")
+        recorded = index["tokenizer"]["fingerprint"]
     except (ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, UserError):
             raise
         raise damaged(folder, f"unreadable {INDEX}: {type(exc).__name__}") from None
     own = tokenizer_from_files(folder)
-    if own.fingerprint != index["tokenizer"]["fingerprint"]:
+    if own.fingerprint != recorded:
         raise damaged(folder, f"its {TOKENIZER_FILE or 'tokenizer'} is not the one in {INDEX}")
     if tokenizer is not None and tokenizer.fingerprint != own.fingerprint:
         raise UserError(f"the shards in {str(folder)!r} were made with the tokenizer {index['tokenizer']['spec']!r} "

@@ -14,7 +14,7 @@ from ebt.text.models import build_lm
 from ebt.text.splits import run_splits, run_tokenizer
 from ebt.text.tokenizers import Tokenizer, tokenizer_from_files
 from ebt.training import distributed as dist
-from ebt.training.checkpoint import find_checkpoint, load_checked
+from ebt.training.checkpoint import find_checkpoint, load_checked, read_config
 from ebt.training.registry import register_task
 
 
@@ -69,5 +69,12 @@ def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu"
 
 
 def load_tokenizer_of(path: str | Path) -> Tokenizer:
-    """The tokenizer a text checkpoint (or run) folder carries: its tokenizer.json, or bytes."""
-    return tokenizer_from_files(find_checkpoint(path))
+    """The tokenizer a text checkpoint (or run) folder carries: its tokenizer.json, or bytes (refused for a model
+    whose vocabulary is not the byte tokenizer's, e.g. a converted reference checkpoint)."""
+    folder = find_checkpoint(path)
+    tok = tokenizer_from_files(folder)
+    vocab = read_config(folder, RunConfig)[0].model.vocab_size
+    if tok.vocab_size > vocab or (tok.fingerprint == "bytes" and vocab != 256):
+        raise UserError(f"{str(folder)!r} has a vocabulary of {vocab} but carries no tokenizer.json that fits it: "
+                        "copy the tokenizer.json it was trained with into that folder")
+    return tok

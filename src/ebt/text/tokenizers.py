@@ -6,7 +6,9 @@ folder stores to rebuild it). `load_tokenizer(spec)` turns a config's `data.toke
     bytes                 UTF-8 bytes, vocabulary 256
     embedded-bpe-N        a byte-level BPE of N tokens trained on the embedded corpus at first use, then cached
     PATH                  a `tokenizer.json` (GPT-NeoX-20B, Llama, or one from `ebt tokenizer train`) or its folder
-Id 0 is never a training target (the reference's pad = eos = 0): a BPE trained here puts <|endoftext|> at id 0.
+Id 0 is never a training target (the reference's pad = eos = 0): a BPE trained here puts <|endoftext|> at id 0, and
+a tokenizer whose id 0 is an ordinary token (GPT-2's and Llama 3's "!") has every id shifted up by one, id 0 left
+free as padding.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ebt.errors import Note, UserError
 TOKENIZER_FILE = "tokenizer.json"
 EOS = "<|endoftext|>"
 EMBEDDED_BPE = re.compile(r"embedded-bpe-(\d+)")
+BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 class ByteTokenizer:
@@ -64,15 +67,23 @@ def byte_alphabet() -> dict[str, int]:
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizers` tokenizer (any tokenizer.json)."""
+    """A Hugging Face `tokenizers` tokenizer (any tokenizer.json); `raw` is the file's bytes (kept as they are, so the
+    fingerprint does not depend on the library's version)."""
 
-    def __init__(self, tokenizer, spec: str):
+    def __init__(self, tokenizer, spec: str, raw: Optional[bytes] = None):
         self.tok, self.spec = tokenizer, spec
-        self.json = tokenizer.to_str()
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        self.eos_id = next((tokenizer.token_to_id(t) for t in (EOS, "</s>", "<eos>") if tokenizer.token_to_id(t)
-                            is not None), None)
-        self.fingerprint = "sha256:" + hashlib.sha256(self.json.encode("utf-8")).hexdigest()[:16]
+        self.raw = raw if raw is not None else tokenizer.to_str().encode("utf-8")
+        self.fingerprint = "sha256:" + hashlib.sha256(self.raw).hexdigest()[:16]
+        setup = json.loads(tokenizer.to_str())
+        self.byte_level = "ByteLevel" in json.dumps(setup.get("pre_tokenizer"))   # no pre-token crosses a newline
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+        first = tokenizer.id_to_token(0)
+        self.offset = 0 if first is None or first in specials else 1   # keep id 0 free when it is a real token
+        self.vocab_size = max(vocab.values()) + 1 + self.offset
+        eos = next((tokenizer.token_to_id(t) for t in (EOS, "<|end_of_text|>", "</s>", "<eos>")
+                    if tokenizer.token_to_id(t) is not None), None)
+        self.eos_id = None if eos is None else eos + self.offset
 
     @classmethod
     def from_file(cls, path: str | Path) -> "HFTokenizer":
@@ -84,7 +95,7 @@ class HFTokenizer:
             raise UserError(f"tokenizer {str(path)!r} does not exist: pass bytes, embedded-bpe-N, a tokenizer.json "
                             "or a folder holding one")
         try:
-            return cls(Tokenizer.from_file(str(file)), str(path))
+            return cls(Tokenizer.from_file(str(file)), str(path), file.read_bytes())
         except Exception as exc:   # tokenizers raises a bare Exception for every parse error
             raise UserError(f"{str(file)!r} is not a Hugging Face tokenizer file ({str(exc).splitlines()[0][:80]}): "
                             "pass a tokenizer.json written by `tokenizers` or `ebt tokenizer train`") from None
@@ -93,36 +104,36 @@ class HFTokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text. Long texts are encoded in pieces cut after a newline that precedes a
-        non-space character, where no byte-level pre-token runs across (the `tokenizers` library is much slower on
-        one long string than on many short ones)."""
-        pieces = [split_long(t) for t in texts]
-        encoded = iter(e.ids for e in self.tok.encode_batch([p for ps in pieces for p in ps]))
-        return [[i for _ in ps for i in next(encoded)] for ps in pieces]
+        """Token ids of each text, without added special tokens (BOS). With a byte-level pre-tokenizer long texts
+        are encoded in pieces cut after a newline that precedes a non-space character, where no pre-token runs
+        across (the `tokenizers` library is much slower on one long string than on many short ones)."""
+        pieces = [split_long(t) if self.byte_level else [t] for t in texts]
+        encoded = iter(e.ids for e in self.tok.encode_batch([p for ps in pieces for p in ps], add_special_tokens=False))
+        return [[i + self.offset for _ in ps for i in next(encoded)] for ps in pieces]
 
     def decode(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids])
+        return self.tok.decode([int(i) - self.offset for i in ids if int(i) >= self.offset])
 
     def token_bytes(self) -> Tensor:
-        """Bytes of text per id: exact for byte-level vocabularies (each character of a token is one byte), from
-        decoding the token alone otherwise; special tokens count 0."""
-        vocab = self.tok.get_vocab(with_added_tokens=True)
+        """Bytes of text per id: each character of a byte-level token is one byte (GPT-2's alphabet); a byte-fallback
+        token <0xNN> is one byte; otherwise the token's UTF-8 length with SentencePiece's "▁" as one space; special
+        tokens count 0."""
         special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
         alphabet = byte_alphabet()
-        byte_level = json.loads(self.json).get("decoder", {}) or {}
-        byte_level = byte_level.get("type") == "ByteLevel"
         out = torch.zeros(self.vocab_size, dtype=torch.long)
-        for token, i in vocab.items():
-            if token in special or i >= self.vocab_size:
+        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
+            if token in special:
                 continue
-            if byte_level and all(c in alphabet for c in token):
-                out[i] = len(token)
+            if self.byte_level and all(c in alphabet for c in token):
+                out[i + self.offset] = len(token)
+            elif BYTE_FALLBACK.fullmatch(token):
+                out[i + self.offset] = 1
             else:
-                out[i] = len(self.tok.decode([i]).encode("utf-8"))
+                out[i + self.offset] = len(token.replace("\u2581", " ").encode("utf-8"))
         return out
 
     def files(self) -> dict[str, bytes]:
-        return {TOKENIZER_FILE: self.json.encode("utf-8")}
+        return {TOKENIZER_FILE: self.raw}
 
 
 Tokenizer = ByteTokenizer | HFTokenizer
@@ -173,13 +184,14 @@ def embedded_bpe(vocab_size: int, progress: bool = False) -> HFTokenizer:
     spec = f"embedded-bpe-{vocab_size}"
     file = cache_dir() / "tokenizers" / spec / TOKENIZER_FILE
     if file.is_file():
-        return HFTokenizer(HFTokenizer.from_file(file).tok, spec)
+        cached = HFTokenizer.from_file(file)
+        return HFTokenizer(cached.tok, spec, cached.raw)
     tok = HFTokenizer(train_bpe(embedded_corpus().split("\n"), vocab_size, progress=progress), spec)
     try:   # write-then-rename: processes that train it at the same time write the same file
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".tokenizer.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tok.json)
+        with os.fdopen(fd, "wb") as f:
+            f.write(tok.raw)
         os.replace(tmp, file)
     except OSError as exc:
         warnings.warn(f"cannot cache the {spec} tokenizer in {str(file.parent)!r} ({exc.strerror}); it will be "

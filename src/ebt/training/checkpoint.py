@@ -188,6 +188,7 @@ def check_same_files(path: str | Path, files: dict[str, bytes]) -> None:
     path = Path(path)
     saved = set(_raw_config(path)[1].get("files", []))
     for name in saved | set(files):
-        if name not in files or name not in saved or (path / name).read_bytes() != files[name]:
+        if name not in files or name not in saved or not (path / name).is_file() \
+                or (path / name).read_bytes() != files[name]:
             raise UserError(f"the run's checkpoint {str(path)!r} was trained with another {name} than its data has "
                             "now: resume with the data (and data.tokenizer) it was trained on, or start a new run")

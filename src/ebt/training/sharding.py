@@ -38,8 +38,8 @@ def feistel_permute(i: Tensor, n: int, key: int, rounds: int = 4) -> Tensor:
     todo = torch.ones_like(x, dtype=torch.bool)
     while bool(todo.any()):
         left, right = x[todo] >> h, x[todo] & mask
-        for k in keys:   # values stay below 2^63: right < 2^32, the multipliers < 2^31
-            f = (right * 0x5BD1E995 + k) & 0x7FFFFFFFFFFF
+        for k in keys:   # every product stays below 2^63: its factors are below 2^32 and 2^31
+            f = (right * 0x5BD1E995 + k) & 0xFFFFFFFF
             left, right = right, left ^ ((f ^ (f >> 13)) * 0x2C1B3C6D + k >> 11 & mask)
         x[todo] = (left << h) | right
         todo = x >= n
