@@ -46,16 +46,21 @@ def corpus_folder(root: Path, megabytes: int) -> Path:
     return folder
 
 
-def bench_prepare(root: Path, tokenizer: str, megabytes: int, workers: int) -> dict:
+def bench_prepare(root: Path, tokenizer: str, megabytes: int, workers: int, unit_mb: int) -> dict:
+    """MB/s of `ebt data prepare` in one process (the tokenizer's own threads off, then on) and in `workers`
+    processes (each single-threaded)."""
     folder = corpus_folder(root, megabytes)
     size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
-    out = {"tokenizer": tokenizer, "megabytes": round(size, 1)}
+    out = {"tokenizer": tokenizer, "megabytes": round(size, 1), "unit_mb": unit_mb}
     load_tokenizer(tokenizer)   # trained and cached before timing
-    for n in (1, workers):
+    for label, n, threads in (("1_proc", 1, "false"), ("1_proc_tokenizer_threads", 1, "true"),
+                              (f"{workers}_proc", workers, "false")):
+        os.environ["TOKENIZERS_PARALLELISM"] = threads
         t = time.perf_counter()
-        prepare_shards([str(folder)], tokenizer, root / f"shards-{n}", workers=n, unit_bytes=1 << 20, progress=False)
-        out[f"mb_per_s_{n}_proc"] = round(size / (time.perf_counter() - t), 3)
-    out["parallel_speedup"] = round(out[f"mb_per_s_{workers}_proc"] / out["mb_per_s_1_proc"], 2)
+        prepare_shards([str(folder)], tokenizer, root / f"shards-{label}", workers=n, unit_bytes=unit_mb << 20,
+                       progress=False)
+        out[f"mb_per_s_{label}"] = round(size / (time.perf_counter() - t), 3)
+    out["process_speedup"] = round(out[f"mb_per_s_{workers}_proc"] / out["mb_per_s_1_proc"], 2)
     return out
 
 
@@ -71,7 +76,7 @@ def tiny_run(kind: str, shards: Path):
 
 def bench_loader(root: Path, steps: int) -> dict:
     """Batch reads from the shards vs training steps, interleaved, for both models."""
-    shards = root / "shards-1"
+    shards = root / "shards-1_proc"
     out = {}
     for kind in ("ebt", "transformer"):
         cfg, task, model = tiny_run(kind, shards)
@@ -162,7 +167,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["prepare", "loader", "memory"])
     p.add_argument("--tokenizer", default="embedded-bpe-4096")
-    p.add_argument("--megabytes", type=int, default=8, help="text to prepare")
+    p.add_argument("--megabytes", type=int, default=24, help="text to prepare")
+    p.add_argument("--unit-mb", type=int, default=4, help="megabytes per unit of work")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=20, help="timed training steps per model (loader)")
     p.add_argument("--memory-gb", default="0.25,4", help="synthetic shard set sizes in GB")
@@ -173,7 +179,7 @@ def main() -> None:
     results = {"threads": 1, "cpus": os.cpu_count()}
     try:
         if args.only in (None, "prepare", "loader"):
-            results["prepare"] = bench_prepare(root, args.tokenizer, args.megabytes, args.workers)
+            results["prepare"] = bench_prepare(root, args.tokenizer, args.megabytes, args.workers, args.unit_mb)
         if args.only in (None, "loader"):
             results["loader"] = bench_loader(root, args.steps)
         if args.only in (None, "memory"):

@@ -99,7 +99,7 @@ def lm_s2_reference() -> RunConfig:
     )
 
 
-ALPHA_TINY_BPE = 50.0
+ALPHA_TINY_BPE = 5.0
 """Step size of lm-tiny-bpe (picked by a short sweep on a tuning split, docs/data.md)."""
 
 
