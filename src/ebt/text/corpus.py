@@ -96,40 +96,47 @@ class TextUnit:
 
 
 @dataclass(frozen=True)
-class JsonlUnit:
-    """The lines of a JSONL file that start in bytes [start, stop); one document per line (its `field`)."""
+class ByteRange:
+    """The lines of a file that start in bytes [start, stop) (`line_ranges` cuts files at line starts)."""
     path: str
     start: int
     stop: int
 
-    def documents(self, field: str) -> Iterator[str]:
+    def read(self) -> bytes:
         with open(self.path, "rb") as f:
             f.seek(self.start)
-            offset = self.start
-            while offset < self.stop:
-                line = f.readline()
-                if not line:
-                    break
-                where, offset = f"{self.path!r} (line at byte {offset})", offset + len(line)
-                if line.strip():
-                    yield record_text(json_line(line, where), field, where)
-
-    def check(self, field: str) -> None:
-        next(self.documents(field), None)
+            return f.read(self.stop - self.start)
 
 
 @dataclass(frozen=True)
-class TextRangeUnit:
-    """The lines of a large text file that start in bytes [start, stop): one document."""
-    path: str
-    start: int
-    stop: int
+class JsonlUnit(ByteRange):
+    """One document per JSONL line (its `field`)."""
 
     def documents(self, field: str) -> Iterator[str]:
+        offset = self.start
+        for line in self.read().splitlines(keepends=True):
+            where, offset = f"{self.path!r} (line at byte {offset})", offset + len(line)
+            if line.strip():
+                yield record_text(json_line(line, where), field, where)
+
+    def check(self, field: str) -> None:
+        """The range's first record (read alone: planning does not read the corpus)."""
         with open(self.path, "rb") as f:
             f.seek(self.start)
-            data = f.read(self.stop - self.start)
-        yield decode_text(data, f"{self.path!r} (bytes {self.start}..{self.stop})", hint="")
+            while f.tell() < self.stop:
+                offset, line = f.tell(), f.readline()
+                if line.strip():
+                    where = f"{self.path!r} (line at byte {offset})"
+                    record_text(json_line(line, where), field, where)
+                    return
+
+
+@dataclass(frozen=True)
+class TextRangeUnit(ByteRange):
+    """A range of lines of a large text file: one document."""
+
+    def documents(self, field: str) -> Iterator[str]:
+        yield decode_text(self.read(), f"{self.path!r} (bytes {self.start}..{self.stop})", hint="")
 
     def check(self, field: str) -> None:
         """Text files have no fields."""
