@@ -104,8 +104,9 @@ ALPHA_TINY_BPE = 5.0
 
 
 def lm_tiny_bpe() -> RunConfig:
-    """lm-tiny on a byte-level BPE of 4,096 tokens trained on the embedded corpus (at first use, then cached): the
-    same model and schedule, a vocabulary 16x larger (about 4 bytes per token), its own step size."""
+    """lm-tiny on a 4,096-token byte-level BPE of the embedded corpus (trained at first use, then cached).
+
+    The same model and schedule, a vocabulary 16x larger (about 4 bytes per token), its own step size."""
     cfg = lm_tiny()
     cfg.model.vocab_size = 0
     cfg.data.tokenizer = "embedded-bpe-4096"
@@ -115,7 +116,19 @@ def lm_tiny_bpe() -> RunConfig:
 
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {"lm-tiny": lm_tiny, "lm-tiny-s2": lm_tiny_s2, "lm-tiny-bpe": lm_tiny_bpe}
-PRESETS.update({f"lm-{name}": (lambda name=name: lm_size(name)) for name in SIZES if name not in ("tiny", "cpu")})
+
+
+def _size_preset(name: str) -> Callable[[], RunConfig]:
+    def preset() -> RunConfig:
+        return lm_size(name)
+
+    s = SIZES[name]
+    preset.__doc__ = (f"The paper's {name} EBT ({s.layers} layers, {s.heads} heads, width {s.dim}, lr {s.lr:g}), "
+                      "context 256, an 8k embedded BPE or your shards; for GPUs.")
+    return preset
+
+
+PRESETS.update({f"lm-{name}": _size_preset(name) for name in SIZES if name not in ("tiny", "cpu")})
 PRESETS.update({"denoise-tiny": denoise_tiny, "dit-tiny": dit_tiny})  # image runs build an ImageRunConfig
 
 

@@ -127,3 +127,6 @@ def test_lm_tiny_bpe_preset_resolves_its_tokenizer_and_vocabulary(tmp_path, caps
     val = jsonl_line(capsys)["val"]
     assert val["tokens"] > 0 and val["bpb"] > 0
     assert (tmp_path / "bpe" / "checkpoint" / "tokenizer.json").is_file()
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"lm-{size}" in listed for size in ("4xs", "xxs", "xl")) and "lm-tiny-bpe" in listed

@@ -24,16 +24,30 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, floa
     return float(slope), float(intercept), float(r2)
 
 
-def _boot_slopes(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, boot: int) -> np.ndarray:
-    """Least-squares slopes of `boot` resamples of the observations, all at once (resamples with a single distinct
-    x have no slope and are left out)."""
+def _boot_lines(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, boot: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slopes, intercepts) of the least-squares lines of `boot` resamples of the observations, all at once
+    (resamples with a single distinct x have no line and are left out)."""
     lx, ly = np.log(x), np.log(y)
     pick = rng.integers(0, len(x), (boot, len(x)))                  # (boot, n)
     bx, by = lx[pick], ly[pick]
     dx = bx - bx.mean(axis=1, keepdims=True)
     var = (dx ** 2).sum(axis=1)
     keep = var > 1e-12 * max(1.0, float((lx ** 2).max()))
-    return (dx * (by - by.mean(axis=1, keepdims=True))).sum(axis=1)[keep] / var[keep]
+    slopes = (dx * (by - by.mean(axis=1, keepdims=True))).sum(axis=1)[keep] / var[keep]
+    return slopes, by.mean(axis=1)[keep] - slopes * bx.mean(axis=1)[keep]
+
+
+def _boot_slopes(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, boot: int) -> np.ndarray:
+    return _boot_lines(x, y, rng, boot)[0]
+
+
+def band(x: Sequence[float], y: Sequence[float], grid: Sequence[float], boot: int = 500,
+         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """95% pointwise band (lo, hi) of the fitted power law on `grid`, from bootstrap resamples."""
+    slopes, intercepts = _boot_lines(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64),
+                                     np.random.default_rng(seed), boot)
+    lines = np.exp(intercepts[:, None] + slopes[:, None] * np.log(np.asarray(grid, dtype=np.float64))[None])
+    return np.percentile(lines, 2.5, axis=0), np.percentile(lines, 97.5, axis=0)
 
 
 def scaling_rate(x: Sequence[float], y: Sequence[float], boot: int = BOOT, seed: int = 0) -> dict:

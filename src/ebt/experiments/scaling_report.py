@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ebt.experiments.fitting import fmt_ci, relative_rate, scaling_rate
+from ebt.experiments.fitting import band, fmt_ci, relative_rate, scaling_rate
 from ebt.experiments.scaling import X_OF
 
 METRICS = ("ppl", "ce")
@@ -64,6 +64,8 @@ def plot_axis(records: list[dict], axis: str, fits: dict, path: Path) -> None:
             grid = np.geomspace(x.min(), x.max(), 50)
             ax.plot(grid, np.exp(fit["intercept"]) * grid ** (-fit["rate"]), color=colour,
                     label=f"{model}: rate {fmt_ci(fit['rate'], fit['ci'])}")
+            lo, hi = band(x, [r["ppl"] for r in mine], grid)
+            ax.fill_between(grid, lo, hi, color=colour, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(X_OF[axis].replace("_", " "))
