@@ -18,14 +18,20 @@ def test_s2_ablation_cli(tmp_path, capsys):
 
 
 def test_scaling_study_runs_reports_and_resumes(tmp_path, capsys):
-    """The trivial budget on two axes: every point a run folder with its measures, a report with fits and plots; a
-    killed study (one point's result lost, another point interrupted mid-run) finishes only what is missing."""
+    """The trivial budget on two axes (and flops): every configuration one run folder with its measures (points of
+    several axes with the same configuration share it), a report with fits and plots; a killed study (one run's
+    result lost, another run interrupted before its first checkpoint) finishes only what is missing."""
     out = tmp_path / "study"
     argv = ["experiment", "scaling", "--budget", "trivial", "--axes", "data,width,flops", "--jobs", "1",
             "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     points = sorted((out / "runs").glob("*/point.json"))
-    assert len(points) == 12          # data (2) + width (2) + params (2, for flops) x 2 models x 1 seed
+    # per model: data 0.5 and 1.0 (the largest, evaluated along the way), width 16 (= params (1, 2, 16), the base)
+    # and 32 (= params (1, 2, 32))
+    assert len(points) == 8
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["axis"], r["model"]) for r in results["points"]).count(("width", "ebt")) == 2
+    assert len(results["points"]) == 12
     report = (out / "report.md").read_text()
     assert "| data | tokens | ebt |" in report and "**EBT vs T++**" in report and "| flops | train_flops |" in report
     assert all((out / f"scaling_{a}.png").is_file() for a in ("data", "width", "flops"))

@@ -44,7 +44,7 @@ def scaling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", default="tiny", help="; ".join(f"{b.name}: {b.minutes}" for b in BUDGETS.values()))
     p.add_argument("--axes", default="data,params,width", help=f"comma-separated, from {','.join(FITTED)}")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: ebt,transformer")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per point")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per point (default: the budget's; tiny: 2)")
     p.add_argument("--jobs", type=int, default=2, help="points trained at once (one process and thread each)")
     p.add_argument("--no-progress", action="store_true")
 

@@ -2,7 +2,8 @@
 width and depth grow, for the EBT and the Transformer++, with fitted rates and bootstrap intervals.
 
 For each axis a ladder of points varies that quantity with everything else at the budget's base. Every point is an
-ordinary run folder (`runs/AXIS-VALUE-MODEL-sSEED`) trained by the same trainer and evaluated afterwards on the same
+ordinary run folder (`runs/MODEL-LlayersHheadsDwidth-Ssteps-Bbatch-Eeval-sSEED`: points of several axes with the
+same configuration, such as the base, share one run) trained by the same trainer and evaluated afterwards on the same
 held-out windows; its measures go to `point.json` there, which marks it done. A study that is killed resumes: done
 points are skipped and interrupted ones continue from their last checkpoint. Points run `jobs` at a time in
 separate processes with one thread each. FLOPs is not a ladder of its own: the parameter and data points are fitted
@@ -15,7 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig
 from ebt.errors import UserError
@@ -55,6 +56,8 @@ class Budget:
     vocab_size: int = 256
     minutes: str = ""
     """What it is meant to take."""
+    seeds: int = 1
+    """Seeds per point unless the command asks for another number."""
 
 
 def size_of(name: str) -> tuple[int, int, int]:
@@ -66,7 +69,7 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("trivial", size=(1, 2, 16), context=8, batch=4, steps=4, lr=3e-3, data=(0.5, 1.0), params=((1, 2, 16),
            (1, 2, 32)), width=(16, 32), depth=(1, 2), batch_sizes=(2, 4), eval_windows=4, max_chars=20000,
            minutes="seconds (tests)"),
-    Budget("tiny", size=(2, 2, 64), context=64, batch=16, steps=120, lr=3e-3, data=(0.25, 0.5, 1.0, 2.0),
+    Budget("tiny", size=(2, 2, 64), context=64, batch=16, steps=200, lr=3e-3, seeds=2, data=(0.25, 0.5, 1.0, 2.0),
            params=((1, 2, 32), (2, 2, 48), (2, 2, 64), (3, 2, 96)), width=(32, 48, 64, 96), depth=(1, 2, 3, 4),
            batch_sizes=(4, 8, 16, 32), eval_windows=64, minutes="<= 30 on 2 CPU cores (3 axes)"),
     Budget("small", size=(4, 4, 128), context=64, batch=16, steps=400, lr=3e-3, data=(0.25, 0.5, 1.0, 2.0),
@@ -95,11 +98,6 @@ class Point:
     value: float | int | str
     model: str
     seed: int
-
-    @property
-    def name(self) -> str:
-        value = "x".join(map(str, self.value)) if isinstance(self.value, tuple) else str(self.value)
-        return f"{self.axis}-{value}-{self.model}-s{self.seed}"
 
 
 def text_point(budget: Budget, point: Point, run_dir: Path) -> RunConfig:
@@ -139,8 +137,14 @@ def plan(budget: Budget, axes: tuple[str, ...], models: tuple[str, ...], seeds: 
             for seed in range(seeds)]
 
 
+def run_name(cfg: RunConfig) -> str:
+    """The run folder of a configuration (what the points of every axis that use it share)."""
+    m, t = cfg.model, cfg.train
+    return f"{m.kind}-L{m.layers}H{m.heads}D{m.dim}-S{t.steps}-B{t.batch_size}-E{t.eval_every}-s{t.seed}"
+
+
 def run_point(task: str, budget: Budget, point: Point, run_dir: Path) -> dict:
-    """Train (or finish) one point and measure it; writes RUN/point.json. Runs in a worker process."""
+    """Train (or finish) one point's run and measure it; writes RUN/point.json. Runs in a worker process."""
     import torch
 
     from ebt.tasks import fit
@@ -169,7 +173,7 @@ def run_point(task: str, budget: Budget, point: Point, run_dir: Path) -> dict:
     tok = run_tokenizer(saved)
     res = evaluate_text(model, heldout_windows(saved, tok), None, budget.eval_windows, batch_size=16)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    record = {"axis": point.axis, "value": point.value, "model": point.model, "seed": point.seed, "run": run_dir.name,
+    record = {"model": point.model, "seed": point.seed, "run": run_dir.name,
               "ce": res["ce"], "ppl": res["ppl"], "bpb": res.get("bpb"), "eval_tokens": res["tokens"],
               "tokens": cfg.train.steps * cfg.train.batch_size * cfg.model.context, "steps": cfg.train.steps,
               "batch": cfg.train.batch_size, "dim": cfg.model.dim, "layers": cfg.model.layers, **counts,
@@ -190,7 +194,8 @@ class StudySettings:
     budget: str = "tiny"
     axes: tuple[str, ...] = ("data", "params", "width")
     models: tuple[str, ...] = MODELS
-    seeds: int = 1
+    seeds: int = 0
+    """0: the budget's."""
     jobs: int = 2
     task: str = "text"
     progress: bool = True
@@ -208,8 +213,8 @@ def check_settings(s: StudySettings) -> Budget:
         raise UserError(f"unknown model {bad[0] if bad else '(none)'!r}: choose from {', '.join(MODELS)}")
     if s.task not in POINT_CONFIGS:
         raise UserError(f"unknown task {s.task!r}: choose from {', '.join(POINT_CONFIGS)}")
-    if s.seeds < 1 or s.jobs < 1:
-        raise UserError("--seeds and --jobs must be >= 1")
+    if s.seeds < 0 or s.jobs < 1:
+        raise UserError("--seeds must be >= 0 (0: the budget's) and --jobs >= 1")
     return BUDGETS[s.budget]
 
 
@@ -217,42 +222,41 @@ def run_study(out: Path, s: StudySettings) -> list[dict]:
     """Run (or resume) every point of the study into OUT/runs and return their records."""
     budget = check_settings(s)
     axes = tuple(dict.fromkeys(a2 for a in s.axes for a2 in (("params", "data") if a == "flops" else (a,))))
-    points = plan(budget, axes, s.models, s.seeds)
+    points = plan(budget, axes, s.models, s.seeds or budget.seeds)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps({"budget": asdict(budget), "axes": list(s.axes), "models":
-                                                list(s.models), "seeds": s.seeds, "task": s.task}, indent=1))
-    records, todo = [], []
-    for p in points:
-        done = runs / p.name / "point.json"
+                                                list(s.models), "seeds": s.seeds or budget.seeds, "task": s.task},
+                                               indent=1))
+    uses = {p: run_name(POINT_CONFIGS[s.task](budget, p, runs)) for p in points}
+    measured, todo = {}, {}
+    for p, name in uses.items():
+        done = runs / name / "point.json"
         if done.is_file():
-            records.append(json.loads(done.read_text()))
-        else:
-            todo.append((s.task, budget, p, runs / p.name))
+            measured[name] = json.loads(done.read_text())
+        elif name not in todo:
+            todo[name] = (s.task, budget, p, runs / name)
     bar = None
     if s.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(points), initial=len(records), desc=f"scaling {s.budget}", unit="point")
+        bar = tqdm(total=len(measured) + len(todo), initial=len(measured), desc=f"scaling {s.budget}", unit="run")
     try:
         if s.jobs == 1 or len(todo) <= 1:
-            for job in todo:
-                records.append(_run_point(job))
+            for name, job in todo.items():
+                measured[name] = _run_point(job)
                 bar is not None and bar.update(1)
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for record in pool.map(_run_point, todo):
-                    records.append(record)
+                for name, record in zip(todo, pool.map(_run_point, todo.values())):
+                    measured[name] = record
                     bar is not None and bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return records
+    return [{"axis": p.axis, "value": p.value, **measured[name]} for p, name in uses.items()]
 
 
-def load_records(out: Path) -> Optional[list[dict]]:
-    files = sorted((out / "runs").glob("*/point.json"))
-    return [json.loads(f.read_text()) for f in files] if files else None
