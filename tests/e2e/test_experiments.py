@@ -46,3 +46,14 @@ def test_scaling_study_runs_reports_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     redone = {p for p in points if not p.is_file() or p.stat().st_mtime_ns != untouched.get(p)}
     assert redone == {lost, interrupted} and all(p.is_file() for p in points)
+
+
+def test_scaling_points_as_torchrun_jobs(tmp_path):
+    """--procs 2: each point trained by 2 gloo processes under torchrun, then measured as usual."""
+    out = tmp_path / "study"
+    assert main(["experiment", "scaling", "--budget", "trivial", "--axes", "width", "--models", "transformer",
+                 "--procs", "2", "--jobs", "1", "--no-progress", "--out", str(out)]) == 0
+    points = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/point.json"))]
+    assert len(points) == 2 and all(p["ppl"] > 1 for p in points)
+    saved = json.loads((out / "runs" / points[0]["run"] / "checkpoint" / "trainer.json").read_text())
+    assert saved["world"] == 2

@@ -46,6 +46,8 @@ def scaling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: ebt,transformer")
     p.add_argument("--seeds", type=int, default=0, help="seeds per point (default: the budget's; tiny: 2)")
     p.add_argument("--jobs", type=int, default=2, help="points trained at once (one process and thread each)")
+    p.add_argument("--procs", type=int, default=1, help="processes per point: > 1 runs each point as a torchrun job "
+                   "(one per GPU; gloo on CPU)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -56,7 +58,7 @@ def scaling(args: argparse.Namespace) -> int:
         raise UserError(f"--out {str(out)!r} exists and is not a scaling study folder: choose a new folder")
     s = StudySettings(budget=args.budget, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()),
                       models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seeds=args.seeds,
-                      jobs=args.jobs, progress=not args.no_progress)
+                      jobs=args.jobs, procs=args.procs, progress=not args.no_progress)
     if (out / "study.json").is_file():
         try:
             budget = json.loads((out / "study.json").read_text())["budget"]["name"]
@@ -68,7 +70,7 @@ def scaling(args: argparse.Namespace) -> int:
     check_settings(s)
     records = run_study(out, s)
     command = (f"ebt experiment scaling --budget {s.budget} --axes {','.join(s.axes)} --models "
-               f"{','.join(s.models)} --seeds {s.seeds} --jobs {s.jobs} --out {args.out}")
+               f"{','.join(s.models)} --seeds {s.seeds} --jobs {s.jobs} --procs {s.procs} --out {args.out}")
     report = write_report(out, records, s.axes, s.models, command)
     print("\n".join(report["summary"]))
     print(json.dumps({"out_dir": args.out, "report": str(out / "report.md"), "points": len(records)}))

@@ -13,14 +13,26 @@ excluded). Tasks plug in through POINT_CONFIGS (config of a point) — text toda
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig
+import torch
+
+from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig, save_yaml
 from ebt.errors import UserError
 from ebt.presets import SIZES
+from ebt.tasks import fit
+from ebt.text.evaluate import evaluate_text
+from ebt.text.splits import heldout_windows, run_tokenizer
+from ebt.text.task import TextTask, load_model
+from ebt.training.checkpoint import find_checkpoint, read_config
+from ebt.training.flops import matmul_flops, parameter_counts
 
 AXES = ("data", "params", "width", "depth", "batch")
 FITTED = AXES + ("flops",)
@@ -143,17 +155,31 @@ def run_name(cfg: RunConfig) -> str:
     return f"{m.kind}-L{m.layers}H{m.heads}D{m.dim}-S{t.steps}-B{t.batch_size}-E{t.eval_every}-s{t.seed}"
 
 
-def run_point(task: str, budget: Budget, point: Point, run_dir: Path) -> dict:
+def train_run(cfg: RunConfig, run_dir: Path, resume: bool, procs: int) -> None:
+    """Train a point's run here, or as a torchrun job of `procs` processes (its config passed as YAML)."""
+    overwrite = not resume and run_dir.exists()
+    if procs <= 1:
+        fit(cfg, resume=resume, overwrite=overwrite)
+        return
+    config = run_dir.parent / f"{run_dir.name}.yaml"
+    save_yaml(cfg, config)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
+           str(free_port()), "-m", "ebt", "train", "--config", str(config), "--out", str(run_dir)]
+    cmd += ["--resume"] if resume else (["--overwrite"] if overwrite else [])
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"the torchrun job of {run_dir.name} failed ({last}): see `{' '.join(cmd)}`")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_point(task: str, budget: Budget, point: Point, run_dir: Path, procs: int = 1) -> dict:
     """Train (or finish) one point's run and measure it; writes RUN/point.json. Runs in a worker process."""
-    import torch
-
-    from ebt.tasks import fit
-    from ebt.text.evaluate import evaluate_text
-    from ebt.text.splits import heldout_windows, run_tokenizer
-    from ebt.text.task import TextTask, load_model
-    from ebt.training.checkpoint import find_checkpoint, read_config
-    from ebt.training.flops import matmul_flops, parameter_counts
-
     torch.set_num_threads(1)
     cfg = POINT_CONFIGS[task](budget, point, run_dir)
     task_obj = TextTask(cfg)
@@ -168,8 +194,8 @@ def run_point(task: str, budget: Budget, point: Point, run_dir: Path) -> dict:
     if (run_dir / "checkpoint" / "config.json").is_file():
         done_step = read_config(find_checkpoint(run_dir))[1].get("step", 0)
     if done_step < cfg.train.steps:
-        fit(cfg, resume=done_step > 0, overwrite=done_step == 0 and run_dir.exists())
-    model, saved = load_model(run_dir)
+        train_run(cfg, run_dir, done_step > 0, procs)
+    model, saved = load_model(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
     tok = run_tokenizer(saved)
     res = evaluate_text(model, heldout_windows(saved, tok), None, budget.eval_windows, batch_size=16)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -197,6 +223,8 @@ class StudySettings:
     seeds: int = 0
     """0: the budget's."""
     jobs: int = 2
+    procs: int = 1
+    """Processes per point (> 1: each point a torchrun job, e.g. one per GPU)."""
     task: str = "text"
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -213,8 +241,8 @@ def check_settings(s: StudySettings) -> Budget:
         raise UserError(f"unknown model {bad[0] if bad else '(none)'!r}: choose from {', '.join(MODELS)}")
     if s.task not in POINT_CONFIGS:
         raise UserError(f"unknown task {s.task!r}: choose from {', '.join(POINT_CONFIGS)}")
-    if s.seeds < 0 or s.jobs < 1:
-        raise UserError("--seeds must be >= 0 (0: the budget's) and --jobs >= 1")
+    if s.seeds < 0 or s.jobs < 1 or s.procs < 1:
+        raise UserError("--seeds must be >= 0 (0: the budget's), --jobs and --procs >= 1")
     return BUDGETS[s.budget]
 
 
@@ -235,7 +263,7 @@ def run_study(out: Path, s: StudySettings) -> list[dict]:
         if done.is_file():
             measured[name] = json.loads(done.read_text())
         elif name not in todo:
-            todo[name] = (s.task, budget, p, runs / name)
+            todo[name] = (s.task, budget, p, runs / name, s.procs)
     bar = None
     if s.progress:
         from tqdm.auto import tqdm
