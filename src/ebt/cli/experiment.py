@@ -48,6 +48,8 @@ def scaling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=2, help="points trained at once (one process and thread each)")
     p.add_argument("--procs", type=int, default=1, help="processes per point: > 1 runs each point as a torchrun job "
                    "(one per GPU; gloo on CPU)")
+    p.add_argument("--task", default="text", help="the modality studied (text; others plug in through "
+                   "ebt.experiments.scaling.POINT_CONFIGS)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -58,7 +60,7 @@ def scaling(args: argparse.Namespace) -> int:
         raise UserError(f"--out {str(out)!r} exists and is not a scaling study folder: choose a new folder")
     s = StudySettings(budget=args.budget, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()),
                       models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seeds=args.seeds,
-                      jobs=args.jobs, procs=args.procs, progress=not args.no_progress)
+                      jobs=args.jobs, procs=args.procs, task=args.task, progress=not args.no_progress)
     if (out / "study.json").is_file():
         try:
             budget = json.loads((out / "study.json").read_text())["budget"]["name"]
