@@ -48,3 +48,16 @@ def test_matmul_flops_of_a_linear_layer_and_parameter_counts():
     model = torch.nn.ModuleDict({"embeddings": torch.nn.Embedding(10, 4), "block": torch.nn.Linear(4, 4),
                                  "output": torch.nn.Linear(4, 10, bias=False)})
     assert parameter_counts(model) == {"params": 40 + 20 + 40, "params_non_embedding": 20}
+
+
+def test_every_budget_builds_a_valid_config_for_every_axis(tmp_path):
+    """Each ladder point of each budget is a valid run config (heads divide widths, ...), and points of different
+    learning rates never share a run."""
+    from ebt.experiments.scaling import AXES, BUDGETS, MODELS, plan, run_name, text_point
+
+    for budget in BUDGETS.values():
+        names = {}
+        for point in plan(budget, AXES, MODELS, 1):
+            cfg = text_point(budget, point, tmp_path)
+            names.setdefault(run_name(cfg), set()).add(cfg.optim.lr)
+        assert all(len(lrs) == 1 for lrs in names.values()), budget.name

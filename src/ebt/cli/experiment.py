@@ -58,17 +58,10 @@ def scaling(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "study.json").is_file())):
         raise UserError(f"--out {str(out)!r} exists and is not a scaling study folder: choose a new folder")
-    s = StudySettings(budget=args.budget, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()),
-                      models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seeds=args.seeds,
-                      jobs=args.jobs, procs=args.procs, task=args.task, progress=not args.no_progress)
-    if (out / "study.json").is_file():
-        try:
-            budget = json.loads((out / "study.json").read_text())["budget"]["name"]
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{str(out / 'study.json')!r} is damaged: choose a new --out") from None
-        if budget != s.budget:
-            raise UserError(f"{str(out)!r} holds a study of budget {budget!r}: resume it with --budget {budget} or "
-                            "choose a new --out")
+    axes = tuple(dict.fromkeys(a.strip() for a in args.axes.split(",") if a.strip()))
+    models = tuple(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
+    s = StudySettings(budget=args.budget, axes=axes, models=models, seeds=args.seeds, jobs=args.jobs,
+                      procs=args.procs, task=args.task, progress=not args.no_progress)
     check_settings(s)
     records = run_study(out, s)
     command = (f"ebt experiment scaling --budget {s.budget} --axes {','.join(s.axes)} --models "

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 
 BOOT = 2000
+MIN_DISTINCT = 3
+"""Fewer distinct x values than this: a rate but no interval."""
 
 
 def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
@@ -57,8 +59,9 @@ def scaling_rate(x: Sequence[float], y: Sequence[float], boot: int = BOOT, seed:
         return {"rate": float("nan"), "ci": [float("nan")] * 2, "r2": float("nan"), "n": len(x),
                 "intercept": float("nan")}
     slope, intercept, r2 = fit_line(x, y)
-    rates = -_boot_slopes(x, y, np.random.default_rng(seed), boot)
-    lo, hi = np.percentile(rates, [2.5, 97.5])
+    lo = hi = float("nan")
+    if np.unique(x).size >= MIN_DISTINCT:   # with two x values every resample is the same line
+        lo, hi = np.percentile(-_boot_slopes(x, y, np.random.default_rng(seed), boot), [2.5, 97.5])
     return {"rate": -slope, "ci": [float(lo), float(hi)], "r2": r2, "n": int(len(x)), "intercept": intercept}
 
 
@@ -70,6 +73,8 @@ def relative_rate(a: tuple[Sequence[float], Sequence[float]], b: tuple[Sequence[
     if np.unique(xa).size < 2 or np.unique(xb).size < 2:
         return {"pct": float("nan"), "ci": [float("nan")] * 2}
     ra, rb = -fit_line(xa, ya)[0], -fit_line(xb, yb)[0]
+    if min(np.unique(xa).size, np.unique(xb).size) < MIN_DISTINCT:
+        return {"pct": 100.0 * (ra / rb - 1.0) if rb > 0 else float("nan"), "ci": [float("nan")] * 2}
     rng = np.random.default_rng(seed)
     boot_a, boot_b = -_boot_slopes(xa, ya, rng, boot), -_boot_slopes(xb, yb, rng, boot)
     k = min(len(boot_a), len(boot_b))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -92,7 +91,7 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
            depth=(1, 2, 4, 6), batch_sizes=(8, 16, 32, 64), eval_windows=256, alpha=500.0,
            tokenizer="embedded-bpe-8192", vocab_size=0, minutes="meant for ~15 min of one GPU, 3 axes (not measured)"),
     Budget("gpu", size=size_of("xxs"), context=256, batch=64, steps=2000, lr=1.2e-3, data=(0.25, 0.5, 1.0, 2.0),
-           params=tuple(size_of(n) for n in ("4xs", "3xs", "xxs", "xs")), width=(128, 256, 384, 512),
+           params=tuple(size_of(n) for n in ("4xs", "3xs", "xxs", "xs")), width=(192, 384, 576, 768),
            depth=(2, 4, 6, 12), batch_sizes=(16, 32, 64, 128), eval_windows=256, alpha=500.0,
            tokenizer="embedded-bpe-8192", vocab_size=0, minutes="one GPU, a few hours"),
 )}
@@ -112,8 +111,10 @@ class Point:
     seed: int
 
 
-def text_point(budget: Budget, point: Point, run_dir: Path) -> RunConfig:
-    """The run config of a text point: the base with the point's axis changed."""
+def text_point(budget: Budget, point: Point, run_dir: Path, procs: int = 1) -> RunConfig:
+    """The run config of a text point: the base with the point's axis changed. With `procs` processes each takes
+    batch / procs windows, so the global batch (and the tokens) stay the budget's. Only the params axis changes the
+    learning rate (by the size rule); width and depth points keep the base's, so their slopes are not a rate change."""
     layers, heads, dim = budget.size
     steps, batch = budget.steps, budget.batch
     if point.axis == "data":
@@ -127,19 +128,23 @@ def text_point(budget: Budget, point: Point, run_dir: Path) -> RunConfig:
     elif point.axis == "batch":
         batch = int(point.value)
     largest_data = point.axis == "data" and float(point.value) == max(budget.data)
+    if batch % procs:
+        raise UserError(f"--procs {procs} does not divide the batch size {batch} of {point.axis}={point.value}: "
+                        "choose a --procs that divides the budget's batch sizes")
+    lr = lr_for(budget, layers, heads, dim) if point.axis == "params" else lr_for(budget, *budget.size)
     return RunConfig(
         model=ModelConfig(kind=point.model, vocab_size=budget.vocab_size, dim=dim, layers=layers, heads=heads,
                           context=budget.context, conditioning="time_embed"),
         think=ThinkConfig(landscapes=2, alpha=budget.alpha, alpha_lr_mult=3 * budget.alpha),
-        optim=OptimConfig(lr=lr_for(budget, layers, heads, dim), warmup_steps=max(1, steps // 10)),
-        train=TrainConfig(steps=steps, batch_size=batch, seed=point.seed, threads=1, progress=False,
+        optim=OptimConfig(lr=lr, warmup_steps=max(1, steps // 10)),
+        train=TrainConfig(steps=steps, batch_size=batch // procs, seed=point.seed, threads=1, progress=False,
                           eval_every=max(1, steps // 8) if largest_data else steps, eval_batches=4,
                           save_every=max(1, steps // 4), log_every=max(1, steps // 20), out_dir=str(run_dir)),
         data=DataConfig(max_chars=budget.max_chars, tokenizer=budget.tokenizer),
     )
 
 
-POINT_CONFIGS: dict[str, Callable[[Budget, Point, Path], RunConfig]] = {"text": text_point}
+POINT_CONFIGS: dict[str, Callable[[Budget, Point, Path, int], RunConfig]] = {"text": text_point}
 
 
 def plan(budget: Budget, axes: tuple[str, ...], models: tuple[str, ...], seeds: int) -> list[Point]:
@@ -151,8 +156,8 @@ def plan(budget: Budget, axes: tuple[str, ...], models: tuple[str, ...], seeds: 
 
 def run_name(cfg: RunConfig) -> str:
     """The run folder of a configuration (what the points of every axis that use it share)."""
-    m, t = cfg.model, cfg.train
-    return f"{m.kind}-L{m.layers}H{m.heads}D{m.dim}-S{t.steps}-B{t.batch_size}-E{t.eval_every}-s{t.seed}"
+    m, t, o = cfg.model, cfg.train, cfg.optim
+    return f"{m.kind}-L{m.layers}H{m.heads}D{m.dim}-S{t.steps}-B{t.batch_size}-E{t.eval_every}-lr{o.lr:g}-s{t.seed}"
 
 
 def train_run(cfg: RunConfig, run_dir: Path, resume: bool, procs: int) -> None:
@@ -163,36 +168,36 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool, procs: int) -> None:
         return
     config = run_dir.parent / f"{run_dir.name}.yaml"
     save_yaml(cfg, config)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
-           str(free_port()), "-m", "ebt", "train", "--config", str(config), "--out", str(run_dir)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), "-m", "ebt",
+           "train", "--config", str(config), "--out", str(run_dir)]
     cmd += ["--resume"] if resume else (["--overwrite"] if overwrite else [])
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if res.returncode != 0:
-        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"the torchrun job of {run_dir.name} failed ({last}): see `{' '.join(cmd)}`")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    log = run_dir.parent / f"{run_dir.name}.log"
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+                              ).returncode
+    if code != 0:
+        errors = [line for line in log.read_text().splitlines() if "error:" in line]
+        raise UserError(f"the torchrun job of {run_dir.name} failed"
+                        f"{' (' + errors[-1].strip() + ')' if errors else ''}: its output is in {str(log)!r}")
 
 
 def run_point(task: str, budget: Budget, point: Point, run_dir: Path, procs: int = 1) -> dict:
     """Train (or finish) one point's run and measure it; writes RUN/point.json. Runs in a worker process."""
     torch.set_num_threads(1)
-    cfg = POINT_CONFIGS[task](budget, point, run_dir)
+    cfg = POINT_CONFIGS[task](budget, point, run_dir, procs)
     task_obj = TextTask(cfg)
     torch.manual_seed(0)
     probe = task_obj.build_model()
-    batch = next(task_obj.train_batches(cfg.train.batch_size))
-    flops_per_step = matmul_flops(lambda: probe(batch).loss.backward())
+    window = next(task_obj.train_batches(1))
+    # matmul FLOPs grow linearly with the batch: one window measured, times the global batch
+    flops_per_step = matmul_flops(lambda: probe(window).loss.backward()) * cfg.train.batch_size * procs
     counts = parameter_counts(probe)
     del probe
     started = time.time()
     done_step = 0
-    if (run_dir / "checkpoint" / "config.json").is_file():
-        done_step = read_config(find_checkpoint(run_dir))[1].get("step", 0)
+    checkpoint = find_checkpoint(run_dir) if run_dir.exists() else None   # also one a kill left mid-swap
+    if checkpoint is not None and (checkpoint / "config.json").is_file():
+        done_step = read_config(checkpoint)[1].get("step", 0)
     if done_step < cfg.train.steps:
         train_run(cfg, run_dir, done_step > 0, procs)
     model, saved = load_model(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -201,18 +206,41 @@ def run_point(task: str, budget: Budget, point: Point, run_dir: Path, procs: int
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     record = {"model": point.model, "seed": point.seed, "run": run_dir.name,
               "ce": res["ce"], "ppl": res["ppl"], "bpb": res.get("bpb"), "eval_tokens": res["tokens"],
-              "tokens": cfg.train.steps * cfg.train.batch_size * cfg.model.context, "steps": cfg.train.steps,
-              "batch": cfg.train.batch_size, "dim": cfg.model.dim, "layers": cfg.model.layers, **counts,
+              "tokens": cfg.train.steps * cfg.train.batch_size * procs * cfg.model.context, "steps": cfg.train.steps,
+              "batch": cfg.train.batch_size * procs, "dim": cfg.model.dim, "layers": cfg.model.layers, **counts,
               "flops_per_step": flops_per_step, "train_flops": flops_per_step * cfg.train.steps,
               "seconds": round(time.time() - started, 1), "lr": cfg.optim.lr,
-              "curve": [{"tokens": r["step"] * cfg.train.batch_size * cfg.model.context, "ce": r["ce"]}
+              "curve": [{"tokens": r["step"] * cfg.train.batch_size * procs * cfg.model.context, "ce": r["ce"]}
                         for r in curve if r.get("split") == "val"]}
-    (run_dir / "point.json").write_text(json.dumps(record, indent=1))
+    write_record(run_dir, record)
     return record
 
 
+def write_record(run_dir: Path, record: dict) -> None:
+    tmp = run_dir / ".point.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, run_dir / "point.json")
+
+
+def read_record(run_dir: Path):
+    """A run's point.json, or None (not done, or a damaged file: the run is measured again)."""
+    try:
+        return json.loads((run_dir / "point.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _run_point(args: tuple) -> dict:
-    return run_point(*args)
+    """One run; a run that fails (diverges, say) is recorded as failed and left out of the fits, so that the study
+    finishes and reports what it could."""
+    task, budget, point, run_dir, procs = args
+    try:
+        return run_point(task, budget, point, run_dir, procs)
+    except UserError as exc:
+        record = {"model": point.model, "seed": point.seed, "run": run_dir.name, "failed": str(exc)}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_record(run_dir, record)
+        return record
 
 
 @dataclass
@@ -252,16 +280,24 @@ def run_study(out: Path, s: StudySettings) -> list[dict]:
     axes = tuple(dict.fromkeys(a2 for a in s.axes for a2 in (("params", "data") if a == "flops" else (a,))))
     points = plan(budget, axes, s.models, s.seeds or budget.seeds)
     runs = out / "runs"
+    study = {"budget": json.loads(json.dumps(asdict(budget))), "task": s.task}
+    if (out / "study.json").is_file():
+        try:
+            saved = json.loads((out / "study.json").read_text())
+            same = saved["budget"] == study["budget"] and saved.get("task", "text") == s.task
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{str(out / 'study.json')!r} is damaged: choose a new --out") from None
+        if not same:
+            raise UserError(f"{str(out)!r} holds a study of another budget definition or task: choose a new --out")
     runs.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps({"budget": asdict(budget), "axes": list(s.axes), "models":
-                                                list(s.models), "seeds": s.seeds or budget.seeds, "task": s.task},
-                                               indent=1))
-    uses = {p: run_name(POINT_CONFIGS[s.task](budget, p, runs)) for p in points}
+    (out / "study.json").write_text(json.dumps({**study, "axes": list(s.axes), "models": list(s.models),
+                                                "seeds": s.seeds or budget.seeds}, indent=1))
+    uses = {p: run_name(POINT_CONFIGS[s.task](budget, p, runs, s.procs)) for p in points}
     measured, todo = {}, {}
     for p, name in uses.items():
-        done = runs / name / "point.json"
-        if done.is_file():
-            measured[name] = json.loads(done.read_text())
+        record = read_record(runs / name)
+        if record is not None:
+            measured[name] = record
         elif name not in todo:
             todo[name] = (s.task, budget, p, runs / name, s.procs)
     bar = None
@@ -278,9 +314,12 @@ def run_study(out: Path, s: StudySettings) -> list[dict]:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
+            from concurrent.futures import as_completed
+
             with ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for name, record in zip(todo, pool.map(_run_point, todo.values())):
-                    measured[name] = record
+                futures = {pool.submit(_run_point, job): name for name, job in todo.items()}
+                for future in as_completed(futures):
+                    measured[futures[future]] = future.result()
                     bar is not None and bar.update(1)
     finally:
         if bar is not None:

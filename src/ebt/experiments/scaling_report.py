@@ -15,8 +15,16 @@ METRICS = ("ppl", "ce")
 
 
 def axis_records(records: list[dict], axis: str) -> list[dict]:
-    """The points fitted on `axis`: its own ladder, or, for flops, the parameter and data points."""
-    return [r for r in records if r["axis"] in (("params", "data") if axis == "flops" else (axis,))]
+    """The runs fitted on `axis`: its own ladder, or, for flops, the parameter and data runs, each run once (the base
+    is on both ladders); failed runs are left out."""
+    rows = [r for r in records if r["axis"] in (("params", "data") if axis == "flops" else (axis,))
+            and "failed" not in r]
+    return list({r["run"]: r for r in rows}.values())
+
+
+def metric(r: dict, name: str) -> float:
+    """ppl from the unclipped cross-entropy (the evaluator caps its ppl at e^50), or the loss."""
+    return math.exp(min(r["ce"], 700.0)) if name == "ppl" else r["ce"]
 
 
 def fit_axis(records: list[dict], axis: str, models: tuple[str, ...]) -> dict:
@@ -25,18 +33,18 @@ def fit_axis(records: list[dict], axis: str, models: tuple[str, ...]) -> dict:
     out: dict = {}
     for model in models:
         mine = [r for r in rows if r["model"] == model]
-        out[model] = {m: scaling_rate([r[X_OF[axis]] for r in mine], [r[m] for r in mine]) for m in METRICS}
+        out[model] = {m: scaling_rate([r[X_OF[axis]] for r in mine], [metric(r, m) for r in mine]) for m in METRICS}
     if "ebt" in models and "transformer" in models:
         data = {model: [r for r in rows if r["model"] == model] for model in ("ebt", "transformer")}
-        out["relative"] = {m: relative_rate(*[([r[X_OF[axis]] for r in data[k]], [r[m] for r in data[k]])
+        out["relative"] = {m: relative_rate(*[([r[X_OF[axis]] for r in data[k]], [metric(r, m) for r in data[k]])
                                               for k in ("ebt", "transformer")]) for m in METRICS}
     return out
 
 
 def learning_curve_rate(records: list[dict], model: str) -> dict:
-    """Data scaling read from the largest data run's learning curve (validation CE vs tokens seen; the first
-    evaluation dropped: it sits in the warm-up)."""
-    runs = [r for r in records if r["axis"] == "data" and r["model"] == model]
+    """Data scaling read from the largest data run's learning curve (validation CE vs tokens seen; the first, earliest
+    evaluation dropped). The cosine schedule shapes this curve too, which the separate data runs avoid."""
+    runs = [r for r in records if r["axis"] == "data" and r["model"] == model and "failed" not in r]
     if not runs:
         return {}
     largest = max(runs, key=lambda r: (r["tokens"], -r["seed"]))
@@ -58,13 +66,13 @@ def plot_axis(records: list[dict], axis: str, fits: dict, path: Path) -> None:
         if not mine:
             continue
         x = np.array([r[X_OF[axis]] for r in mine], dtype=float)
-        ax.scatter(x, [r["ppl"] for r in mine], color=colour, s=18)
+        ax.scatter(x, [metric(r, "ppl") for r in mine], color=colour, s=18)
         fit = fits[model]["ppl"]
         if math.isfinite(fit["rate"]):
             grid = np.geomspace(x.min(), x.max(), 50)
-            ax.plot(grid, np.exp(fit["intercept"]) * grid ** (-fit["rate"]), color=colour,
+            ax.plot(grid, np.exp(fit["intercept"] - fit["rate"] * np.log(grid)), color=colour,
                     label=f"{model}: rate {fmt_ci(fit['rate'], fit['ci'])}")
-            lo, hi = band(x, [r["ppl"] for r in mine], grid)
+            lo, hi = band(x, [metric(r, "ppl") for r in mine], grid)
             ax.fill_between(grid, lo, hi, color=colour, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -107,6 +115,10 @@ def write_report(out: Path, records: list[dict], axes: tuple[str, ...], models: 
             results.setdefault("learning_curve", {})[model] = curve
             if curve:
                 lines.append(f"- {model}: rate {fmt_ci(curve['rate'], curve['ci'])}, R² {curve['r2']:.3f}")
+    failed = [r for r in records if "failed" in r]
+    if failed:
+        lines.append("\nFailed runs (left out of the fits):\n")
+        lines += [f"- {r['run']}: {r['failed']}" for r in {r["run"]: r for r in failed}.values()]
     lines.append("\n" + "\n".join(f"- {s}" for s in summary))
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
