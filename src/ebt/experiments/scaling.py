@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,12 +26,12 @@ import torch
 from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig, save_yaml
 from ebt.errors import UserError
 from ebt.presets import SIZES
-from ebt.tasks import fit
 from ebt.text.evaluate import evaluate_text
 from ebt.text.splits import heldout_windows, run_tokenizer
 from ebt.text.task import TextTask, load_model
 from ebt.training.checkpoint import find_checkpoint, read_config
 from ebt.training.flops import matmul_flops, parameter_counts
+from ebt.training.loop import train
 
 AXES = ("data", "params", "width", "depth", "batch")
 FITTED = AXES + ("flops",)
@@ -160,11 +160,12 @@ def run_name(cfg: RunConfig) -> str:
     return f"{m.kind}-L{m.layers}H{m.heads}D{m.dim}-S{t.steps}-B{t.batch_size}-E{t.eval_every}-lr{o.lr:g}-s{t.seed}"
 
 
-def train_run(cfg: RunConfig, run_dir: Path, resume: bool, procs: int) -> None:
-    """Train a point's run here, or as a torchrun job of `procs` processes (its config passed as YAML)."""
+def train_run(cfg: RunConfig, task: TextTask, run_dir: Path, resume: bool, procs: int) -> None:
+    """Train a point's run here on `task` (already built: its data are not read again), or as a torchrun job of
+    `procs` processes (its config passed as YAML)."""
     overwrite = not resume and run_dir.exists()
     if procs <= 1:
-        fit(cfg, resume=resume, overwrite=overwrite)
+        train(cfg, resume=resume, overwrite=overwrite, task=task)
         return
     config = run_dir.parent / f"{run_dir.name}.yaml"
     save_yaml(cfg, config)
@@ -199,7 +200,7 @@ def run_point(task: str, budget: Budget, point: Point, run_dir: Path, procs: int
     if checkpoint is not None and (checkpoint / "config.json").is_file():
         done_step = read_config(checkpoint)[1].get("step", 0)
     if done_step < cfg.train.steps:
-        train_run(cfg, run_dir, done_step > 0, procs)
+        train_run(cfg, task_obj, run_dir, done_step > 0, procs)
     model, saved = load_model(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
     tok = run_tokenizer(saved)
     res = evaluate_text(model, heldout_windows(saved, tok), None, budget.eval_windows, batch_size=16)
@@ -255,7 +256,6 @@ class StudySettings:
     """Processes per point (> 1: each point a torchrun job, e.g. one per GPU)."""
     task: str = "text"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def check_settings(s: StudySettings) -> Budget:
