@@ -46,12 +46,15 @@ COMMANDS: dict[str, dict[str, Union[Command, Group]]] = {
     },
     "data and tokenizers": {
         "tokenizer": Group("Tokenizers.", {"train": Command(data.train_tokenizer, data.tokenizer_args)}),
-        "data": Group("Text data.", {"prepare": Command(data.prepare, data.prepare_args)}),
+        "data": Group("Text data.", {"prepare": Command(data.prepare, data.prepare_args),
+                                     "get": Command(data.get, data.get_args)}),
     },
     "evaluate": {
-        "eval": Group("Evaluate checkpoints: held-out text, the thinking sweep, or EBT vs DiT denoising.", {
+        "eval": Group("Evaluate checkpoints: held-out text, the thinking sweep, downstream tasks, or EBT vs DiT "
+                      "denoising.", {
             "text": Command(evaluate.text, evaluate.text_args),
             "thinking": Command(evaluate.thinking, evaluate.thinking_args),
+            "downstream": Command(evaluate.downstream, evaluate.downstream_args),
             "denoise": Command(denoise.evaluate, denoise.eval_args)}, default="text"),
     },
     "studies and speed": {

@@ -1,4 +1,5 @@
-"""`ebt tokenizer train` (a byte-level BPE on your corpus) and `ebt data prepare` (token shards for training)."""
+"""`ebt tokenizer train` (a byte-level BPE on your corpus), `ebt data prepare` (token shards for training) and
+`ebt data get bigbench` (downstream task files from the package index)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,8 @@ from pathlib import Path
 from ebt.cli.common import at_least_one
 from ebt.errors import UserError
 from ebt.text.corpus import embedded_corpus, plan_units
+from ebt.text.downstream import bigbench
+from ebt.text.downstream.items import read_items
 from ebt.text.shards import prepare_shards
 from ebt.text.tokenizers import HFTokenizer, train_bpe
 from ebt.training.rundir import prepare_output
@@ -64,4 +67,19 @@ def prepare(args: argparse.Namespace) -> int:
                            max(1, int(args.unit_mb * 2**20)), progress=not args.no_progress)
     print(json.dumps({"out": args.out, "tokenizer": index["tokenizer"], "dtype": index["dtype"],
                       **{split: {k: v for k, v in s.items() if k != "shards"} for split, s in index["splits"].items()}}))
+    return 0
+
+
+def get_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=["bigbench"], help="bigbench: dyck_languages, elementary_math_qa, matrixshapes "
+                                                          "and the SQuAD v1.1 dev set from the bigbench 1.0.0 archive")
+    p.add_argument("--from", dest="archive", metavar="FILE",
+                   help="a bigbench-1.0.0.tar.gz you already have (default: download it with pip)")
+
+
+def get(args: argparse.Namespace) -> int:
+    """Fetch downstream task files once through pip, check them, and cache them for `ebt eval downstream`."""
+    out = bigbench.get_bigbench(args.archive)
+    counts = {name: len(read_items(fmt, out / f"{name}.json")) for name, (fmt, _, _) in bigbench.FILES.items()}
+    print(json.dumps({"folder": str(out), "items": counts}))
     return 0

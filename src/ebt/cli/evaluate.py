@@ -1,13 +1,17 @@
-"""`ebt eval text|thinking`: held-out cross-entropy and perplexity, and the thinking sweep (`ebt eval denoise` is
-in cli/denoise.py)."""
+"""`ebt eval text|thinking|downstream`: held-out cross-entropy and perplexity, the thinking sweep, and downstream
+tasks (`ebt eval denoise` is in cli/denoise.py)."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from ebt.cli.common import add_think_args, at_least_one, think_options
+from ebt.cli.common import add_think_args, at_least_one, int_list, think_options
 from ebt.errors import UserError
+from ebt.experiments.downstream import report, run_study
+from ebt.text.downstream.scoring import Scoring
+from ebt.text.downstream.tasks import load_tasks, task_names
 from ebt.text.evaluate import evaluate_text
 from ebt.text.ood import ood_sets
 from ebt.text.splits import heldout_windows, windows_for
@@ -75,4 +79,42 @@ def thinking(args: argparse.Namespace) -> int:
     (out / "thinking.json").write_text(json.dumps(records, indent=1))
     sweep_plot(records, out / "thinking.png")
     print(table)
+    return 0
+
+
+def downstream_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="EBT and Transformer++ run or checkpoint folders")
+    p.add_argument("--task", action="append", default=[], metavar="NAME[=PATH]",
+                   help=f"a task, repeatable (default: the embedded stand-ins): {task_names()}")
+    p.add_argument("--out", required=True, help="folder for downstream.md / .json / .png (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing --out, replacing its files")
+    p.add_argument("--items", type=int, default=200, help="at most this many items per task (a seeded sample)")
+    p.add_argument("--seeds", type=int_list, default=[0], help="comma-separated noise seeds of the EBTs (e.g. 0,1,2)")
+    p.add_argument("--stride", type=int, help="sliding-window stride for items longer than the context "
+                                              "(default: half the context)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--pretrain-windows", type=int, default=64, help="held-out windows for the pretraining perplexity")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="also greedy-generate N tokens per item and report exact match")
+    p.add_argument("--no-curve", action="store_true", help="skip the EBTs' thinking curve")
+    p.add_argument("--json", action="store_true", help="print the records as JSON instead of the tables")
+    add_think_args(p)
+
+
+def downstream(args: argparse.Namespace) -> int:
+    """EBT vs Transformer++ on downstream tasks beside their pretraining perplexity, with the thinking curve."""
+    at_least_one(items=args.items, batch_size=args.batch_size, pretrain_windows=args.pretrain_windows)
+    if not args.seeds:
+        raise UserError("--seeds is empty: give at least one seed, e.g. --seeds 0")
+    if args.generate < 0:
+        raise UserError(f"--generate must be >= 0, got {args.generate}")
+    tasks = load_tasks(args.task, args.items)
+    for spec in args.checkpoints:                        # refuse a bad checkpoint before any work
+        load_tokenizer_of(spec)
+    out = prepare_output(Path(args.out), args.overwrite)
+    scoring = Scoring(think_options(args), tuple(args.seeds), args.batch_size, args.stride, args.generate)
+    records = run_study(args.checkpoints, tasks, scoring, curve=not args.no_curve,
+                        pretrain_windows=args.pretrain_windows, log=lambda m: print(m, file=sys.stderr))
+    text = report(records, out)
+    print(json.dumps(records) if args.json else text)
     return 0

@@ -6,6 +6,7 @@ Both share one interface, so the trainer, evaluation and generation never ask wh
     predict(contexts (B, S), options)     -> Prediction: next-token logits (B, S, V) for every position
     start_cache(window) / extend_cache(cache, tokens)               the KV cache of the context (generation)
     next_logits(window, cache, options)   -> Prediction: logits (B, V) of the token after the window
+    target_energy(contexts, targets)      -> energies (B, S) of given next tokens (None: no energy)
 Thinking options (`ebt.thinking.ThinkOptions`) are refused by the Transformer++ with a clear message.
 """
 from __future__ import annotations
@@ -67,6 +68,7 @@ class TextEBT(nn.Module):
     """Autoregressive energy-based transformer for text."""
 
     kind = "ebt"
+    can_think = True
 
     def __init__(self, model: ModelConfig, think: ThinkConfig):
         super().__init__()
@@ -147,6 +149,15 @@ class TextEBT(nn.Module):
         res = think(self, input_ids, options, generator=generator, final_energy=False)
         return Prediction(res.logits, res.nfe, res)
 
+    @torch.no_grad()
+    def target_energy(self, input_ids: Tensor, targets: Tensor) -> Tensor:
+        """Energy (B, S) of each given next token `targets` (B, S), as a one-hot candidate after contexts (B, S), on
+        the last landscape: the model's verdict on a given continuation (lower = more compatible). Multiple-choice
+        answers are scored by it."""
+        k = self.think_cfg.landscapes - 1
+        onehot_embedded = self.energy.candidate_matrix()[targets]                 # (B, S, D) = one_hot(y) @ M
+        return self.energy.energy_of_embedding(self.context_energy(input_ids).observed(k), onehot_embedded, k)
+
     def start_cache(self, window: Tensor) -> dict[Optional[int], Observed]:
         """KV cache of the context window (B, S), with room for the whole context (+ the step token) so that
         appending never copies it; per step index when the conditioning lets the context see the step."""
@@ -168,6 +179,7 @@ class TextTransformer(nn.Module):
     """Transformer++ language model (the baseline)."""
 
     kind = "transformer"
+    can_think = False
 
     def __init__(self, model: ModelConfig):
         super().__init__()
@@ -194,6 +206,11 @@ class TextTransformer(nn.Module):
                 generator: Optional[torch.Generator] = None) -> Prediction:
         self.check_options(options)
         return Prediction(self.net(input_ids))
+
+    @staticmethod
+    def target_energy(input_ids: Tensor, targets: Tensor) -> None:
+        """A Transformer++ has no energy."""
+        return None
 
     def start_cache(self, window: Tensor) -> Observed:
         with frozen_weights():

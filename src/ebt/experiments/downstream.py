@@ -1,0 +1,170 @@
+"""The downstream study (`ebt eval downstream`, the paper's Table 3 and Fig. 7): EBTs and Transformer++ side by side
+on downstream tasks, each beside its own pretraining validation perplexity, and each EBT's thinking curve per task
+(trained steps -> more steps -> Langevin noise -> best-of-N), with tasks ordered by their distance from the
+pretraining data (the paper's OOD shift: a model's item perplexity on the task / its pretraining perplexity).
+Writes downstream.md, downstream.json and downstream.png."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from ebt.text.downstream.items import Item
+from ebt.text.downstream.scoring import Scoring, score_task
+from ebt.text.evaluate import evaluate_text
+from ebt.text.splits import heldout_windows
+from ebt.text.task import load_model, load_tokenizer_of
+from ebt.thinking import ThinkOptions
+
+# the thinking curve: (label, options); None = the trained schedule. Extra steps go on the last landscape (the
+# paper's 2 -> 3 forward passes); Langevin noise and best-of-N then build on the 3-step descent.
+CURVE: list[tuple[str, Optional[dict]]] = [
+    ("trained steps", None),
+    ("+1 step", {"steps": 2, "final_landscape_only": True}),
+    ("+3 steps", {"steps": 4, "final_landscape_only": True}),
+    ("+1 step, Langevin 1", {"steps": 2, "final_landscape_only": True, "langevin_std": 1.0}),
+    ("best-of-4", {"steps": 2, "final_landscape_only": True, "samples": 4}),
+]
+
+
+def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Scoring, curve: bool = True,
+              pretrain_windows: int = 64, log=print) -> list[dict]:
+    """One record per (checkpoint, thinking setting, task). `scoring.options`, if given, replaces the trained
+    schedule of the EBTs' main row; the Transformer++ has only its one row."""
+    records = []
+    for ckpt in checkpoints:
+        model, cfg = load_model(ckpt)
+        tok = load_tokenizer_of(ckpt)
+        pre = evaluate_text(model, heldout_windows(cfg, tok), None, pretrain_windows)
+        base = {"checkpoint": str(ckpt), "model": model.kind, "context": cfg.model.context, "tokenizer": tok.spec,
+                "pretrain_ppl": pre["ppl"], "pretrain_bpb": pre["bpb"]}
+        rows = [("trained steps" if scoring.options is None else "given options", scoring.options)]
+        if model.can_think and curve:
+            rows += [(label, ThinkOptions(**opts)) for label, opts in CURVE[1:]]
+        for i, (label, options) in enumerate(rows):
+            for name, items in tasks.items():
+                log(f"{model.kind} {Path(ckpt).name}: {name}, {label}")
+                settings = Scoring(options, scoring.seeds, scoring.batch_size, scoring.stride,
+                                   scoring.generate_tokens if i == 0 else 0)   # exact match on the main row only
+                res = score_task(model, items, tok, settings)
+                records.append({**base, "setting": label, "main": i == 0, "task": name, **res,
+                                "distance": res["item_ppl"] / pre["ppl"]})
+    for r in records:   # the change vs the same checkpoint's first row
+        first = next(b for b in records if (b["checkpoint"], b["task"]) == (r["checkpoint"], r["task"]))
+        r["answer_ppl_change_pct"] = 100.0 * (r["answer_ppl"] - first["answer_ppl"]) / first["answer_ppl"]
+    return records
+
+
+def _ci(value: float, ci: list[float], fmt: str = "{:.2f}") -> str:
+    if any(math.isnan(c) for c in ci):
+        return fmt.format(value)
+    return f"{fmt.format(value)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def _name(r: dict) -> str:
+    return f"{r['model']} ({Path(r['checkpoint']).name})"
+
+
+def main_table(records: list[dict]) -> str:
+    """Each checkpoint's first row per task: pretraining beside downstream."""
+    first = [r for r in records if r["main"]]
+    lines = ["| model | pretrain ppl | task | item ppl | answer ppl [95% CI] | answer bits/byte | "
+             "MC acc by ppl (chance) | MC acc by energy | exact match |", "|" + "---|" * 9]
+    for r in first:
+        mc = (_ci(r["mc_acc_ppl"], r["mc_acc_ppl_ci"]) + f" ({r['mc_chance']:.2f})") if "mc_acc_ppl" in r else ""
+        energy = _ci(r["mc_acc_energy"], r["mc_acc_energy_ci"]) if "mc_acc_energy" in r else ""
+        em = _ci(r["exact_match"], r["exact_match_ci"]) if "exact_match" in r else ""
+        lines.append(f"| {_name(r)} | {r['pretrain_ppl']:.3f} | {r['task']} | {r['item_ppl']:.3f} | "
+                     f"{_ci(r['answer_ppl'], r['answer_ppl_ci'])} | {r['answer_bpb']:.3f} | {mc} | {energy} | {em} |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_table(records: list[dict]) -> str:
+    """Each thinking model's answer perplexity per setting and task (change vs its first row), tasks ordered by
+    distance from the pretraining data."""
+    thinkers = list(dict.fromkeys(r["checkpoint"] for r in records if not r["main"]))
+    if not thinkers:
+        return ""
+    tasks = ordered_tasks(records)
+    lines = ["| model | setting | NFE/token | " + " | ".join(f"{t} answer ppl (Δ%)" for t in tasks) + " |",
+             "|" + "---|" * (3 + len(tasks))]
+    for ckpt in thinkers:
+        for setting in dict.fromkeys(r["setting"] for r in records if r["checkpoint"] == ckpt):
+            rows = {r["task"]: r for r in records if (r["checkpoint"], r["setting"]) == (ckpt, setting)}
+            any_row = next(iter(rows.values()))
+            cells = [f"{rows[t]['answer_ppl']:.3f} ({rows[t]['answer_ppl_change_pct']:+.1f}%)" if t in rows else ""
+                     for t in tasks]
+            lines.append(f"| {_name(any_row)} | {setting} | {any_row['nfe_per_token']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ordered_tasks(records: list[dict]) -> list[str]:
+    """Tasks by mean distance (item ppl / pretraining ppl over the checkpoints' first rows), nearest first."""
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    first = [r for r in records if r["main"]]
+
+    def distance(t: str) -> float:
+        d = [r["distance"] for r in first if r["task"] == t]
+        return sum(d) / len(d)
+    return sorted(tasks, key=distance)
+
+
+def gains(records: list[dict]) -> list[dict]:
+    """Per (thinking checkpoint, task): its distance and its best thinking gain (% answer ppl reduction)."""
+    out = []
+    for ckpt in dict.fromkeys(r["checkpoint"] for r in records):
+        for t in ordered_tasks(records):
+            rows = [r for r in records if (r["checkpoint"], r["task"]) == (ckpt, t)]
+            if len(rows) > 1:
+                best = min(rows[1:], key=lambda r: r["answer_ppl"])
+                out.append({"checkpoint": ckpt, "task": t, "distance": rows[0]["distance"], "best": best["setting"],
+                            "gain_pct": -best["answer_ppl_change_pct"]})
+    return out
+
+
+def report(records: list[dict], out: Path) -> str:
+    text = "## EBT vs Transformer++ downstream\n\n" + main_table(records)
+    curve = curve_table(records)
+    if curve:
+        text += "\n## Thinking curve (tasks ordered by distance from the pretraining data)\n\n" + curve
+        rows = gains(records)
+        text += ("\n## Best thinking gain by distance\n\n| checkpoint | task | distance (item ppl / pretrain ppl) | "
+                 "best setting | answer ppl gain |\n|---|---|---|---|---|\n")
+        text += "".join(f"| {Path(g['checkpoint']).name} | {g['task']} | {g['distance']:.2f} | {g['best']} | "
+                        f"{g['gain_pct']:+.1f}% |\n" for g in rows)
+    (out / "downstream.md").write_text(text)
+    (out / "downstream.json").write_text(json.dumps(records, indent=1))
+    plot(records, out / "downstream.png")
+    return text
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = ordered_tasks(records)
+    first = [r for r in records if r["main"]]
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(3.6 * (len(tasks) + 1), 3.4), squeeze=False)
+    markers = {"ebt": ("o", "C0", "EBT"), "transformer": ("s", "C1", "Transformer++")}
+    for ax, t in zip(axes[0], tasks):
+        for kind, (m, colour, label) in markers.items():
+            rows = [r for r in first if r["task"] == t and r["model"] == kind]
+            if rows:
+                ax.errorbar([r["pretrain_ppl"] for r in rows], [r["answer_ppl"] for r in rows],
+                            yerr=[[r["answer_ppl"] - r["answer_ppl_ci"][0] for r in rows],
+                                  [r["answer_ppl_ci"][1] - r["answer_ppl"] for r in rows]],
+                            fmt=m, color=colour, label=label, capsize=2)
+        ax.set(title=t, xlabel="pretraining perplexity", ylabel="answer perplexity")
+        ax.legend(fontsize=7)
+    ax = axes[0][-1]
+    for g in gains(records):
+        ax.scatter(g["distance"], g["gain_pct"], color="C0")
+        ax.annotate(g["task"], (g["distance"], g["gain_pct"]), fontsize=7)
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set(title="thinking gain vs distance", xlabel="item ppl / pretraining ppl", ylabel="best answer ppl gain (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""Scoring one model on one downstream task: perplexity of the whole formatted item (the reference's number) and of
+its answer tokens only, in nats per token and bits per byte; multiple choice by lowest answer perplexity and, for
+an EBT, by lowest answer energy; optionally exact match of greedy generations. Intervals are 95% percentile
+bootstraps over items; with several seeds (the EBT's initial noise) each item's sums are averaged over seeds first.
+"""
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ebt.text.downstream.items import Item
+from ebt.text.downstream.windows import ItemWindows
+from ebt.text.evaluate import ITEM_COLUMNS, evaluate_items
+from ebt.text.generation import SampleOptions, generate
+from ebt.text.tokenizers import Tokenizer
+from ebt.thinking import ThinkOptions
+
+COL = {name: i for i, name in enumerate(ITEM_COLUMNS)}
+BOOT = 1000
+
+
+@dataclass
+class Scoring:
+    """How to score: windows, batching, seeds and thinking."""
+    options: Optional[ThinkOptions] = None
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 16
+    stride: Optional[int] = None
+    """Sliding-window stride for items longer than the context (None: half the context)."""
+    generate_tokens: int = 0
+    """> 0: also greedy-generate this many tokens per item for exact match."""
+
+
+def sequences(items: list[Item], tokenizer: Tokenizer) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
+    """Token sequences to score: every item's gold text first, then its other choices; and per item the sequence
+    index of each choice (empty for generative items). Prompt and answer are encoded separately and joined, so
+    the answer tokens are exactly the answer's."""
+    seqs: list[tuple[list[int], int]] = []
+    prompts = [tokenizer.encode(item.prompt) for item in items]
+    for item, p in zip(items, prompts):
+        seqs.append((p + tokenizer.encode(item.answer), len(p)))
+    choice_seqs = []
+    for i, (item, p) in enumerate(zip(items, prompts)):
+        index = []
+        for c in item.choices:
+            if c == item.answer:
+                index.append(i)
+            else:
+                seqs.append((p + tokenizer.encode(c), len(p)))
+                index.append(len(seqs) - 1)
+        choice_seqs.append(index)
+    return seqs, choice_seqs
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, transform, rng: np.random.Generator) -> list[float]:
+    """95% bootstrap interval of transform(sum(num) / sum(den)) resampling items."""
+    n = len(num)
+    if n < 2:
+        return [float("nan"), float("nan")]
+    idx = rng.integers(0, n, size=(BOOT, n))
+    values = transform(num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12))
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def _normalise(text: str) -> str:
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def generated_answer(text: str) -> str:
+    """The answer in a generation: after its last '####' if it has one, else its first line."""
+    if "####" in text:
+        text = text.rsplit("####", 1)[1]
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def exact_match(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring, seed: int) -> np.ndarray:
+    """1.0 per item whose greedy generation (normalised: lower case, no punctuation, single spaces) equals one of
+    its references, else 0.0."""
+    hits = []
+    for item in items:
+        prompt = torch.tensor([tokenizer.encode(item.prompt)[-model.cfg.context:]])
+        out = generate(model, prompt, SampleOptions(max_new_tokens=scoring.generate_tokens, temperature=0, seed=seed),
+                       scoring.options)
+        said = _normalise(generated_answer(tokenizer.decode(out[0, prompt.shape[1]:].tolist())))
+        hits.append(float(bool(said) and said in {_normalise(r) for r in item.references}))
+    return np.array(hits)
+
+
+def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring) -> dict:
+    """Metrics of one model on one task's items (see the module docstring)."""
+    seqs, choice_seqs = sequences(items, tokenizer)
+    context = model.cfg.context
+    windows = ItemWindows(seqs, context, scoring.stride or max(1, context // 2), tokenizer.token_bytes())
+    runs = []
+    for seed in scoring.seeds:
+        res = evaluate_items(model, windows, scoring.options, scoring.batch_size, seed, energies=any(choice_seqs))
+        runs.append(res.sums.numpy())
+    nfe, has_energy = res.nfe, res.has_energy
+    sums = np.mean(runs, axis=0)                                      # (sequences, columns), averaged over seeds
+    gold = sums[:len(items)]
+    rng = np.random.default_rng(0)
+    ln2 = math.log(2)
+
+    def ppl(num, den):
+        return float(math.exp(min(num.sum() / max(den.sum(), 1e-12), 50.0)))
+
+    out = {"items": len(items), "windows": len(windows), "nfe_per_token": nfe, "seeds": list(scoring.seeds)}
+    for prefix, ce, tok, nb in (("item", "ce", "tokens", "bytes"), ("answer", "answer_ce", "answer_tokens",
+                                                                     "answer_bytes")):
+        c, t, b = gold[:, COL[ce]], gold[:, COL[tok]], gold[:, COL[nb]]
+        out[f"{prefix}_ppl"] = ppl(c, t)
+        out[f"{prefix}_ppl_ci"] = _ratio_ci(c, t, lambda v: np.exp(np.minimum(v, 50.0)), rng)
+        out[f"{prefix}_ce"] = float(c.sum() / max(t.sum(), 1e-12))
+        out[f"{prefix}_bpb"] = float(c.sum() / ln2 / max(b.sum(), 1e-12))
+        if len(runs) > 1:
+            per_seed = [math.exp(min(r[:len(items), COL[ce]].sum() / max(r[:len(items), COL[tok]].sum(), 1e-12), 50))
+                        for r in runs]
+            out[f"{prefix}_ppl_seed_std"] = float(np.std(per_seed, ddof=1))
+    mc = [(i, idx) for i, idx in enumerate(choice_seqs) if idx]
+    if mc:
+        answer_mean = sums[:, COL["answer_ce"]] / np.maximum(sums[:, COL["answer_tokens"]], 1)
+        energy_mean = sums[:, COL["answer_energy"]] / np.maximum(sums[:, COL["answer_tokens"]], 1)
+        by_ppl = np.array([float(np.argmin(answer_mean[idx]) == items[i].gold) for i, idx in mc])
+        out["mc_items"] = len(mc)
+        out["mc_chance"] = float(np.mean([1.0 / len(idx) for _, idx in mc]))
+        out["mc_acc_ppl"] = float(by_ppl.mean())
+        out["mc_acc_ppl_ci"] = _ratio_ci(by_ppl, np.ones_like(by_ppl), lambda v: v, rng)
+        if has_energy:
+            by_energy = np.array([float(np.argmin(energy_mean[idx]) == items[i].gold) for i, idx in mc])
+            out["mc_acc_energy"] = float(by_energy.mean())
+            out["mc_acc_energy_ci"] = _ratio_ci(by_energy, np.ones_like(by_energy), lambda v: v, rng)
+    if scoring.generate_tokens > 0 and any(item.references for item in items):
+        hits = exact_match(model, items, tokenizer, scoring, scoring.seeds[0])
+        out["exact_match"] = float(hits.mean())
+        out["exact_match_ci"] = _ratio_ci(hits, np.ones_like(hits), lambda v: v, rng)
+    return out
+
