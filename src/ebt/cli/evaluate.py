@@ -17,6 +17,7 @@ from ebt.text.ood import ood_sets
 from ebt.text.splits import heldout_windows, windows_for
 from ebt.text.task import load_model, load_tokenizer_of
 from ebt.text.thinking_sweep import sweep_plot, sweep_table, thinking_sweep
+from ebt.training import distributed as dist
 from ebt.training.rundir import prepare_output
 
 
@@ -91,7 +92,7 @@ def downstream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, default=200, help="at most this many items per task (a seeded sample)")
     p.add_argument("--seeds", type=int_list, default=[0], help="comma-separated noise seeds of the EBTs (e.g. 0,1,2)")
     p.add_argument("--stride", type=int, help="sliding-window stride for items longer than the context "
-                                              "(default: half the context)")
+                                              "(default: half the context; at most the context)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--pretrain-windows", type=int, default=64, help="held-out windows for the pretraining perplexity")
     p.add_argument("--generate", type=int, default=0, metavar="N",
@@ -103,7 +104,8 @@ def downstream_args(p: argparse.ArgumentParser) -> None:
 
 def downstream(args: argparse.Namespace) -> int:
     """EBT vs Transformer++ on downstream tasks beside their pretraining perplexity, with the thinking curve."""
-    at_least_one(items=args.items, batch_size=args.batch_size, pretrain_windows=args.pretrain_windows)
+    at_least_one(items=args.items, batch_size=args.batch_size, pretrain_windows=args.pretrain_windows,
+                 stride=args.stride if args.stride is not None else 1)
     if not args.seeds:
         raise UserError("--seeds is empty: give at least one seed, e.g. --seeds 0")
     if args.generate < 0:
@@ -111,10 +113,14 @@ def downstream(args: argparse.Namespace) -> int:
     tasks = load_tasks(args.task, args.items)
     for spec in args.checkpoints:                        # refuse a bad checkpoint before any work
         load_tokenizer_of(spec)
-    out = prepare_output(Path(args.out), args.overwrite)
+    dist.setup()                                         # under torchrun: items split across the processes
+    main_process = dist.rank() == 0
+    out = prepare_output(Path(args.out), args.overwrite) if main_process else None
     scoring = Scoring(think_options(args), tuple(args.seeds), args.batch_size, args.stride, args.generate)
     records = run_study(args.checkpoints, tasks, scoring, curve=not args.no_curve,
-                        pretrain_windows=args.pretrain_windows, log=lambda m: print(m, file=sys.stderr))
-    text = report(records, out)
-    print(json.dumps(records) if args.json else text)
+                        pretrain_windows=args.pretrain_windows,
+                        log=lambda m: print(m, file=sys.stderr) if main_process else None)
+    if main_process:
+        text = report(records, out)
+        print(json.dumps(records) if args.json else text)
     return 0

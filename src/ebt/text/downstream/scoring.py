@@ -31,7 +31,7 @@ class Scoring:
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 16
     stride: Optional[int] = None
-    """Sliding-window stride for items longer than the context (None: half the context)."""
+    """Sliding-window stride for items longer than the context (None: half the context; at most the context)."""
     generate_tokens: int = 0
     """> 0: also greedy-generate this many tokens per item for exact match."""
 
@@ -96,7 +96,8 @@ def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring)
     """Metrics of one model on one task's items (see the module docstring)."""
     seqs, choice_seqs = sequences(items, tokenizer)
     context = model.cfg.context
-    windows = ItemWindows(seqs, context, scoring.stride or max(1, context // 2), tokenizer.token_bytes())
+    stride = min(scoring.stride, context) if scoring.stride else max(1, context // 2)
+    windows = ItemWindows(seqs, context, stride, tokenizer.token_bytes())
     runs = []
     for seed in scoring.seeds:
         res = evaluate_items(model, windows, scoring.options, scoring.batch_size, seed, energies=any(choice_seqs))
