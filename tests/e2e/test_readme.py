@@ -1,6 +1,8 @@
 """The README's examples stay true: the Python API block runs, CI runs the README's test command."""
 import re
 
+import pytest
+
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -37,13 +39,15 @@ def test_readme_cli_examples_parse():
             assert line.split()[1] in command_names(), line
 
 
-def test_readme_corpus_examples_parse():
-    """The corpus block names real commands and subcommands (the flow itself runs in test_cli_data.py)."""
+@pytest.mark.parametrize("marker", ["ebt data prepare", "ebt eval downstream"])
+def test_readme_corpus_and_downstream_examples_parse(marker):
+    """The corpus and downstream blocks parse as real commands (the flows themselves run in test_cli_data.py and
+    test_cli_downstream.py)."""
     import shlex
 
     from ebt.cli import build_parser, normalise_argv
 
-    corpus = next(b for b in blocks("bash") if "ebt data prepare" in b)
+    corpus = next(b for b in blocks("bash") if marker in b)
     for line in corpus.splitlines():
         argv = normalise_argv(shlex.split(line.split("  #")[0])[1:])
         args, extra = build_parser().parse_known_args(argv)

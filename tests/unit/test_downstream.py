@@ -239,3 +239,22 @@ def test_bigbench_extraction_checks_hashes(tmp_path):
     with pytest.raises(UserError, match="not a readable"):
         bigbench.extract(tmp_path / "junk.tar.gz", tmp_path / "out4", expected)
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out4").exists()
+
+
+def test_bpe_items_count_answer_bytes_exactly():
+    """With a BPE the answer is encoded on its own, so its tokens are exactly its bytes: bits per byte stay
+    comparable with the byte tokenizer's."""
+    from ebt.text.tokenizers import load_tokenizer
+
+    tok = load_tokenizer("embedded-bpe-300")
+    items = [Item("Question: And God said\nAnswer:", " Let there be light"), Item("the end of", " days")]
+    seqs, _ = sequences(items, tok)
+    for (ids, start), item in zip(seqs, items):
+        assert tok.decode(ids[start:]) == item.answer
+    torch.manual_seed(0)
+    model = TextTransformer(ModelConfig(vocab_size=tok.vocab_size, dim=16, layers=1, heads=2, context=8,
+                                        kind="transformer")).eval()
+    res = evaluate_items(model, ItemWindows(seqs, 8, 4, tok.token_bytes()))
+    assert res.sums[:, COL["answer_bytes"]].tolist() == [len(i.answer.encode()) for i in items]
+    assert res.sums[:, COL["bytes"]].tolist() == [len((i.prompt + i.answer).encode()) - len(tok.decode(ids[:1]).encode())
+                                                   for (ids, _), i in zip(seqs, items)]

@@ -45,8 +45,9 @@ def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Sco
         for i, (label, options) in enumerate(rows):
             for name, items in tasks.items():
                 log(f"{model.kind} {Path(ckpt).name}: {name}, {label}")
+                # multiple choice and exact match on the main row; the curve follows the gold answers' perplexity
                 settings = Scoring(options, scoring.seeds, scoring.batch_size, scoring.stride,
-                                   scoring.generate_tokens if i == 0 else 0)   # exact match on the main row only
+                                   scoring.generate_tokens if i == 0 else 0, multiple_choice=i == 0)
                 res = score_task(model, items, tok, settings)
                 records.append({**base, "setting": label, "main": i == 0, "task": name, **res,
                                 "distance": res["item_ppl"] / pre["ppl"]})

@@ -201,7 +201,7 @@ def read_items(fmt: str, path: str | Path) -> list[Item]:
     """The items of a task file in format `fmt` (a key of FORMATS)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"task file {str(path)!r} does not exist: give the path to a {fmt} file")
+        raise UserError(f"task file {str(path)!r} does not exist: give the path to your {fmt} file")
     try:
         items = FORMATS[fmt].parse(FORMATS[fmt].read(path))
     except UnicodeDecodeError as exc:

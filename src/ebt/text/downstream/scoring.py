@@ -34,6 +34,8 @@ class Scoring:
     """Sliding-window stride for items longer than the context (None: half the context; at most the context)."""
     generate_tokens: int = 0
     """> 0: also greedy-generate this many tokens per item for exact match."""
+    multiple_choice: bool = True
+    """Score every choice of multiple-choice items (False: the gold answer only)."""
 
 
 def sequences(items: list[Item], tokenizer: Tokenizer) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
@@ -94,7 +96,8 @@ def exact_match(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring
 
 def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring) -> dict:
     """Metrics of one model on one task's items (see the module docstring)."""
-    seqs, choice_seqs = sequences(items, tokenizer)
+    seqs, choice_seqs = sequences(items if scoring.multiple_choice else [Item(i.prompt, i.answer) for i in items],
+                                  tokenizer)
     context = model.cfg.context
     stride = min(scoring.stride, context) if scoring.stride else max(1, context // 2)
     windows = ItemWindows(seqs, context, stride, tokenizer.token_bytes())
