@@ -102,7 +102,7 @@ def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring)
     stride = min(scoring.stride, context) if scoring.stride else max(1, context // 2)
     windows = ItemWindows(seqs, context, stride, tokenizer.token_bytes())
     runs = []
-    for seed in scoring.seeds:
+    for seed in scoring.seeds if model.can_think else scoring.seeds[:1]:   # only an EBT's prediction is random
         res = evaluate_items(model, windows, scoring.options, scoring.batch_size, seed, energies=any(choice_seqs))
         runs.append(res.sums.numpy())
     nfe, has_energy = res.nfe, res.has_energy
@@ -114,7 +114,7 @@ def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring)
     def ppl(num, den):
         return float(math.exp(min(num.sum() / max(den.sum(), 1e-12), 50.0)))
 
-    out = {"items": len(items), "windows": len(windows), "nfe_per_token": nfe, "seeds": list(scoring.seeds)}
+    out = {"items": len(items), "windows": len(windows), "nfe_per_token": nfe, "seeds": len(runs)}
     for prefix, ce, tok, nb in (("item", "ce", "tokens", "bytes"), ("answer", "answer_ce", "answer_tokens",
                                                                      "answer_bytes")):
         c, t, b = gold[:, COL[ce]], gold[:, COL[tok]], gold[:, COL[nb]]
