@@ -83,3 +83,14 @@ def test_get_bigbench_offline_is_one_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert len(lines) == 1 and "pip could not download bigbench 1.0.0" in lines[0] and "--from FILE" in lines[0]
     assert not (tmp_path / "cache" / "bigbench-1.0.0").exists()
+
+
+def test_thinking_flags_apply_to_the_ebt_only_and_one_item_gives_strict_json(ckpts, tmp_path, capsys):
+    root, (ebt, tpp), _ = ckpts
+    out = tmp_path / "flags"
+    assert main(["eval", "downstream", ebt, tpp, "--task", "dyck", "--items", "1", "--no-curve", "--steps", "2",
+                 "--pretrain-windows", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    records = json.loads((out / "downstream.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert [(r["model"], r["setting"]) for r in records] == [("ebt", "given options"), ("transformer", "trained steps")]
+    assert records[0]["nfe_per_token"] == 4 and records[0]["answer_ppl_ci"] is None

@@ -19,7 +19,7 @@ from ebt.errors import UserError
 from ebt.text.data import PackedWindows
 from ebt.text.downstream import bigbench
 from ebt.text.downstream.items import Item, read_items
-from ebt.text.downstream.scoring import Scoring, generated_answer, score_task, sequences
+from ebt.text.downstream.scoring import Scoring, generated_answer, normalise, score_task, sequences
 from ebt.text.downstream.standins import PAIRS, arithmetic_records, cloze_records, dyck_task
 from ebt.text.downstream.tasks import load_tasks
 from ebt.text.downstream.windows import ANSWER, PROMPT, ItemWindows
@@ -47,10 +47,12 @@ def test_readers_format_items_as_the_reference(tmp_path):
     assert read_items("squad", tmp_path / "s.json") == [
         Item("Question: Paris is in France.\nWhere is Paris?\nAnswer:", " France", references=("France", "in France"))]
     bb = {"name": "t", "examples": [{"input": "( [", "target_scores": {"] )": 1, ") ]": 0}},
-                                    {"input": "1+1", "target": ["2", "two"]}]}
+                                    {"input": "1+1", "target": ["2", "two"]},
+                                    {"input": "2?", "target_scores": {"1": 0, "2": 1, "two": 1}}]}
     (tmp_path / "task.json").write_text(json.dumps(bb))
-    mc, gen = read_items("bigbench", tmp_path / "task.json")
-    assert mc.choices == (" ] )", " ) ]") and mc.answer == " ] )" and mc.gold == 0
+    mc, gen, tied = read_items("bigbench", tmp_path / "task.json")
+    assert mc.choices == (" ] )", " ) ]") and mc.answer == " ] )" and mc.correct == {0}
+    assert tied.correct == {1, 2}                           # BigBench grades every top-scoring choice correct
     assert gen == Item("Question: 1+1\nAnswer:", " 2", references=("2", "two"))
     arc_ai2 = {"question": {"stem": "Sky?", "choices": [{"label": "A", "text": "blue"}, {"label": "B", "text": "red"}]},
                "answerKey": "A"}
@@ -59,9 +61,9 @@ def test_readers_format_items_as_the_reference(tmp_path):
     assert a == b and a.prompt == "Question: Sky?\nA: blue\nB: red\nAnswer:" and a.choices == (" A", " B")
     (lam,) = read_items("lambada", write_lines(tmp_path / "l.jsonl", [{"text": "the cat sat on the mat"}]))
     assert (lam.prompt, lam.answer) == ("the cat sat on the", " mat")
-    (gen,) = read_items("jsonl", write_lines(tmp_path / "j.jsonl", [{"prompt": "x =", "answer": " 1",
-                                                                      "choices": [" 1", " 2"]}]))
-    assert gen.gold == 0
+    (gen,) = read_items("jsonl", write_lines(tmp_path / "j.jsonl", [{"prompt": "x =\u2028", "answer": " 1",
+                                                                      "choices": [" 2", " 1"]}]))
+    assert gen.correct == {1} and gen.prompt == "x =\u2028"   # a raw U+2028 inside a JSON string is no line end
 
 
 @pytest.mark.parametrize("fmt,rows,needle", [
@@ -70,6 +72,9 @@ def test_readers_format_items_as_the_reference(tmp_path):
     ("arc", [{"question": "q", "choices": {"label": ["A"], "text": ["x"]}, "answerKey": "C"}], "answerKey 'C'"),
     ("lambada", [{"text": 3}], "field 'text' is int"),
     ("jsonl", [{"prompt": "p", "answer": "a", "choices": ["b"]}], "must be a list of strings that contains"),
+    ("jsonl", [{"prompt": "p", "answer": "a", "choices": "abc"}], "must be a list of strings that contains"),
+    ("jsonl", [{"prompt": "p", "answer": "a", "choices": ["a", " "]}], "must be a list of strings that contains"),
+    ("arc", [{"question": {"stem": "q", "choices": ["A"]}, "answerKey": "A"}], "need a 'label' and a 'text'"),
     ("jsonl", [], "no jsonl items"),
 ])
 def test_bad_task_files_name_the_line(tmp_path, fmt, rows, needle):
@@ -89,6 +94,11 @@ def test_bigbench_with_subtasks_and_task_names(tmp_path):
             load_tasks([spec], 10)
     tasks = load_tasks(["arithmetic", "dyck"], 7)
     assert [len(v) for v in tasks.values()] == [7, 7]
+    with pytest.raises(UserError, match="given twice"):
+        load_tasks(["dyck", "dyck"], 7)
+    (tmp_path / "bad.json").write_text(json.dumps({"examples": [{"input": "x", "target_scores": {"a": "high"}}]}))
+    with pytest.raises(UserError, match="must be numbers"):
+        read_items("bigbench", tmp_path / "bad.json")
 
 
 # ---- stand-ins ------------------------------------------------------------------------------------------------
@@ -208,9 +218,16 @@ def test_multiple_choice_by_perplexity_and_energy():
     assert math.isfinite(res["answer_ppl"]) and res["answer_ppl_ci"][0] <= res["answer_ppl"] <= res["answer_ppl_ci"][1]
 
 
-def test_generated_answer():
-    assert generated_answer(" so 4 + 1 = 5\n#### 5\nQuestion") == "5"
+def test_generated_answer_and_normalisation():
+    assert generated_answer(" so 4 + 1 = 5\n#### 5\nQuestion: 9 + 1?\n#### 10") == "5"   # the first answer
     assert generated_answer(" Paris\nQuestion: x") == "Paris"
+    assert normalise(" The  Eiffel tower.") == "the eiffel tower" and normalise("-5.") == "-5" != normalise("5")
+    assert normalise(") ] }") == ") ] }" and normalise("3.5") == "3.5"
+
+
+def test_an_answer_without_tokens_is_refused():
+    with pytest.raises(UserError, match="has no tokens"):
+        sequences([Item("q", " a", choices=(" a", ""))], ByteTokenizer())
 
 
 # ---- bigbench -------------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def downstream(args: argparse.Namespace) -> int:
     tasks = load_tasks(args.task, args.items)
     for spec in args.checkpoints:                        # refuse a bad checkpoint before any work
         load_tokenizer_of(spec)
-    dist.setup()                                         # under torchrun: items split across the processes
+    dist.setup(backend="gloo")           # under torchrun: windows split across the processes (the models are on CPU)
     main_process = dist.rank() == 0
     out = prepare_output(Path(args.out), args.overwrite) if main_process else None
     scoring = Scoring(think_options(args), tuple(args.seeds), args.batch_size, args.stride, args.generate)

@@ -6,7 +6,6 @@ Writes downstream.md, downstream.json and downstream.png."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +38,8 @@ def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Sco
         pre = evaluate_text(model, heldout_windows(cfg, tok), None, pretrain_windows)
         base = {"checkpoint": str(ckpt), "model": model.kind, "context": cfg.model.context, "tokenizer": tok.spec,
                 "pretrain_ppl": pre["ppl"], "pretrain_bpb": pre["bpb"]}
-        rows = [("trained steps" if scoring.options is None else "given options", scoring.options)]
+        given = scoring.options if model.can_think else None        # a Transformer++ has its one plain row
+        rows = [("trained steps" if given is None else "given options", given)]
         if model.can_think and curve:
             rows += [(label, ThinkOptions(**opts)) for label, opts in CURVE[1:]]
         for i, (label, options) in enumerate(rows):
@@ -49,16 +49,16 @@ def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Sco
                 settings = Scoring(options, scoring.seeds, scoring.batch_size, scoring.stride,
                                    scoring.generate_tokens if i == 0 else 0, multiple_choice=i == 0)
                 res = score_task(model, items, tok, settings)
-                records.append({**base, "setting": label, "main": i == 0, "task": name, **res,
-                                "distance": res["item_ppl"] / pre["ppl"]})
-    for r in records:   # the change vs the same checkpoint's first row
+                records.append({**base, "setting": label, "main": i == 0, "task": name, **res})
+    for r in records:   # distance and change vs the same checkpoint's main row
         first = next(b for b in records if (b["checkpoint"], b["task"]) == (r["checkpoint"], r["task"]))
+        r["distance"] = first["item_ppl"] / r["pretrain_ppl"]
         r["answer_ppl_change_pct"] = 100.0 * (r["answer_ppl"] - first["answer_ppl"]) / first["answer_ppl"]
     return records
 
 
-def _ci(value: float, ci: list[float], fmt: str = "{:.2f}") -> str:
-    if any(math.isnan(c) for c in ci):
+def _ci(value: float, ci: Optional[list[float]], fmt: str = "{:.2f}") -> str:
+    if ci is None:
         return fmt.format(value)
     return f"{fmt.format(value)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
 
@@ -154,9 +154,10 @@ def plot(records: list[dict], path: Path) -> None:
         for kind, (m, colour, label) in markers.items():
             rows = [r for r in first if r["task"] == t and r["model"] == kind]
             if rows:
+                ci = [r["answer_ppl_ci"] or [r["answer_ppl"]] * 2 for r in rows]   # None: a single item
                 ax.errorbar([r["pretrain_ppl"] for r in rows], [r["answer_ppl"] for r in rows],
-                            yerr=[[r["answer_ppl"] - r["answer_ppl_ci"][0] for r in rows],
-                                  [r["answer_ppl_ci"][1] - r["answer_ppl"] for r in rows]],
+                            yerr=[[r["answer_ppl"] - c[0] for r, c in zip(rows, ci)],
+                                  [c[1] - r["answer_ppl"] for r, c in zip(rows, ci)]],
                             fmt=m, color=colour, label=label, capsize=2)
         ax.set(title=t, xlabel="pretraining perplexity", ylabel="answer perplexity")
         ax.legend(fontsize=7)

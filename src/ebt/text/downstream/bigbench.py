@@ -52,7 +52,7 @@ def task_file(name: str) -> tuple[str, Path]:
 
 def download(into: Path) -> Path:
     """The bigbench source archive, downloaded by pip into `into`."""
-    cmd = [sys.executable, "-m", "pip", "download", f"bigbench=={VERSION}", "--no-deps", "--no-binary", ":all:",
+    cmd = [sys.executable, "-m", "pip", "download", f"bigbench=={VERSION}", "--no-deps", "--no-binary", "bigbench",
            "--disable-pip-version-check", "-d", str(into)]
     print(f"downloading the bigbench {VERSION} source archive (about 360 MB) with pip ...", file=sys.stderr)
     done = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)

@@ -31,10 +31,14 @@ class Item:
     """Multiple choice: every candidate continuation (the answer among them); empty for generative items."""
     references: tuple[str, ...] = ()
     """Gold strings for exact match of a generation (GSM8K: the final number; SQuAD: every answer)."""
+    accepted: tuple[str, ...] = ()
+    """Multiple choice: the choices graded correct (BigBench may score several top); empty = the answer alone."""
 
     @property
-    def gold(self) -> int:
-        return self.choices.index(self.answer)
+    def correct(self) -> set[int]:
+        """Indices of the choices graded correct."""
+        ok = set(self.accepted or (self.answer,))
+        return {i for i, c in enumerate(self.choices) if c in ok}
 
 
 Records = Iterable[tuple[str, object]]   # (where, parsed record): where = "FILE line N" names it in errors
@@ -55,8 +59,8 @@ def _field(record: object, key: str, where: str, hint: str, kind=str):
 
 
 def jsonl_records(path: Path) -> Records:
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):   # not splitlines: JSON strings
+        if not line.strip():                                                      # may hold U+2028 and the like
             continue
         try:
             yield f"{path} line {n}", json.loads(line)
@@ -96,8 +100,8 @@ def squad_items(records: Records) -> list[Item]:
                 context = _field(para, "context", at, SQUAD_HINT)
                 for q, qas in enumerate(_field(para, "qas", at, SQUAD_HINT, list)):
                     question = _field(qas, "question", f"{at}.qas[{q}]", SQUAD_HINT)
-                    answers = [x.get("text", "") for x in qas.get("answers", []) if isinstance(x, dict)]
-                    answers = [x for x in answers if x.strip()]
+                    answers = [x.get("text") for x in qas.get("answers", []) if isinstance(x, dict)]
+                    answers = [x for x in answers if isinstance(x, str) and x.strip()]
                     if qas.get("is_impossible") or not answers:   # SQuAD v2's unanswerable questions
                         continue
                     items.append(qa(f"{context}\n{question}", answers[0], references=tuple(dict.fromkeys(answers))))
@@ -117,9 +121,12 @@ def bigbench_items(records: Records) -> list[Item]:
             question = _field(ex, "input", at, BIGBENCH_HINT)
             if isinstance(ex.get("target_scores"), dict) and ex["target_scores"]:
                 scores = ex["target_scores"]
-                choices = tuple(str(c) for c in scores)
-                best = max(scores, key=lambda c: scores[c])
-                items.append(qa(question, str(best), choices=tuple(f" {c}" for c in choices), references=(str(best),)))
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
+                    raise UserError(f"{at}: target_scores values must be numbers: {BIGBENCH_HINT}")
+                top = max(scores.values())
+                best = [str(c) for c, v in scores.items() if v == top]   # BigBench grades every top choice correct
+                items.append(qa(question, best[0], choices=tuple(f" {c}" for c in scores), references=tuple(best),
+                                accepted=tuple(f" {c}" for c in best)))
             else:
                 target = ex.get("target")
                 targets = [target] if isinstance(target, str) else target
@@ -139,7 +146,8 @@ def arc_items(records: Records) -> list[Item]:
         q, key = _field(r, "question", where, ARC_HINT, (str, dict)), _field(r, "answerKey", where, ARC_HINT)
         if isinstance(q, dict):     # AI2's own JSONL
             stem = _field(q, "stem", where, ARC_HINT)
-            pairs = [(c.get("label"), c.get("text")) for c in _field(q, "choices", where, ARC_HINT, list)]
+            pairs = [(c.get("label"), c.get("text")) if isinstance(c, dict) else (None, None)
+                     for c in _field(q, "choices", where, ARC_HINT, list)]
         else:                       # Hugging Face's datasets export
             ch = _field(r, "choices", where, ARC_HINT, dict)
             pairs = list(zip(ch.get("label", []), ch.get("text", [])))
@@ -167,7 +175,7 @@ def lambada_items(records: Records) -> list[Item]:
     return items
 
 
-JSONL_HINT = 'generic lines are {"prompt": ..., "answer": ...} with an optional "choices": [answers]'
+JSONL_HINT = 'generic lines are {"prompt": ..., "answer": ...} with an optional "choices": [non-blank answers]'
 
 
 def jsonl_items(records: Records) -> list[Item]:
@@ -175,7 +183,8 @@ def jsonl_items(records: Records) -> list[Item]:
     for where, r in records:
         prompt, answer = _field(r, "prompt", where, JSONL_HINT), _field(r, "answer", where, JSONL_HINT)
         choices = r.get("choices") or []
-        if choices and (not all(isinstance(c, str) for c in choices) or answer not in choices):
+        if choices and (not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices)
+                        or answer not in choices):
             raise UserError(f"{where}: 'choices' must be a list of strings that contains the answer: {JSONL_HINT}")
         items.append(Item(prompt, answer, choices=tuple(choices), references=(answer.strip(),)))
     return items

@@ -13,12 +13,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ebt.errors import UserError
 from ebt.text.downstream.items import Item
 from ebt.text.downstream.windows import ItemWindows
 from ebt.text.evaluate import ITEM_COLUMNS, evaluate_items
 from ebt.text.generation import SampleOptions, generate
 from ebt.text.tokenizers import Tokenizer
 from ebt.thinking import ThinkOptions
+from ebt.training import distributed as dist
 
 COL = {name: i for i, name in enumerate(ITEM_COLUMNS)}
 BOOT = 1000
@@ -38,60 +40,76 @@ class Scoring:
     """Score every choice of multiple-choice items (False: the gold answer only)."""
 
 
+def encode_pair(tokenizer: Tokenizer, prompt: str, answer: str, where: str) -> tuple[list[int], int]:
+    """(ids of prompt + answer, index of the first answer token). The text is encoded whole when the prompt's own
+    tokens are a prefix of it (true of byte-level BPEs, and it keeps SentencePiece-style tokenizers from adding a
+    word marker to the answer), else prompt and answer are encoded apart and joined; either way the answer tokens
+    decode to exactly the answer."""
+    p, whole = tokenizer.encode(prompt), tokenizer.encode(prompt + answer)
+    ids = whole if whole[:len(p)] == p else p + tokenizer.encode(answer)
+    if len(ids) == len(p):
+        raise UserError(f"{where}: the answer {answer!r} has no tokens: give every answer and choice some text")
+    return ids, len(p)
+
+
 def sequences(items: list[Item], tokenizer: Tokenizer) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
     """Token sequences to score: every item's gold text first, then its other choices; and per item the sequence
-    index of each choice (empty for generative items). Prompt and answer are encoded separately and joined, so
-    the answer tokens are exactly the answer's."""
-    seqs: list[tuple[list[int], int]] = []
-    prompts = [tokenizer.encode(item.prompt) for item in items]
-    for item, p in zip(items, prompts):
-        seqs.append((p + tokenizer.encode(item.answer), len(p)))
+    index of each choice (empty for generative items)."""
+    seqs = [encode_pair(tokenizer, item.prompt, item.answer, f"item {i}") for i, item in enumerate(items)]
     choice_seqs = []
-    for i, (item, p) in enumerate(zip(items, prompts)):
+    for i, item in enumerate(items):
         index = []
         for c in item.choices:
             if c == item.answer:
                 index.append(i)
             else:
-                seqs.append((p + tokenizer.encode(c), len(p)))
+                seqs.append(encode_pair(tokenizer, item.prompt, c, f"item {i}"))
                 index.append(len(seqs) - 1)
         choice_seqs.append(index)
     return seqs, choice_seqs
 
 
-def _ratio_ci(num: np.ndarray, den: np.ndarray, transform, rng: np.random.Generator) -> list[float]:
-    """95% bootstrap interval of transform(sum(num) / sum(den)) resampling items."""
+def _ratio_ci(num: np.ndarray, den: np.ndarray, transform, rng: np.random.Generator) -> Optional[list[float]]:
+    """95% bootstrap interval of transform(sum(num) / sum(den)) resampling items (None from fewer than 2)."""
     n = len(num)
     if n < 2:
-        return [float("nan"), float("nan")]
+        return None
     idx = rng.integers(0, n, size=(BOOT, n))
     values = transform(num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12))
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
-def _normalise(text: str) -> str:
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(text.split())
+_EDGE = string.punctuation.replace("-", "") + string.whitespace
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation stripped from the ends of each word (a leading minus sign kept), single spaces; text
+    that is all punctuation (a Dyck closing sequence) keeps its symbols."""
+    words = [w.strip(_EDGE) for w in text.lower().split()]
+    words = [w if not w.endswith("-") else w.rstrip("-") for w in words]
+    kept = " ".join(w for w in words if w)
+    return kept or " ".join(text.split())
 
 
 def generated_answer(text: str) -> str:
-    """The answer in a generation: after its last '####' if it has one, else its first line."""
+    """The answer in a generation: the line after its first '####' if it has one, else its first line."""
     if "####" in text:
-        text = text.rsplit("####", 1)[1]
+        text = text.split("####", 1)[1]
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def exact_match(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring, seed: int) -> np.ndarray:
-    """1.0 per item whose greedy generation (normalised: lower case, no punctuation, single spaces) equals one of
-    its references, else 0.0."""
-    hits = []
-    for item in items:
+    """1.0 per item whose greedy generation (`generated_answer`, `normalise`d) equals one of its references, else
+    0.0. Under torchrun each process generates its share of the items."""
+    hits = torch.zeros(len(items), dtype=torch.float64)
+    for k in range(dist.rank(), len(items), dist.world()):
+        item = items[k]
         prompt = torch.tensor([tokenizer.encode(item.prompt)[-model.cfg.context:]])
         out = generate(model, prompt, SampleOptions(max_new_tokens=scoring.generate_tokens, temperature=0, seed=seed),
                        scoring.options)
-        said = _normalise(generated_answer(tokenizer.decode(out[0, prompt.shape[1]:].tolist())))
-        hits.append(float(bool(said) and said in {_normalise(r) for r in item.references}))
-    return np.array(hits)
+        said = normalise(generated_answer(tokenizer.decode(out[0, prompt.shape[1]:].tolist())))
+        hits[k] = float(bool(said) and said in {normalise(r) for r in item.references})
+    return dist.all_reduce_sum(hits).numpy()
 
 
 def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring) -> dict:
@@ -130,13 +148,13 @@ def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring)
     if mc:
         answer_mean = sums[:, COL["answer_ce"]] / np.maximum(sums[:, COL["answer_tokens"]], 1)
         energy_mean = sums[:, COL["answer_energy"]] / np.maximum(sums[:, COL["answer_tokens"]], 1)
-        by_ppl = np.array([float(np.argmin(answer_mean[idx]) == items[i].gold) for i, idx in mc])
+        by_ppl = np.array([float(int(np.argmin(answer_mean[idx])) in items[i].correct) for i, idx in mc])
         out["mc_items"] = len(mc)
-        out["mc_chance"] = float(np.mean([1.0 / len(idx) for _, idx in mc]))
+        out["mc_chance"] = float(np.mean([len(items[i].correct) / len(idx) for i, idx in mc]))
         out["mc_acc_ppl"] = float(by_ppl.mean())
         out["mc_acc_ppl_ci"] = _ratio_ci(by_ppl, np.ones_like(by_ppl), lambda v: v, rng)
         if has_energy:
-            by_energy = np.array([float(np.argmin(energy_mean[idx]) == items[i].gold) for i, idx in mc])
+            by_energy = np.array([float(int(np.argmin(energy_mean[idx])) in items[i].correct) for i, idx in mc])
             out["mc_acc_energy"] = float(by_energy.mean())
             out["mc_acc_energy_ci"] = _ratio_ci(by_energy, np.ones_like(by_energy), lambda v: v, rng)
     if scoring.generate_tokens > 0 and any(item.references for item in items):

@@ -44,7 +44,7 @@ def load_tasks(specs: list[str], max_items: int, seed: int = 0) -> dict[str, lis
     tasks: dict[str, list[Item]] = {}
     for spec in specs or list(EMBEDDED):
         name, items = load_task(spec)
-        if name in tasks:   # two files of one format: tell them apart by file name
+        if name in tasks and "=" in spec:   # two files of one format: tell them apart by file name
             name = f"{name}:{Path(spec.partition('=')[2]).stem}"
         if name in tasks:
             raise UserError(f"--task {spec!r} is given twice: give each task once")
