@@ -94,3 +94,19 @@ def test_thinking_flags_apply_to_the_ebt_only_and_one_item_gives_strict_json(ckp
     records = json.loads((out / "downstream.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert [(r["model"], r["setting"]) for r in records] == [("ebt", "given options"), ("transformer", "trained steps")]
     assert records[0]["nfe_per_token"] == 4 and records[0]["answer_ppl_ci"] is None
+
+
+def test_downstream_with_a_bpe_checkpoint(tmp_path, capsys):
+    """A checkpoint carrying its BPE tokenizer: items are encoded with it and bits per byte count text bytes."""
+    from ebt.config import DataConfig
+    from ebt.text.tokenizers import load_tokenizer
+
+    tok = load_tokenizer("embedded-bpe-300")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=16, layers=1, heads=2, context=16, kind="transformer")
+    ckpt = save_checkpoint(tmp_path / "bpe", TextTransformer(cfg),
+                           RunConfig(model=cfg, data=DataConfig(tokenizer="embedded-bpe-300")), files=tok.files())
+    assert main(["eval", "downstream", str(ckpt), "--task", "arithmetic", "--items", "3", "--pretrain-windows", "2",
+                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    assert r["tokenizer"] == tok.fingerprint != "bytes" and 0 < r["answer_bpb"] < 20 and r["items"] == 3

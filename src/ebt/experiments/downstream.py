@@ -36,7 +36,7 @@ def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Sco
         model, cfg = load_model(ckpt)
         tok = load_tokenizer_of(ckpt)
         pre = evaluate_text(model, heldout_windows(cfg, tok), None, pretrain_windows)
-        base = {"checkpoint": str(ckpt), "model": model.kind, "context": cfg.model.context, "tokenizer": tok.spec,
+        base = {"checkpoint": str(ckpt), "model": model.kind, "context": cfg.model.context, "tokenizer": tok.fingerprint,
                 "pretrain_ppl": pre["ppl"], "pretrain_bpb": pre["bpb"]}
         given = scoring.options if model.can_think else None        # a Transformer++ has its one plain row
         rows = [("trained steps" if given is None else "given options", given)]
