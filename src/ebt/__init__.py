@@ -16,9 +16,13 @@ _EXPORTS = {
     "ByteTokenizer": "ebt.text.tokenizers", "load_tokenizer": "ebt.text.tokenizers",
     "prepare_shards": "ebt.text.shards", "open_shards": "ebt.text.shards", "SampleOptions": "ebt.text.generation", "generate": "ebt.text.generation",
     "think": "ebt.text.inference", "TextEBT": "ebt.text.models", "TextTransformer": "ebt.text.models",
-    "build_lm": "ebt.text.models", "load_model": "ebt.text.task", "load_reference": "ebt.text.convert",
+    "build_lm": "ebt.text.models", "load_model": "ebt.text.task", "load_tokenizer_of": "ebt.text.task",
+    "load_reference": "ebt.text.convert",
     "ThinkOptions": "ebt.thinking", "Thinker": "ebt.thinking", "Thought": "ebt.thinking",
     "save_checkpoint": "ebt.training.checkpoint",
+    "Item": "ebt.text.downstream.items", "read_items": "ebt.text.downstream.items",
+    "load_tasks": "ebt.text.downstream.tasks", "Scoring": "ebt.text.downstream.scoring",
+    "score_task": "ebt.text.downstream.scoring",
 }
 __all__ = sorted(_EXPORTS)
 
