@@ -17,6 +17,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # derived data (the embedded BPE tokenizers) is cached in a folder of the test session, never in ~/.cache; child
 # processes (the CLI under torchrun, data-preparation workers) inherit it
 os.environ["EBT_CACHE_DIR"] = tempfile.mkdtemp(prefix="ebt-cache-")
+# the tests never reach the Hugging Face Hub (push and pull are tested against a mocked API)
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture

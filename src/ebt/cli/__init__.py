@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ebt.cli import bench, data, denoise, evaluate, experiment, generate, train
+from ebt.cli import bench, data, denoise, evaluate, experiment, generate, hub, train
 from ebt.cli.common import split_overrides
 from ebt.errors import Note, UserError
 
@@ -65,6 +65,9 @@ COMMANDS: dict[str, dict[str, Union[Command, Group]]] = {
     },
     "checkpoints and presets": {
         "convert": Command(train.convert, train.convert_args),
+        "export": Command(hub.export, hub.export_args),
+        "push": Command(hub.push, hub.push_args),
+        "pull": Command(hub.pull, hub.pull_args),
         "presets": Command(train.presets),
     },
 }

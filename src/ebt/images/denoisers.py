@@ -23,6 +23,7 @@ from ebt.images.models import DiTNet, EnergyNet
 from ebt.thinking import Thinker, Thought
 from ebt.training.checkpoint import load_checked
 from ebt.training.optim import adamw_groups
+from ebt.training.pretrained import HubMixin
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Denoised:
     """Cumulative input-gradient backward passes (EBT only; 0 for the DiT)."""
 
 
-class EBTDenoiser(nn.Module):
+class EBTDenoiser(HubMixin, nn.Module):
     """Bidirectional EBT: the prediction starts at the noisy image and descends the energy, x <- x - alpha dE/dx.
 
     The thinker sees each image as one candidate of shape (1, C*H*W) so that alpha randomisation, acceptance and
@@ -106,7 +107,7 @@ class EBTDenoiser(nn.Module):
         return {"steps": j + 1}
 
 
-class DiTDenoiser(nn.Module):
+class DiTDenoiser(HubMixin, nn.Module):
     """DiT baseline: predicts the noise of x_t (and, optionally, the variance); denoises with DDIM."""
 
     kind = "dit"

@@ -32,6 +32,7 @@ from ebt.text.replay import ReplayBuffer
 from ebt.text.stepwise import StepwiseGradients
 from ebt.thinking import Thinker, ThinkOptions, Thought
 from ebt.training.optim import adamw_groups
+from ebt.training.pretrained import HubMixin
 
 PAD_ID = 0  # the reference's pad = eos = 0; with the byte tokenizer 0 is the NUL byte, absent from text
 
@@ -64,7 +65,7 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
 
 
-class TextEBT(nn.Module):
+class TextEBT(HubMixin, nn.Module):
     """Autoregressive energy-based transformer for text."""
 
     kind = "ebt"
@@ -175,7 +176,7 @@ class TextEBT(nn.Module):
         return Prediction(res.logits[:, -1], res.nfe, res)
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(HubMixin, nn.Module):
     """Transformer++ language model (the baseline)."""
 
     kind = "transformer"

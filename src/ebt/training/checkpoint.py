@@ -20,6 +20,7 @@ from torch import nn
 
 from ebt.config import from_dict, to_dict
 from ebt.errors import UserError
+from ebt.training import hub
 from ebt.training.registry import task_spec
 from ebt.training.state import read_state, write_state
 
@@ -178,6 +179,8 @@ def find_checkpoint(path: str | Path) -> Path:
         if (candidate / CONFIG).is_file():
             return candidate
     if not path.exists():
+        if hub.looks_like_repo(str(path)):   # "user/name": from the Hugging Face cache only (`ebt pull` downloads)
+            return hub.cached_snapshot(str(path))
         raise UserError(f"checkpoint {str(path)!r} does not exist: pass a run folder or a checkpoint folder")
     return path
 
