@@ -42,6 +42,7 @@ COMMANDS: dict[str, dict[str, Union[Command, Group]]] = {
         "train": Command(train.train, train.train_args),
         "generate": Command(generate.generate, generate.generate_args),
         "energy": Command(generate.energy, generate.energy_args),
+        "explore": Command(generate.explore, generate.explore_args),
         "denoise": Command(denoise.denoise, denoise.denoise_args),
     },
     "data and tokenizers": {

@@ -1,4 +1,5 @@
-"""`ebt generate` (continue a prompt) and `ebt energy` (per-token energies as uncertainty)."""
+"""`ebt generate` (continue a prompt), `ebt energy` (per-token energies as uncertainty) and `ebt explore` (the
+thinking explorer page)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ import torch
 from ebt.cli.common import add_think_args, think_options
 from ebt.errors import UserError
 from ebt.text.energies import colour, heatmap, token_energies
+from ebt.text.explore import explore_data, write_page
 from ebt.text.generation import SampleOptions, generate as generate_text
 from ebt.text.task import load_model, load_tokenizer_of
 
@@ -65,4 +67,34 @@ def energy(args: argparse.Namespace) -> int:
     print(first + "".join(colour(t, e, lo, hi) if tty else t for t, e in zip(result["tokens"], result["final"])))
     for t, e in zip(result["tokens"], result["final"]):
         print(f"{t!r:8s} {e:10.4f}")
+    return 0
+
+
+def explore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="EBT run or checkpoint folder")
+    p.add_argument("--text", required=True)
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--compare", metavar="CKPT", help="a Transformer++ checkpoint whose prediction the page shows too")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seed", type=int, default=0)
+    add_think_args(p)
+
+
+def explore(args: argparse.Namespace) -> int:
+    """Write the thinking explorer: one self-contained HTML page of per-token energies and thinking steps."""
+    out = Path(args.out)
+    if out.exists() and (out.is_dir() or not args.overwrite):
+        raise UserError(f"--out {args.out!r} already exists: choose a new file or pass --overwrite")
+    if not out.resolve().parent.is_dir():
+        raise UserError(f"--out {args.out!r}: its folder does not exist; create it or choose another path")
+    model, _ = load_model(args.checkpoint, kind="ebt")
+    tokenizer = load_tokenizer_of(args.checkpoint)
+    compare = None
+    if args.compare:
+        compare = load_model(args.compare, kind="transformer")[0]
+        if load_tokenizer_of(args.compare).fingerprint != tokenizer.fingerprint:
+            raise UserError("--compare was trained with another tokenizer: compare models of one tokenizer")
+    data = explore_data(model, args.text, tokenizer, think_options(args), args.seed, compare)
+    write_page(data, out, f"EBT thinking explorer: {Path(args.checkpoint).name}")
+    print(json.dumps({"out": str(out), "tokens": len(data["positions"]), "nfe": data["nfe"]}))
     return 0

@@ -30,12 +30,15 @@ class ThinkResult:
     """Steps each position took (B, L)."""
     nfe: int
     """Energy forward passes per position (all samples together; each descent step adds one input-gradient)."""
+    trace: Optional[dict] = None
+    """With think(trace=True): "logits" (steps, B, N, L, V) every sample's candidates after each step,
+    "final_energy" (B, N, L) every sample's final energy, "pick" (B, L) the chosen sample (the thinking explorer)."""
 
 
 @torch.no_grad()
 def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Optional[dict] = None,
           start: int = 0, length: Optional[int] = None, generator: Optional[torch.Generator] = None,
-          z0: Optional[Tensor] = None, final_energy: bool = True) -> ThinkResult:
+          z0: Optional[Tensor] = None, final_energy: bool = True, trace: bool = False) -> ThinkResult:
     """Predict next-token logits for contexts input_ids (B, S) by descending the energy.
 
     By default every position 0..S-1 is predicted (as in training). With a KV cache `obs` ({step key: Observed}
@@ -71,6 +74,9 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     nfe = out.nfe + (1 if final_energy else 0)
     energies = torch.stack(out.energies)                      # (steps, B*N, L)
     logits, steps_used = out.final, out.steps_used
+    pick = torch.zeros(B, L, dtype=torch.long, device=logits.device)
+    steps_trace = torch.stack(out.candidates).view(-1, B, N, L, logits.shape[-1]) if trace else None
+    final_trace = final.view(B, N, L) if trace and final is not None else None
     if N > 1:
         pick = select_samples(energies[0].view(B, N, L), final.view(B, N, L), opts.select)
 
@@ -80,7 +86,8 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
             return t.gather(1, idx).squeeze(1)
         logits, final, steps_used = choose(logits), choose(final), choose(steps_used)
         energies = torch.stack([choose(e) for e in energies])
-    return ThinkResult(logits.detach(), energies.detach(), final, steps_used, nfe * N)
+    traced = {"logits": steps_trace, "final_energy": final_trace, "pick": pick} if trace else None
+    return ThinkResult(logits.detach(), energies.detach(), final, steps_used, nfe * N, traced)
 
 
 def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:
