@@ -19,6 +19,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ["EBT_CACHE_DIR"] = tempfile.mkdtemp(prefix="ebt-cache-")
 # the tests never reach the Hugging Face Hub (push and pull are tested against a mocked API)
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "offline")   # W&B runs are written to disk, never sent
+os.environ["WANDB_SILENT"] = "true"
 
 
 @pytest.fixture

@@ -23,6 +23,24 @@ def check(ok: bool, msg: str) -> None:
         raise UserError(msg)
 
 
+LOGGERS = ("tensorboard", "wandb")
+
+
+def logger_names(spec: str) -> list[str]:
+    """The loggers of a `train.loggers` value ("tensorboard,wandb"; "" or "none" for none), checked."""
+    import importlib.util
+
+    names = [n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none"]
+    for n in names:
+        if n not in LOGGERS:
+            raise UserError(f"train.loggers: {n!r} is not a logger: use any of {', '.join(LOGGERS)} (comma-separated; "
+                            "metrics.jsonl is always written)")
+    if "wandb" in names and importlib.util.find_spec("wandb") is None:
+        raise UserError("train.loggers has wandb, which is not installed: pip install "
+                        "'energy-based-transformers[wandb]'")
+    return names
+
+
 def check_at_least_one(section: str, cfg, names: tuple[str, ...]) -> None:
     """Each of cfg.<name> >= 1, else a UserError naming `section.name`."""
     for name in names:
@@ -202,6 +220,8 @@ class TrainConfig:
     skip_nonfinite: int = 0
     """Skip the update of up to this many steps whose loss or gradient norm is not finite (0: the first such step
     stops the run with exit code 3, keeping the last checkpoint)."""
+    loggers: str = "tensorboard"
+    """Loggers besides metrics.jsonl (always written), comma-separated: tensorboard, wandb; "none" for none."""
 
     def __post_init__(self) -> None:
         check_at_least_one("train", self, ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
@@ -212,6 +232,7 @@ class TrainConfig:
               f"train.device={self.device!r} is not known: use auto, cpu, cuda or cuda:N")
         check(self.threads >= 0, f"train.threads must be >= 0 (0: PyTorch's default), got {self.threads}")
         check(self.skip_nonfinite >= 0, f"train.skip_nonfinite must be >= 0, got {self.skip_nonfinite}")
+        logger_names(self.loggers)
         check(bool(self.out_dir.strip()), "train.out_dir is empty: name a run folder")
 
 

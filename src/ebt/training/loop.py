@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ebt import noise
-from ebt.config import save_yaml
+from ebt.config import save_yaml, to_dict
 from ebt.errors import Diverged, NonFinite, UserError
 from ebt.training import distributed as dist
 from ebt.training.checkpoint import (check_same_files, load_checked_weights, load_trainer_state, read_config,
@@ -129,7 +129,8 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
     if dist.is_main():
         save_yaml(cfg, out_dir / "config.yaml")
         truncate_metrics(out_dir, step)   # a resumed run logs the steps after its checkpoint again
-    log = MetricsLog(out_dir, dist.is_main(), purge_step=step if resume else None)
+    log = MetricsLog(out_dir, dist.is_main(), purge_step=step if resume else None, loggers=t.loggers,
+                     config=to_dict(cfg))
     micro = t.batch_size
     batches = task.train_batches(micro, start=samples, rank=dist.rank(), world=dist.world())
     bar = None
@@ -138,6 +139,7 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
 
         bar = tqdm(total=t.steps, initial=step, desc=f"train {task.describe()}", dynamic_ncols=True)
     start_time, val, saved, skipped = time.time(), {}, (step if resume else None), 0
+    logged_time, logged_samples = start_time, samples   # throughput since the last log line
     try:
         last_step = min(t.steps, stop_at) if stop_at else t.steps
         while step < last_step:
@@ -179,8 +181,11 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
             sched.step()
             step += 1
             if step % t.log_every == 0 or step == t.steps:
+                now = time.time()
                 log.log(step, "train", {**totals, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
-                                        "samples": samples, "skipped": skipped})
+                                        "samples": samples, "skipped": skipped,
+                                        "samples_per_s": (samples - logged_samples) / max(now - logged_time, 1e-9)})
+                logged_time, logged_samples = now, samples
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")

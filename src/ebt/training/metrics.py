@@ -1,39 +1,95 @@
-"""Run metrics: `metrics.jsonl` always, TensorBoard event files when tensorboard is installed (rank 0 only)."""
+"""Run metrics (rank 0 only): `metrics.jsonl` always, plus the loggers of `train.loggers`, each given the same keys
+("train/loss", "val/ppl", ...):
+    tensorboard   event files in RUN/tb (the default)
+    wandb         Weights & Biases (`pip install 'energy-based-transformers[wandb]'`): online when a key is set
+                  (WANDB_API_KEY or `wandb login`), else offline into RUN/wandb, to `wandb sync` later
+"""
 from __future__ import annotations
 
 import json
+import netrc
+import os
+import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+from ebt.config.sections import logger_names
+
+class _TensorBoard:
+    def __init__(self, out_dir: Path, purge_step: Optional[int], config: dict):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=purge_step)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Wandb:
+    def __init__(self, out_dir: Path, purge_step: Optional[int], config: dict):
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_key() else "offline")
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ebt"), name=out_dir.name, dir=str(out_dir),
+                              config=config, mode=mode, resume="allow" if purge_step else None,
+                              id=_wandb_id(out_dir))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _wandb_id(out_dir: Path) -> str:
+    """One W&B run id per run folder, kept in RUN/wandb/run_id, so a resumed run continues its W&B run."""
+    path = out_dir / "wandb" / "run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id)
+    return run_id
+
+
+def _wandb_key() -> bool:
+    """Whether a W&B key is set (WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes); no network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+SINKS = {"tensorboard": _TensorBoard, "wandb": _Wandb}
 
 
 class MetricsLog:
-    """metrics.jsonl always; TensorBoard event files when tensorboard is installed. Rank 0 only."""
+    """metrics.jsonl always; the loggers named in `loggers` (see the module docstring). Rank 0 only."""
 
-    def __init__(self, out_dir: Path, enabled: bool, purge_step: Optional[int] = None):
+    def __init__(self, out_dir: Path, enabled: bool, purge_step: Optional[int] = None,
+                 loggers: str = "tensorboard", config: Optional[dict[str, Any]] = None):
         """purge_step: a resumed run's checkpoint step; TensorBoard drops the events logged after it."""
         self.enabled = enabled
         self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge_step)
-            except ImportError:
-                pass
+        self.sinks = [SINKS[n](out_dir, purge_step, config or {}) for n in logger_names(loggers)] if enabled else []
 
     def log(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
             return
         self.file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{split}/{k}", v, step)
+        scalars = {f"{split}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}
+        for sink in self.sinks:
+            sink.log(step, scalars)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        for sink in self.sinks:
+            sink.close()

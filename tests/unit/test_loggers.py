@@ -1,0 +1,74 @@
+"""train.loggers: the same keys in metrics.jsonl, TensorBoard and W&B (offline without a key); unknown loggers and
+a missing wandb refused in one line."""
+import importlib.machinery
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from ebt.config import TrainConfig
+from ebt.errors import UserError
+from ebt.tasks import fit
+
+
+class FakeRun:
+    def __init__(self, **kw):
+        self.kw, self.logged, self.finished = kw, [], False
+
+    def log(self, values, step):
+        self.logged.append((step, dict(values)))
+
+    def finish(self):
+        self.finished = True
+
+
+def test_every_logger_gets_the_same_keys(tiny_cfg, monkeypatch):
+    runs = []
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: runs.append(FakeRun(**kw)) or runs[-1]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(Path(tiny_cfg.train.out_dir).parent))   # no ~/.netrc: no key
+    tiny_cfg.train.loggers = "tensorboard,wandb"
+    fit(tiny_cfg)
+    run = Path(tiny_cfg.train.out_dir)
+    (wb,) = runs
+    assert wb.kw["mode"] == "offline" and wb.kw["config"]["model"]["dim"] == 32
+    assert wb.finished and (run / "wandb" / "run_id").read_text() == wb.kw["id"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected = [(r["step"], {f"{r['split']}/{k}": float(v) for k, v in r.items() if k not in ("step", "split")})
+                for r in rows]
+    assert wb.logged == expected
+    train_keys = set(expected[0][1])
+    assert {"train/ce_step1", "train/ce_step2", "train/alpha", "train/energy_gap", "train/grad_norm",
+            "train/samples_per_s"} <= train_keys
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tb"))
+    tb.Reload()
+    assert set(tb.Tags()["scalars"]) == {k for _, values in expected for k in values}
+
+
+def test_wandb_writes_an_offline_run(tiny_cfg):
+    pytest.importorskip("wandb")
+    tiny_cfg.train.loggers = "wandb"
+    tiny_cfg.train.steps = 2
+    fit(tiny_cfg)
+    run = Path(tiny_cfg.train.out_dir)
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb")) and not (run / "tb").exists()
+
+
+def test_bad_loggers_are_one_line(monkeypatch):
+    with pytest.raises(UserError, match="'mlflow' is not a logger"):
+        TrainConfig(loggers="tensorboard,mlflow")
+    assert TrainConfig(loggers="none").loggers == "none"
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(UserError, match=r"pip install 'energy-based-transformers\[wandb\]'"):
+        TrainConfig(loggers="wandb")
