@@ -59,7 +59,10 @@ def test_page_data_matches_ebt_energy_and_the_thinking(ckpts, tmp_path, capsys):
     assert all(len(p["compare"]) == 5 for p in positions) and data["steps"] == 4
     assert main(["explore", ebt, "--text", TEXT, "--out", str(out)]) == 2          # never overwritten by default
     assert main(["explore", tpp, "--text", TEXT, "--out", str(tmp_path / "x.html")]) == 2   # needs an EBT
-    assert "</script>" not in json.dumps(data).replace("</", "<\\/")
+    hostile = '<!--<script></script><img onerror=x>&'
+    assert main(["explore", ebt, "--text", hostile, "--out", str(tmp_path / "h.html")]) == 0
+    page = (tmp_path / "h.html").read_text()
+    assert "<img" not in page and "<!--" not in page and page_data(tmp_path / "h.html")["text"] == hostile
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -79,6 +82,11 @@ def test_page_renders_and_reacts_to_a_click(ckpts, tmp_path, capsys):
     token = html.escape(page_data(out)["positions"][6]["token"].replace("\n", "\u21b5").replace(" ", "\u2423"), False)
     panel = dom.split('id="sel-token"', 1)[1]
     assert f"→ <b>{token}</b>" in panel and "Best-of-2" in panel and "<svg" in panel
+    hostile = '<!--<script></script><img onerror=x>&'
+    assert main(["explore", ebt, "--text", hostile, "--out", str(tmp_path / "h.html")]) == 0
+    dom = subprocess.run([*flags, "--dump-dom", f"file://{tmp_path / 'h.html'}"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert dom.count('<span data-i="') == len(hostile) - 1 and "<img" not in dom   # drawn as text, never as markup
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, "--window-size=1100,700", f"--screenshot={shot}", f"file://{out}#click=6"],
                    capture_output=True, timeout=120)

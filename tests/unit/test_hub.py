@@ -147,3 +147,24 @@ def test_repo_names():
     assert not hub.looks_like_repo("runs/x/checkpoint") and not hub.looks_like_repo("/abs/path")
     with pytest.raises(UserError, match="not a Hub model name"):
         pretrained.push_pretrained("runs/none", "no-slash")
+
+
+def test_save_pretrained_keeps_other_files_and_needs_a_bpe_tokenizer(tmp_path, monkeypatch):
+    model = tiny_text_ebt("time_embed", dtype=torch.float32, vocab=256, ctx=6)
+    cfg = RunConfig(model=model.cfg, think=model.think_cfg)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "tokenizer.json").write_text("{}")                  # an earlier export's: stale for a byte model
+    with pytest.raises(UserError, match="already exists"):
+        model.save_pretrained(folder, cfg)
+    model.save_pretrained(folder, cfg, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "keep me" and not (folder / "tokenizer.json").exists()
+    assert load_model(folder)[1] == cfg
+    bpe = tiny_text_ebt("time_embed", dtype=torch.float32, vocab=300, ctx=6)
+    with pytest.raises(UserError, match="pass its tokenizer"):
+        bpe.save_pretrained(tmp_path / "bpe", RunConfig(model=bpe.cfg, think=bpe.think_cfg))
+    monkeypatch.chdir(tmp_path)
+    assert not hub.looks_like_repo("mine/no-such-run") and hub.looks_like_repo("someone/no-such-run")   # mistyped
+    with pytest.raises(UserError, match="checkpoint 'mine/no-such-run' does not exist"):              # paths stay paths
+        load_model("mine/no-such-run")

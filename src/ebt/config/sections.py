@@ -27,17 +27,13 @@ LOGGERS = ("tensorboard", "wandb")
 
 
 def logger_names(spec: str) -> list[str]:
-    """The loggers of a `train.loggers` value ("tensorboard,wandb"; "" or "none" for none), checked."""
-    import importlib.util
-
+    """The loggers of a `train.loggers` value ("tensorboard,wandb"; "" or "none" for none), checked (whether they are
+    installed is checked when a run opens them: a saved config loads anywhere)."""
     names = [n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none"]
     for n in names:
         if n not in LOGGERS:
             raise UserError(f"train.loggers: {n!r} is not a logger: use any of {', '.join(LOGGERS)} (comma-separated; "
                             "metrics.jsonl is always written)")
-    if "wandb" in names and importlib.util.find_spec("wandb") is None:
-        raise UserError("train.loggers has wandb, which is not installed: pip install "
-                        "'energy-based-transformers[wandb]'")
     return names
 
 

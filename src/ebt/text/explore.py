@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -67,8 +68,11 @@ def explore_data(model, text: str, tokenizer: Tokenizer, options: Optional[Think
 
 def write_page(data: dict, path: Path, title: str = "EBT thinking explorer") -> None:
     """The self-contained page: the data inlined as JSON, plain CSS and JavaScript."""
-    payload = json.dumps(data).replace("</", "<\\/")          # no "</script>" inside the script element
-    path.write_text(PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload), encoding="utf-8")
+    # no markup can start inside the script element: <, > and & as JSON escapes (JSON.parse reads them back)
+    payload = (json.dumps(data, allow_nan=False).replace("&", "\\u0026").replace("<", "\\u003c")
+               .replace(">", "\\u003e"))
+    fill = {"__TITLE__": html.escape(title), "__DATA__": payload}
+    path.write_text(re.sub("__TITLE__|__DATA__", lambda m: fill[m.group()], PAGE), encoding="utf-8")   # one pass
 
 
 PAGE = """<!doctype html>

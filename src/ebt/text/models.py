@@ -132,7 +132,8 @@ class TextEBT(HubMixin, nn.Module):
         gap = (thought.energies[0].mean() - thought.energies[-1].mean()).item()
         metrics = {"initial_ce": ces[0].item(), "final_ce": ces[-1].item(), "energy_gap": gap,
                    "alpha": self.thinker.step_size().item(), "steps": len(thought.candidates),
-                   **{f"ce_step{k + 1}": c.item() for k, c in enumerate(ces)}}   # the loss after each step
+                   **({f"ce_step{k + 1}": c.item() for k, c in enumerate(ces)}   # the loss after each step, when
+                      if self.think_cfg.rand_steps == 0 else {})}                   # every batch has the same steps
         if replay is not None:
             metrics["replayed"] = 0 if replayed is None else replayed[0].shape[0]
         return LMOutput(loss, ces[-1].detach(), int((y != PAD_ID).sum()), metrics, thought)

@@ -25,8 +25,8 @@ def _hub():
 
 
 def looks_like_repo(name: str) -> bool:
-    """"user/name" that is not a local path."""
-    return bool(REPO_ID.match(str(name))) and not Path(name).exists()
+    """"user/name" whose first part is no local folder (so a mistyped "runs/lm-tinny" stays a missing path)."""
+    return bool(REPO_ID.match(str(name))) and not Path(str(name).split("/")[0]).exists()
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -55,7 +55,7 @@ def pull(repo_id: str, revision: Optional[str] = None, token: Optional[str] = No
                         "one)") from None
     except hub.errors.RevisionNotFoundError:
         raise UserError(f"{repo_id!r} has no revision {revision!r}: check --revision") from None
-    except (hub.errors.LocalEntryNotFoundError, hub.errors.HfHubHTTPError, OSError) as exc:
+    except Exception as exc:   # offline: huggingface_hub's own errors, or its HTTP client's (httpx) transport errors
         raise UserError(f"cannot download {repo_id!r} ({type(exc).__name__}; offline?): connect and rerun, or copy the "
                         "model folder here and pass its path") from None
 
@@ -72,7 +72,7 @@ def push(folder: Path, repo_id: str, private: bool = False, token: Optional[str]
                                  commit_message=message or "Upload an ebt model")
     except hub.errors.LocalTokenNotFoundError:
         raise UserError("pushing needs a Hugging Face token: run `hf auth login` or pass --token") from None
-    except (hub.errors.HfHubHTTPError, OSError) as exc:
+    except Exception as exc:   # HTTP errors, and the HTTP client's transport errors when offline
         raise UserError(f"cannot push to {repo_id!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): check "
                         "the token's write access and the network") from None
     return str(getattr(info, "commit_url", info))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ebt.config.sections import logger_names
+from ebt.errors import UserError
 
 class _TensorBoard:
     def __init__(self, out_dir: Path, purge_step: Optional[int], config: dict):
@@ -31,7 +32,11 @@ class _TensorBoard:
 
 class _Wandb:
     def __init__(self, out_dir: Path, purge_step: Optional[int], config: dict):
-        import wandb
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("train.loggers has wandb, which is not installed: pip install "
+                            "'energy-based-transformers[wandb]'") from None
 
         mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_key() else "offline")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ebt"), name=out_dir.name, dir=str(out_dir),

@@ -10,7 +10,7 @@ a checkpoint, and "user/name" from the Hugging Face cache (`ebt.training.hub`).
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -21,11 +21,17 @@ from torch import nn
 from ebt.config import to_dict
 from ebt.errors import UserError
 from ebt.training import hub
-from ebt.training.checkpoint import CONFIG, WEIGHTS, find_checkpoint, read_config, save_checkpoint
+from ebt.training.checkpoint import CONFIG, WEIGHTS, find_checkpoint, read_config
 from ebt.training.rundir import prepare_output
 
 CARD = "README.md"
 PIPELINE = {"text": "text-generation", "denoise": "image-to-image"}
+LOADERS = {   # the card's "Load it" lines per task (a folder, or user/name after `ebt pull`)
+    "text": lambda name: ["import ebt", "", f'model, cfg = ebt.load_model("{name}")',
+                          f'tokenizer = ebt.load_tokenizer_of("{name}")'],
+    "denoise": lambda name: ["from ebt.images.denoisers import load_image_model", "",
+                             f'model, cfg = load_image_model("{name}")   # or: ebt denoise {name} ...'],
+}
 
 
 def model_card(cfg: Any, files: list[str], metrics: Optional[dict] = None, license: str = "mit",
@@ -67,8 +73,7 @@ def model_card(cfg: Any, files: list[str], metrics: Optional[dict] = None, licen
     lines += ["", "## Train it again", "", "Save this config as `config.yaml` and run "
               "`ebt train --config config.yaml --out runs/again`:", "", "```yaml",
               yaml.safe_dump(_yaml_ready(data), sort_keys=False).strip(), "```", "", "## Load it", "", "```python",
-              "import ebt", "", f'model, cfg = ebt.load_model("{name}")   # a folder, or user/name after `ebt pull`',
-              "```", "", "Files: " + ", ".join(f"`{f}`" for f in [WEIGHTS, CONFIG, *files, CARD]) + ".", ""]
+              *LOADERS.get(task, LOADERS["text"])(name), "```", "", "Files: " + ", ".join(f"`{f}`" for f in [WEIGHTS, CONFIG, *files, CARD]) + ".", ""]
     return "\n".join(lines)
 
 
@@ -77,24 +82,61 @@ def _yaml_ready(data: dict) -> dict:
     return json.loads(json.dumps(data))
 
 
-def save_pretrained(model: nn.Module, cfg: Any, folder: str | Path, files: Optional[dict[str, bytes]] = None,
-                    metrics: Optional[dict] = None, license: str = "mit", overwrite: bool = False) -> Path:
-    """Write `model` as a pretrained folder (a new or empty folder, or any with overwrite=True)."""
+def _replace(path: Path, data: bytes) -> None:
+    """Write one file through a scratch file and a rename: a failed write leaves the old file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _prepare(folder: str | Path, overwrite: bool, keep: list[str]) -> Path:
+    """The output folder (`prepare_output`'s rule); with overwrite, an earlier export's files that this one does not
+    write (a tokenizer.json) are removed, and nothing else."""
     folder = prepare_output(Path(folder), overwrite)
-    files = files or {}
-    save_checkpoint(folder, model, cfg, meta={"metrics": metrics or {}}, files=files)
-    (folder / CARD).write_text(model_card(cfg, sorted(files), metrics, license, folder.name))
+    for name in set(hub.UPLOADED) - set(keep):
+        if (folder / name).is_file():
+            (folder / name).unlink()
     return folder
 
 
-def last_validation(run: Path) -> Optional[dict]:
-    """The last validation row of a run folder's metrics.jsonl (None if there is none)."""
+def save_pretrained(model: nn.Module, cfg: Any, folder: str | Path, files: Optional[dict[str, bytes]] = None,
+                    metrics: Optional[dict] = None, license: str = "mit", overwrite: bool = False,
+                    name: Optional[str] = None) -> Path:
+    """Write `model` as a pretrained folder (a new or empty folder, or any with overwrite=True: its other files are
+    kept). A text model whose vocabulary is not the byte tokenizer's needs its tokenizer.json in `files`."""
+    from safetensors.torch import save
+
+    files = files or {}
+    if getattr(cfg, "task", "") == "text" and cfg.model.vocab_size != 256 and "tokenizer.json" not in files:
+        raise UserError("this text model has a vocabulary of its own: pass its tokenizer as "
+                        "files={'tokenizer.json': ...} (ebt.load_tokenizer_of(run).files())")
+    folder = _prepare(folder, overwrite, [WEIGHTS, CONFIG, *files, CARD])
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _replace(folder / WEIGHTS, save(state, metadata={"format": "pt", "kind": getattr(model, "kind", "")}))
+    meta = {"metrics": metrics or {}, **({"files": sorted(files)} if files else {})}
+    _replace(folder / CONFIG, json.dumps({"config": to_dict(cfg), "meta": meta}, indent=1).encode())
+    for fname, data in files.items():
+        _replace(folder / fname, data)
+    _replace(folder / CARD, model_card(cfg, sorted(files), metrics, license, name or folder.resolve().name).encode())
+    return folder
+
+
+def last_validation(run: Path, step: Optional[int] = None) -> Optional[dict]:
+    """The validation row of a run folder's metrics.jsonl at `step` (the checkpoint's), else its last one (None if
+    there is none; damaged lines are skipped)."""
     path = run / "metrics.jsonl"
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    val = [r for r in rows if r.get("split") == "val"]
-    return {k: v for k, v in val[-1].items() if k != "split"} if val else None
+    val = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("split") == "val":
+            val.append(row)
+    at = [r for r in val if r.get("step") == step] or val
+    return {k: v for k, v in at[-1].items() if k != "split"} if at else None
 
 
 def export_pretrained(checkpoint: str | Path, out: str | Path, license: str = "mit", overwrite: bool = False,
@@ -107,10 +149,10 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, license: str = "m
     missing = [f for f in [WEIGHTS, *files] if not (src / f).is_file()]
     if missing:
         raise UserError(f"{str(src)!r} lacks {', '.join(missing)}: the checkpoint is damaged")
-    metrics = last_validation(src.parent) or meta.get("metrics") or None
-    folder = prepare_output(Path(out), overwrite)
+    metrics = last_validation(src.parent, meta.get("step")) or meta.get("metrics") or None
+    folder = _prepare(out, overwrite, [WEIGHTS, CONFIG, *files, CARD])
     for f in [WEIGHTS, CONFIG, *files]:
-        shutil.copyfile(src / f, folder / f)
+        _replace(folder / f, (src / f).read_bytes())
     (folder / CARD).write_text(model_card(cfg, files, metrics, license, name or folder.name))
     return folder
 
@@ -137,6 +179,5 @@ class HubMixin:
                     license: str = "mit") -> str:
         hub.check_repo_id(repo_id)
         with tempfile.TemporaryDirectory(prefix="ebt-push-") as tmp:
-            folder = save_pretrained(self, cfg, Path(tmp) / "model", files, metrics, license)
-            (folder / CARD).write_text(model_card(cfg, sorted(files or {}), metrics, license, repo_id))
+            folder = save_pretrained(self, cfg, Path(tmp) / "model", files, metrics, license, name=repo_id)
             return hub.push(folder, repo_id, private, token)
