@@ -145,6 +145,15 @@ class Thinker(nn.Module):
     def schedule(self, training: bool, rng: Optional[random.Random] = None) -> list[int]:
         return trained_schedule(self.cfg, training, rng)
 
+    def final_landscape_steps(self) -> int:
+        """Steps the trained evaluation schedule takes on the last landscape (1, or rand_steps + 1 in System 2)."""
+        return self.schedule(training=False).count(self.cfg.landscapes - 1)
+
+    def think_longer(self, extra: int, **options) -> ThinkOptions:
+        """Inference options for `extra` more steps than the trained schedule, on the last landscape (the paper's
+        "thinking longer"), with any other `options` (samples, langevin_std, ...)."""
+        return ThinkOptions(steps=self.final_landscape_steps() + extra, final_landscape_only=True, **options)
+
     def inference_schedule(self, steps: Optional[int] = None, final_landscape_only: bool = False) -> list[int]:
         """`steps` per landscape (thinking longer reuses the trained indices), or only on the last landscape."""
         if steps is None:

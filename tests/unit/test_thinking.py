@@ -150,3 +150,16 @@ def test_descend_is_the_loop_of_steps():
         z = z - alpha * 2 * (k + 1) * (z - target)                             # the analytic gradient step
         torch.testing.assert_close(got, z)
     assert out.nfe == 3 and (out.steps_used == 3).all() and out.schedule == [0, 1, 1]
+
+
+def test_think_longer_adds_steps_to_the_trained_schedule():
+    """+1 step is one more than the trained evaluation schedule: 2 -> 3 steps for System 1 with two landscapes,
+    3 -> 4 on the single landscape of the System 2 recipe (rand_steps = 2)."""
+    from ebt.presets import get_preset
+
+    s1, s2 = Thinker(get_preset("lm-tiny").think), Thinker(get_preset("lm-tiny-s2").think)
+    for thinker, trained in ((s1, [0, 1]), (s2, [0, 0, 0])):
+        assert thinker.schedule(training=False) == trained
+        longer = thinker.think_longer(1, samples=2)
+        assert thinker.inference_schedule(longer.steps, longer.final_landscape_only) == trained + [trained[-1]]
+        assert longer.samples == 2

@@ -14,16 +14,16 @@ from ebt.text.downstream.scoring import Scoring, score_task
 from ebt.text.evaluate import evaluate_text
 from ebt.text.splits import heldout_windows
 from ebt.text.task import load_model, load_tokenizer_of
-from ebt.thinking import ThinkOptions
 
-# the thinking curve: (label, options); None = the trained schedule. Extra steps go on the last landscape (the
-# paper's 2 -> 3 forward passes); Langevin noise and best-of-N then build on the 3-step descent.
-CURVE: list[tuple[str, Optional[dict]]] = [
+# the thinking curve: (label, (extra steps, other options)); None = the trained schedule. Extra steps go on the last
+# landscape after the trained ones (`Thinker.think_longer`; the paper's 2 -> 3 forward passes); Langevin noise and
+# best-of-N then build on the one-step-longer descent.
+CURVE: list[tuple[str, Optional[tuple[int, dict]]]] = [
     ("trained steps", None),
-    ("+1 step", {"steps": 2, "final_landscape_only": True}),
-    ("+3 steps", {"steps": 4, "final_landscape_only": True}),
-    ("+1 step, Langevin 1", {"steps": 2, "final_landscape_only": True, "langevin_std": 1.0}),
-    ("best-of-4", {"steps": 2, "final_landscape_only": True, "samples": 4}),
+    ("+1 step", (1, {})),
+    ("+3 steps", (3, {})),
+    ("+1 step, Langevin 1", (1, {"langevin_std": 1.0})),
+    ("best-of-4", (1, {"samples": 4})),
 ]
 
 
@@ -41,7 +41,7 @@ def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Sco
         given = scoring.options if model.can_think else None        # a Transformer++ has its one plain row
         rows = [("trained steps" if given is None else "given options", given)]
         if model.can_think and curve:
-            rows += [(label, ThinkOptions(**opts)) for label, opts in CURVE[1:]]
+            rows += [(label, model.thinker.think_longer(extra, **opts)) for label, (extra, opts) in CURVE[1:]]
         for i, (label, options) in enumerate(rows):
             for name, items in tasks.items():
                 log(f"{model.kind} {Path(ckpt).name}: {name}, {label}")

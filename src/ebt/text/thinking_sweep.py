@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Optional
 
 from ebt.text.evaluate import evaluate_text
-from ebt.thinking import ThinkOptions
 
-# (label, options) rows of the sweep; None = the trained schedule. "Longer" adds steps on the last landscape only,
-# as the paper's 2 -> 3 forward passes; self-verification then samples N candidates of that 3-step descent.
-SWEEP: list[tuple[str, Optional[dict]]] = [
+# (label, (extra steps, other options)) rows of the sweep; None = the trained schedule. "Longer" adds steps to the
+# trained schedule on the last landscape only (`Thinker.think_longer`), as the paper's 2 -> 3 forward passes;
+# self-verification then samples N candidates of that one-step-longer descent.
+SWEEP: list[tuple[str, Optional[tuple[int, dict]]]] = [
     ("trained steps", None),
-    ("think longer (+1 step)", {"steps": 2, "final_landscape_only": True}),
-    ("think longer (+3 steps)", {"steps": 4, "final_landscape_only": True}),
-    ("best-of-2", {"steps": 2, "final_landscape_only": True, "samples": 2}),
-    ("best-of-5", {"steps": 2, "final_landscape_only": True, "samples": 5}),
-    ("best-of-10", {"steps": 2, "final_landscape_only": True, "samples": 10}),
+    ("think longer (+1 step)", (1, {})),
+    ("think longer (+3 steps)", (3, {})),
+    ("best-of-2", (1, {"samples": 2})),
+    ("best-of-5", (1, {"samples": 5})),
+    ("best-of-10", (1, {"samples": 10})),
 ]
 
 
@@ -27,7 +27,8 @@ def thinking_sweep(ebt_model, tpp_model, sets: dict, max_windows: int = 16, batc
     for name, windows in sets.items():
         base = None
         for label, opts in rows:
-            res = evaluate_text(ebt_model, windows, ThinkOptions(**opts) if opts else None, max_windows, batch_size)
+            options = ebt_model.thinker.think_longer(opts[0], **opts[1]) if opts else None
+            res = evaluate_text(ebt_model, windows, options, max_windows, batch_size)
             base = base or res["ppl"]
             records.append({"model": "ebt", "setting": label, "set": name, **res,
                             "ppl_change_pct": 100.0 * (res["ppl"] - base) / base})
