@@ -196,6 +196,8 @@ ROWS = [  # (argv, words in the message, exit code)
     ([E, "downstream", "runs/ebt", "--out", "o", "--seeds", ""], "--seeds is empty", 2),
     ([E, "downstream", "runs/ebt", "--out", "o", "--stride", "0"], "--stride must be >= 1", 2),
     ([E, "downstream", "empty", "--out", "o"], "not an ebt checkpoint folder", 2),
+    ([E, "downstream", "--merge", "good.txt", "--out", "o"], "is not a downstream.json", 2),
+    ([E, "downstream", "--out", "o"], "give checkpoints to evaluate, or --merge", 2),
     (["data", "get", "bigbench", "--from", "/nonexistent.tar.gz"], "does not exist", 2),
     (["data", "get", "bigbench", "--from", "bad.bin"], "is not a readable .tar.gz archive", 2),
     (["export", "runs/ebt", "runs/tpp"], "already exists and is not empty", 2),

@@ -57,6 +57,10 @@ def test_downstream_report(ckpts, capsys, one_thread_per_module):
     assert "Thinking curve" in text and "best-of-4" in text and (out / "downstream.png").stat().st_size > 5000
     assert json.loads((out / "downstream.json").read_text()) == records
     assert main(argv) == 2                                                 # --out is not overwritten
+    assert main(["eval", "downstream", "--merge", str(out / "downstream.json"), "--out", str(root / "merged")]) == 0
+    capsys.readouterr()
+    assert json.loads((root / "merged" / "downstream.json").read_text()) == records
+    assert (root / "merged" / "downstream.md").read_text() == text
 
 
 def test_downstream_under_torchrun_matches_one_process(ckpts, tmp_path, capsys, one_thread_per_module):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ebt.cli.common import add_think_args, at_least_one, int_list, think_options
 from ebt.errors import UserError
-from ebt.experiments.downstream import report, run_study
+from ebt.experiments.downstream import read_records, report, run_study
 from ebt.text.downstream.scoring import Scoring
 from ebt.text.downstream.tasks import load_tasks, task_names
 from ebt.text.evaluate import evaluate_text
@@ -84,7 +84,9 @@ def thinking(args: argparse.Namespace) -> int:
 
 
 def downstream_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="EBT and Transformer++ run or checkpoint folders")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="EBT and Transformer++ run or checkpoint folders")
+    p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                   help="downstream.json files of earlier runs to report together with these checkpoints")
     p.add_argument("--task", action="append", default=[], metavar="NAME[=PATH]",
                    help=f"a task, repeatable (default: the embedded stand-ins): {task_names()}")
     p.add_argument("--out", required=True, help="folder for downstream.md / .json / .png (new or empty)")
@@ -110,7 +112,10 @@ def downstream(args: argparse.Namespace) -> int:
         raise UserError("--seeds is empty: give at least one seed, e.g. --seeds 0")
     if args.generate < 0:
         raise UserError(f"--generate must be >= 0, got {args.generate}")
-    tasks = load_tasks(args.task, args.items)
+    if not args.checkpoints and not args.merge:
+        raise UserError("give checkpoints to evaluate, or --merge downstream.json files to report together")
+    merged = [r for path in args.merge for r in read_records(path)]
+    tasks = load_tasks(args.task, args.items) if args.checkpoints else {}
     for spec in args.checkpoints:                        # refuse a bad checkpoint before any work
         load_tokenizer_of(spec)
     dist.setup(backend="gloo")           # under torchrun: windows split across the processes (the models are on CPU)
@@ -121,6 +126,7 @@ def downstream(args: argparse.Namespace) -> int:
                         pretrain_windows=args.pretrain_windows,
                         log=lambda m: print(m, file=sys.stderr) if main_process else None)
     if main_process:
+        records = merged + records
         text = report(records, out)
         print(json.dumps(records) if args.json else text)
     return 0

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ebt.errors import UserError
 from ebt.text.downstream.items import Item
 from ebt.text.downstream.scoring import Scoring, score_task
 from ebt.text.evaluate import evaluate_text
@@ -54,6 +55,20 @@ def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Sco
         first = next(b for b in records if (b["checkpoint"], b["task"]) == (r["checkpoint"], r["task"]))
         r["distance"] = first["item_ppl"] / r["pretrain_ppl"]
         r["answer_ppl_change_pct"] = 100.0 * (r["answer_ppl"] - first["answer_ppl"]) / first["answer_ppl"]
+    return records
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of an earlier run's downstream.json (to report several runs together)."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+        if not isinstance(records, list) or not all(isinstance(r, dict) and "task" in r and "main" in r
+                                                    for r in records):
+            raise ValueError("not a list of downstream records")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--merge {str(path)!r} is not a downstream.json written by `ebt eval downstream` "
+                        f"({type(exc).__name__}): pass that file") from None
     return records
 
 
