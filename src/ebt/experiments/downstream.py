@@ -163,9 +163,16 @@ def plot(records: list[dict], path: Path) -> None:
 
     tasks = ordered_tasks(records)
     first = [r for r in records if r["main"]]
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(3.6 * (len(tasks) + 1), 3.4), squeeze=False)
+    found = gains(records)
+    panels = len(tasks) + (1 if found else 0)
+    cols = min(4, panels)
+    rows = -(-panels // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.3 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
     markers = {"ebt": ("o", "C0", "EBT"), "transformer": ("s", "C1", "Transformer++")}
-    for ax, t in zip(axes[0], tasks):
+    for ax, t in zip(axes, tasks):
         for kind, (m, colour, label) in markers.items():
             rows = [r for r in first if r["task"] == t and r["model"] == kind]
             if rows:
@@ -174,10 +181,15 @@ def plot(records: list[dict], path: Path) -> None:
                             yerr=[[r["answer_ppl"] - c[0] for r, c in zip(rows, ci)],
                                   [c[1] - r["answer_ppl"] for r, c in zip(rows, ci)]],
                             fmt=m, color=colour, label=label, capsize=2)
-        ax.set(title=t, xlabel="pretraining perplexity", ylabel="answer perplexity")
+        ax.set(title=t, xlabel="pretraining perplexity", ylabel="answer perplexity (log)", yscale="log")
         ax.legend(fontsize=7)
-    ax = axes[0][-1]
-    for g in gains(records):
+    if not found:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
+    ax = axes[panels - 1]
+    for g in found:
         ax.scatter(g["distance"], g["gain_pct"], color="C0")
         ax.annotate(g["task"], (g["distance"], g["gain_pct"]), fontsize=7)
     ax.axhline(0, color="gray", lw=0.5)
