@@ -189,11 +189,16 @@ def plot(records: list[dict], path: Path) -> None:
         plt.close(fig)
         return
     ax = axes[panels - 1]
-    for g in found:
-        ax.scatter(g["distance"], g["gain_pct"], color="C0")
-        ax.annotate(g["task"], (g["distance"], g["gain_pct"]), fontsize=7)
+    for k, ckpt in enumerate(dict.fromkeys(g["checkpoint"] for g in found)):
+        mine = [g for g in found if g["checkpoint"] == ckpt]
+        ax.plot([g["distance"] for g in mine], [g["gain_pct"] for g in mine], "o", color=f"C{k + 2}",
+                label=Path(ckpt).name)
+        for g in mine:
+            ax.annotate(g["task"], (g["distance"], g["gain_pct"]), fontsize=6)
     ax.axhline(0, color="gray", lw=0.5)
-    ax.set(title="thinking gain vs distance", xlabel="item ppl / pretraining ppl", ylabel="best answer ppl gain (%)")
+    ax.set(title="best thinking gain vs distance", xlabel="item ppl / pretraining ppl (log)", xscale="log",
+           ylabel="answer ppl gain (%)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
