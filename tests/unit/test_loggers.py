@@ -29,6 +29,7 @@ def test_every_logger_gets_the_same_keys(tiny_cfg, monkeypatch):
     fake = types.ModuleType("wandb")
     fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
     fake.init = lambda **kw: runs.append(FakeRun(**kw)) or runs[-1]
+    fake.Histogram = lambda values: ("histogram", len(values))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -42,7 +43,12 @@ def test_every_logger_gets_the_same_keys(tiny_cfg, monkeypatch):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     expected = [(r["step"], {f"{r['split']}/{k}": float(v) for k, v in r.items() if k not in ("step", "split")})
                 for r in rows]
-    assert wb.logged == expected
+    scalars = [(step, v) for step, v in wb.logged if not any(isinstance(x, tuple) for x in v.values())]
+    hists = [(step, v) for step, v in wb.logged if all(isinstance(x, tuple) for x in v.values())]
+    assert scalars == expected
+    assert [step for step, _ in hists] == [r["step"] for r in rows if r["split"] == "train"]
+    assert set(hists[0][1]) == {"train/energy_step1", "train/energy_step2"}   # energies of each step, B x L each
+    assert hists[0][1]["train/energy_step1"] == ("histogram", tiny_cfg.train.batch_size * tiny_cfg.model.context)
     train_keys = set(expected[0][1])
     assert {"train/ce_step1", "train/ce_step2", "train/alpha", "train/energy_gap", "train/grad_norm",
             "train/samples_per_s"} <= train_keys
@@ -51,6 +57,7 @@ def test_every_logger_gets_the_same_keys(tiny_cfg, monkeypatch):
     tb = EventAccumulator(str(run / "tb"))
     tb.Reload()
     assert set(tb.Tags()["scalars"]) == {k for _, values in expected for k in values}
+    assert set(tb.Tags()["histograms"]) == {"train/energy_step1", "train/energy_step2"}
 
 
 def test_wandb_writes_an_offline_run(tiny_cfg):

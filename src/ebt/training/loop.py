@@ -186,6 +186,9 @@ def _run(cfg: Any, task: Task, model: nn.Module, out_dir: Path, device: torch.de
                                         "samples": samples, "skipped": skipped,
                                         "samples_per_s": (samples - logged_samples) / max(now - logged_time, 1e-9)})
                 logged_time, logged_samples = now, samples
+                thought = getattr(out, "thought", None) if bad is None else None   # the last micro-batch's descent
+                if thought is not None:
+                    log.histograms(step, "train", {f"energy_step{k + 1}": e for k, e in enumerate(thought.energies)})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals.get('final_ce', 0):.3f}")

@@ -26,6 +26,10 @@ class _TensorBoard:
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
 
+    def histograms(self, step: int, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            self.writer.add_histogram(k, v, step)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -45,6 +49,11 @@ class _Wandb:
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
+
+    def histograms(self, step: int, values: dict[str, Any]) -> None:
+        import wandb
+
+        self.run.log({k: wandb.Histogram(v) for k, v in values.items()}, step=step)
 
     def close(self) -> None:
         self.run.finish()
@@ -92,6 +101,15 @@ class MetricsLog:
         scalars = {f"{split}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}
         for sink in self.sinks:
             sink.log(step, scalars)
+
+    def histograms(self, step: int, split: str, tensors: dict[str, Any]) -> None:
+        """Distributions (an EBT's energies at each thinking step) for the loggers that draw them; metrics.jsonl
+        keeps scalars only."""
+        if not self.enabled or not self.sinks:
+            return
+        values = {f"{split}/{k}": t.detach().float().flatten().cpu().numpy() for k, t in tensors.items()}
+        for sink in self.sinks:
+            sink.histograms(step, values)
 
     def close(self) -> None:
         if self.file:
