@@ -68,3 +68,17 @@ def write_pngs(folder, specs) -> None:
     for i, (h, w, mode) in enumerate(specs):
         shape = (h, w) if mode == "L" else (h, w, 3)
         Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / f"img{i}.png")
+
+
+def save_tiny_lms(root, context: int = 16):
+    """A seeded byte-level text EBT (time_embed, 2 landscapes) and Transformer++ of width 16 saved as checkpoints
+    under root: (ebt folder, transformer folder, the EBT)."""
+    from ebt.text.models import TextTransformer
+    from ebt.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ebt = TextEBT(ModelConfig(vocab_size=256, dim=16, layers=2, heads=2, context=context, conditioning="time_embed"),
+                  ThinkConfig(landscapes=2, alpha=5.0))
+    tpp_cfg = ModelConfig(vocab_size=256, dim=16, layers=2, heads=2, context=context, kind="transformer")
+    return (str(save_checkpoint(root / "ebt", ebt, RunConfig(model=ebt.cfg, think=ebt.think_cfg))),
+            str(save_checkpoint(root / "tpp", TextTransformer(tpp_cfg), RunConfig(model=tpp_cfg))), ebt)

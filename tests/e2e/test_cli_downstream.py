@@ -9,22 +9,18 @@ import pytest
 import torch
 
 from ebt.cli import main
-from ebt.config import ModelConfig, RunConfig, ThinkConfig
-from ebt.text.models import TextEBT, TextTransformer
+from ebt.config import ModelConfig, RunConfig
+from ebt.text.models import TextTransformer
 from ebt.training.checkpoint import save_checkpoint
 
+from conftest import save_tiny_lms
 from test_distributed import torchrun
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
-    torch.manual_seed(0)
-    ebt = TextEBT(ModelConfig(vocab_size=256, dim=16, layers=2, heads=2, context=16, conditioning="time_embed"),
-                  ThinkConfig(landscapes=2, alpha=5.0))
-    tpp_cfg = ModelConfig(vocab_size=256, dim=16, layers=2, heads=2, context=16, kind="transformer")
-    paths = (save_checkpoint(root / "ebt", ebt, RunConfig(model=ebt.cfg, think=ebt.think_cfg)),
-             save_checkpoint(root / "tpp", TextTransformer(tpp_cfg), RunConfig(model=tpp_cfg)))
+    paths = save_tiny_lms(root)[:2]
     gsm = root / "gsm.jsonl"
     gsm.write_text("\n".join(json.dumps({"question": f"What is {a} + 1?", "answer": f"{a} + 1 = {a + 1}\n#### {a + 1}"})
                              for a in range(5)))

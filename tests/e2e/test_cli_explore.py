@@ -9,26 +9,18 @@ import subprocess
 import pytest
 import torch
 
+from conftest import save_tiny_lms
 from ebt.cli import main
-from ebt.config import ModelConfig, RunConfig, ThinkConfig
 from ebt.text.inference import think
-from ebt.text.models import TextEBT, TextTransformer
 from ebt.text.tokenizers import ByteTokenizer
 from ebt.thinking import ThinkOptions
-from ebt.training.checkpoint import save_checkpoint
 
 TEXT = "And God said, Let there be light"
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explore")
-    torch.manual_seed(0)
-    ebt = TextEBT(ModelConfig(vocab_size=256, dim=16, layers=2, heads=2, context=40, conditioning="time_embed"),
-                  ThinkConfig(landscapes=2, alpha=5.0))
-    tpp_cfg = ModelConfig(vocab_size=256, dim=16, layers=2, heads=2, context=40, kind="transformer")
-    return (str(save_checkpoint(root / "ebt", ebt, RunConfig(model=ebt.cfg, think=ebt.think_cfg))),
-            str(save_checkpoint(root / "tpp", TextTransformer(tpp_cfg), RunConfig(model=tpp_cfg))), ebt)
+    return save_tiny_lms(tmp_path_factory.mktemp("explore"), context=40)
 
 
 def page_data(path) -> dict:

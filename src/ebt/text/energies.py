@@ -13,17 +13,23 @@ from ebt.text.inference import think
 from ebt.thinking import ThinkOptions
 
 
-def token_energies(model, text: str, opts: Optional[ThinkOptions] = None, seed: int = 0,
-                   tokenizer: Optional[Tokenizer] = None) -> dict:
-    """Energies of each next-token prediction for `text`: per step (steps, T) and final (T,), with the tokens
-    (decoded one by one with `tokenizer`, default bytes)."""
-    tok = tokenizer or ByteTokenizer()
-    ids = tok.encode(text)
+def scored_ids(model, text: str, tokenizer: Tokenizer) -> list[int]:
+    """The token ids of --text, each after the first scored given those before it: at least two, at most one window."""
+    ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise UserError("--text needs at least two tokens (each token is scored given the ones before it)")
     if len(ids) - 1 > model.cfg.context:
         raise UserError(f"--text has {len(ids)} tokens, more than the model's context {model.cfg.context} + 1: "
                         "shorten it")
+    return ids
+
+
+def token_energies(model, text: str, opts: Optional[ThinkOptions] = None, seed: int = 0,
+                   tokenizer: Optional[Tokenizer] = None) -> dict:
+    """Energies of each next-token prediction for `text`: per step (steps, T) and final (T,), with the tokens
+    (decoded one by one with `tokenizer`, default bytes)."""
+    tok = tokenizer or ByteTokenizer()
+    ids = scored_ids(model, text, tok)
     x = torch.tensor([ids[:-1]])
     res = think(model, x, opts, generator=torch.Generator().manual_seed(seed))
     tokens = [tok.decode([i]) or "\\0" for i in ids[1:]]

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ebt.errors import UserError
+from ebt.text.energies import scored_ids
 from ebt.text.inference import think
 from ebt.text.tokenizers import Tokenizer
 from ebt.thinking import ThinkOptions
@@ -35,12 +35,7 @@ def explore_data(model, text: str, tokenizer: Tokenizer, options: Optional[Think
     """Everything the page shows, as JSON-ready data: per predicted token, its energies per step and final, the top
     candidates per step, every best-of-N sample (top token, final energy, chosen or not), and `compare`'s (a
     Transformer++) top candidates."""
-    ids = tokenizer.encode(text)
-    if len(ids) < 2:
-        raise UserError("--text needs at least two tokens (each token is scored given the ones before it)")
-    if len(ids) - 1 > model.cfg.context:
-        raise UserError(f"--text has {len(ids)} tokens, more than the model's context {model.cfg.context} + 1: "
-                        "shorten it")
+    ids = scored_ids(model, text, tokenizer)
     x = torch.tensor([ids[:-1]])
     res = think(model, x, options, generator=torch.Generator().manual_seed(seed), trace=True)
     tr = res.trace
