@@ -26,6 +26,14 @@ from ebt.training import distributed as dist
 from ebt.training.devices import autocast
 
 
+MAX_CE = 50.0   # perplexities are reported as exp(min(ce, MAX_CE)): finite even for a diverged model
+
+
+def perplexity(ce: float) -> float:
+    """exp(cross-entropy), capped so that a diverged model still reports a finite number."""
+    return math.exp(min(ce, MAX_CE))
+
+
 @dataclass
 class TokenScores:
     """Scores of one batch of windows (B, L+1): targets y = window[:, 1:]."""
@@ -84,7 +92,7 @@ def evaluate_text(model: nn.Module, windows: PackedWindows, options: Optional[Th
     model.train(was_training)
     total = dist.all_reduce_sum(total)
     ce = (total[0] / total[1].clamp_min(1)).item()
-    res = {"ce": ce, "ppl": math.exp(min(ce, 50.0)), "tokens": int(total[1].item()), "nfe_per_token": nfe}
+    res = {"ce": ce, "ppl": perplexity(ce), "tokens": int(total[1].item()), "nfe_per_token": nfe}
     if windows.token_bytes is not None:
         res["bpb"] = (total[0] / math.log(2) / total[2].clamp_min(1)).item()
     return res

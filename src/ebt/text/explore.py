@@ -57,8 +57,8 @@ def explore_data(model, text: str, tokenizer: Tokenizer, options: Optional[Think
             "samples": samples,
             "compare": _top(other[i], tokenizer) if other is not None else None,
         })
-    return {"text": text, "first": tokenizer.decode(ids[:1]), "nfe": res.nfe, "steps": steps, "samples": tr["logits"].shape[2], "positions": positions,
-            "options": {k: v for k, v in vars(options or ThinkOptions()).items()}}
+    return {"text": text, "first": tokenizer.decode(ids[:1]), "nfe": res.nfe, "steps": steps,
+            "samples": tr["logits"].shape[2], "positions": positions, "options": dict(vars(options or ThinkOptions()))}
 
 
 def write_page(data: dict, path: Path, title: str = "EBT thinking explorer") -> None:

@@ -16,7 +16,7 @@ import torch
 from ebt.errors import UserError
 from ebt.text.downstream.items import Item
 from ebt.text.downstream.windows import ItemWindows
-from ebt.text.evaluate import ITEM_COLUMNS, evaluate_items
+from ebt.text.evaluate import ITEM_COLUMNS, MAX_CE, evaluate_items, perplexity
 from ebt.text.generation import SampleOptions, generate
 from ebt.text.tokenizers import Tokenizer
 from ebt.thinking import ThinkOptions
@@ -129,20 +129,19 @@ def score_task(model, items: list[Item], tokenizer: Tokenizer, scoring: Scoring)
     rng = np.random.default_rng(0)
     ln2 = math.log(2)
 
-    def ppl(num, den):
-        return float(math.exp(min(num.sum() / max(den.sum(), 1e-12), 50.0)))
+    def mean_ce(num, den):
+        return float(num.sum() / max(den.sum(), 1e-12))
 
     out = {"items": len(items), "windows": len(windows), "nfe_per_token": nfe, "seeds": len(runs)}
     for prefix, ce, tok, nb in (("item", "ce", "tokens", "bytes"), ("answer", "answer_ce", "answer_tokens",
                                                                      "answer_bytes")):
         c, t, b = gold[:, COL[ce]], gold[:, COL[tok]], gold[:, COL[nb]]
-        out[f"{prefix}_ppl"] = ppl(c, t)
-        out[f"{prefix}_ppl_ci"] = _ratio_ci(c, t, lambda v: np.exp(np.minimum(v, 50.0)), rng)
-        out[f"{prefix}_ce"] = float(c.sum() / max(t.sum(), 1e-12))
-        out[f"{prefix}_bpb"] = float(c.sum() / ln2 / max(b.sum(), 1e-12))
+        out[f"{prefix}_ce"] = mean_ce(c, t)
+        out[f"{prefix}_ppl"] = perplexity(out[f"{prefix}_ce"])
+        out[f"{prefix}_ppl_ci"] = _ratio_ci(c, t, lambda v: np.exp(np.minimum(v, MAX_CE)), rng)
+        out[f"{prefix}_bpb"] = mean_ce(c, b) / ln2
         if len(runs) > 1:
-            per_seed = [math.exp(min(r[:len(items), COL[ce]].sum() / max(r[:len(items), COL[tok]].sum(), 1e-12), 50))
-                        for r in runs]
+            per_seed = [perplexity(mean_ce(r[:len(items), COL[ce]], r[:len(items), COL[tok]])) for r in runs]
             out[f"{prefix}_ppl_seed_std"] = float(np.std(per_seed, ddof=1))
     mc = [(i, idx) for i, idx in enumerate(choice_seqs) if idx]
     if mc:
