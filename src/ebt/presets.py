@@ -7,6 +7,7 @@ from typing import Callable, NamedTuple
 from ebt.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ThinkConfig, TrainConfig
 from ebt.errors import UserError
 from ebt.images.config import denoise_tiny, dit_tiny
+from ebt.video.config import frame_ae_tiny, video_tiny
 
 
 class Size(NamedTuple):
@@ -141,6 +142,7 @@ def _size_preset(name: str) -> Callable[[], RunConfig]:
 
 PRESETS.update({f"lm-{name}": _size_preset(name) for name in SIZES if name not in ("tiny", "cpu")})
 PRESETS.update({"denoise-tiny": denoise_tiny, "dit-tiny": dit_tiny})  # image runs build an ImageRunConfig
+PRESETS.update({"video-tiny": video_tiny, "frame-ae-tiny": frame_ae_tiny})  # video runs: VideoRunConfig, FrameAERunConfig
 
 
 def get_preset(name: str) -> RunConfig:

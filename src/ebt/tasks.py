@@ -1,5 +1,6 @@
 """The built-in tasks. Importing this module registers each of them with the trainer (`ebt.training.registry`):
-`text` (language modelling, `ebt.text.task`) and `denoise` (images, `ebt.images.task`). A new modality adds its
+`text` (language modelling, `ebt.text.task`), `denoise` (images, `ebt.images.task`), `video` and `frame-ae`
+(`ebt.video.task`). A new modality adds its
 task module here; the trainer itself never imports a modality.
 """
 from __future__ import annotations
@@ -8,6 +9,7 @@ from typing import Any
 
 import ebt.images.task  # noqa: F401  (registers "denoise")
 import ebt.text.task  # noqa: F401  (registers "text")
+import ebt.video.task  # noqa: F401  (registers "video" and "frame-ae")
 from ebt.training.loop import TrainResult, train
 
 

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ebt.cli import bench, data, denoise, evaluate, experiment, generate, hub, train
+from ebt.cli import bench, data, denoise, evaluate, experiment, generate, hub, train, video
 from ebt.cli.common import split_overrides
 from ebt.errors import Note, UserError
 
@@ -51,12 +51,13 @@ COMMANDS: dict[str, dict[str, Union[Command, Group]]] = {
                                      "get": Command(data.get, data.get_args)}),
     },
     "evaluate": {
-        "eval": Group("Evaluate checkpoints: held-out text, the thinking sweep, downstream tasks, or EBT vs DiT "
-                      "denoising.", {
+        "eval": Group("Evaluate checkpoints: held-out text, the thinking sweep, downstream tasks, EBT vs DiT "
+                      "denoising, or video rollouts.", {
             "text": Command(evaluate.text, evaluate.text_args),
             "thinking": Command(evaluate.thinking, evaluate.thinking_args),
             "downstream": Command(evaluate.downstream, evaluate.downstream_args),
-            "denoise": Command(denoise.evaluate, denoise.eval_args)}, default="text"),
+            "denoise": Command(denoise.evaluate, denoise.eval_args),
+            "video": Command(video.evaluate, video.eval_args)}, default="text"),
     },
     "studies and speed": {
         "experiment": Group("Small-budget reproductions of the paper's studies.", {

@@ -10,7 +10,8 @@ import torch
 from ebt.cli.common import float_list, int_list
 from ebt.errors import UserError
 from ebt.images.config import check_noise_level
-from ebt.images.data import image_names, load_images, save_png
+from ebt.images.data import image_names, load_images
+from ebt.media import save_png
 from ebt.images.denoisers import load_image_model
 from ebt.images.evaluate import Meter, noisy_versions
 from ebt.images.report import check_pair, compare, format_table, held_out_images, save_grid, save_plot

@@ -1,4 +1,4 @@
-"""`ebt generate` (continue a prompt), `ebt energy` (per-token energies as uncertainty) and `ebt explore` (the
+"""`ebt generate` (continue a prompt, or a clip for video checkpoints: `cli/video.py`), `ebt energy` (per-token energies as uncertainty) and `ebt explore` (the
 thinking explorer page)."""
 from __future__ import annotations
 
@@ -10,26 +10,44 @@ from pathlib import Path
 import torch
 
 from ebt.cli.common import add_think_args, think_options
+from ebt.cli.video import generate_video
 from ebt.errors import UserError
 from ebt.text.energies import colour, heatmap, token_energies
 from ebt.text.explore import explore_data, write_page
 from ebt.text.generation import SampleOptions, generate as generate_text
 from ebt.text.task import load_model, load_tokenizer_of
+from ebt.training.checkpoint import find_checkpoint, read_config
 
 
 def generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new", type=int, default=200, help="tokens to generate")
+    p.add_argument("checkpoint", help="run folder or checkpoint folder (text or video)")
+    p.add_argument("--prompt", help="text: the prompt to continue")
+    p.add_argument("--max-new", type=int, default=200, help="text: tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-cache", action="store_true", help="recompute the context for every token (slow)")
+    v = p.add_argument_group("video checkpoints")
+    v.add_argument("--input", help="a clip to continue: video file, frame folder or array (default: a held-out clip)")
+    v.add_argument("--frames", type=int, default=10, help="frames to generate")
+    v.add_argument("--context", type=int, help="frames of the clip given as context (default: video.context_frames)")
+    v.add_argument("--out", help="the GIF to write (a PNG strip with per-frame energies goes beside it)")
+    v.add_argument("--overwrite", action="store_true", help="replace --out and its strip if they exist")
     add_think_args(p)
 
 
 def generate(args: argparse.Namespace) -> int:
-    """Continue a prompt with an EBT or Transformer++ checkpoint."""
+    """Continue a text prompt or a video clip with an EBT or Transformer++ checkpoint."""
+    task = read_config(find_checkpoint(args.checkpoint))[0].task
+    if task not in GENERATORS:
+        raise UserError(f"{args.checkpoint!r} holds a {task} model: `ebt generate` continues text or video "
+                        "(images: `ebt denoise`)")
+    return GENERATORS[task](args)
+
+
+def generate_text_prompt(args: argparse.Namespace) -> int:
+    if args.prompt is None:
+        raise UserError("a text checkpoint needs --prompt TEXT")
     topts = think_options(args)
     opts = SampleOptions(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p,
                          seed=args.seed, use_cache=not args.no_cache)
@@ -39,6 +57,10 @@ def generate(args: argparse.Namespace) -> int:
     out = generate_text(model, prompt, opts, topts)
     print(tok.decode(out[0].tolist()))
     return 0
+
+
+GENERATORS = {"text": generate_text_prompt, "video": generate_video}
+"""What `ebt generate` does for a checkpoint of each task."""
 
 
 def energy_args(p: argparse.ArgumentParser) -> None:

@@ -12,14 +12,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ebt.errors import UserError
 from ebt.images.config import ImageDataConfig
+from ebt.media import IMAGE_SUFFIXES, read_image, resize_crop, to_channels
 from ebt.training.sharding import sharded_indices
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
 
 
@@ -70,36 +69,6 @@ def embedded_digits() -> Tensor:
 
 
 # ---- user files -------------------------------------------------------------------------------------------------
-def _pil_to_tensor(img) -> Tensor:
-    """A PIL image -> (C, H, W) in [0, 1]; alpha and palettes are dropped (1 or 3 channels only)."""
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("L" if img.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
-
-
-def to_channels(x: Tensor, channels: int) -> Tensor:
-    """(N, C, H, W) -> (N, channels, H, W): grey repeated to RGB, RGB to grey by ITU-R 601 luminance."""
-    if channels == 0 or x.shape[1] == channels:
-        return x
-    if channels == 3:
-        return x.expand(-1, 3, -1, -1).contiguous()
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype)
-    return (x * w[None, :, None, None]).sum(1, keepdim=True)
-
-
-def resize_crop(x: Tensor, size: int) -> Tensor:
-    """Resize (N, C, H, W) so the shorter side is `size` (antialiased bicubic), then centre-crop to size x size."""
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top:top + size, left:left + size]
-
-
 def _image_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -108,15 +77,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_image_files(files: list[Path], image_size: int, channels: int) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                images.append((f, _pil_to_tensor(img)))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"cannot read image {str(f)!r} ({exc}): remove it or fix the file") from None
+    images = [(f, read_image(f)) for f in files]
     counts = {x.shape[0] for _, x in images}
     if channels == 0 and len(counts) > 1:
         raise UserError(f"images have mixed channel counts {sorted(counts)} (e.g. {images[0][0].name}: "
@@ -236,13 +197,3 @@ def load_dataset(cfg: ImageDataConfig) -> tuple[ImageSet, ImageSet]:
     if cfg.max_images and cfg.path is None and cfg.embedded == "photos":
         train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:cfg.max_images]]
     return ImageSet(train), ImageSet(test)
-
-
-def save_png(image01: Tensor, path: str | Path) -> None:
-    """Write one (C, H, W) image in [0, 1] as an 8-bit PNG."""
-    from PIL import Image
-
-    arr = (image01.detach().clamp(0, 1) * 255).round().byte().cpu()
-    arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)

@@ -1,4 +1,6 @@
-"""The autoregressive text EBT as a pure energy function: E(context, candidate distributions, step) -> (B, L).
+"""The autoregressive EBT as a pure energy function: E(context, candidates, step) -> (B, L). `AREnergy` is the
+energy over embedded items; `AREnergyModel` is text's (tokens, candidate distributions); `models/frames.py` has
+video's (frame latents, continuous candidates).
 
 No optimisation happens here (that is `ebt.thinking`). Parameter names follow the reference implementation
 (`embeddings`, `vocab_to_embed`, `transformer.layers.*`, `transformer.norm`, `transformer.time_embeddings`,
@@ -50,14 +52,13 @@ class EnergyTransformer(Backbone):
         self.final_layer = FinalAdaLN(cfg.dim) if adaln else nn.Linear(cfg.dim, 1, bias=False)
 
 
-class AREnergyModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_landscapes: int):
-        super().__init__()
+class AREnergy(nn.Module):
+    """The autoregressive energy function over embedded inputs: subclasses give the input layers (`observe` embeds
+    context items, `embed_candidates` embeds candidates) and call `_build(cfg, num_landscapes)` after creating them."""
+
+    def _build(self, cfg: ModelConfig, num_landscapes: int) -> None:
         self.cfg = cfg
         self.num_landscapes = num_landscapes
-        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        if not cfg.prob_embed:
-            self.vocab_to_embed = nn.Linear(cfg.vocab_size, cfg.dim, bias=False)
         self.transformer = EnergyTransformer(cfg, num_landscapes)
         init_weights(self)
         if cfg.conditioning == "adaln":  # the reference keeps PyTorch's default init for plain adaLN modulation
@@ -90,37 +91,26 @@ class AREnergyModel(nn.Module):
         return self.transformer.time_embeddings.weight[step].expand(batch, 1, -1)  # (B, 1, D)
 
     # ---- the two streams -------------------------------------------------------------------------------------
-    def observe(self, input_ids: Tensor, step: int = 0, past: Optional[Observed] = None) -> Observed:
-        """Observed stream of input_ids (B, S), appended to `past` if given (KV cache)."""
-        x = self.embeddings(input_ids)  # (B, S, D)
+    def observe_embedded(self, x: Tensor, step: int = 0, past: Optional[Observed] = None) -> Observed:
+        """Observed stream of embedded context items x (B, S, D), appended to `past` if given (KV cache)."""
         if self.prefix and past is None:
             x = torch.cat([self._step_token(step, x.shape[0]), x], dim=1)
         return self.transformer.observe(x, cond=self._cond(step, x.shape[0]), past=past)
 
-    def embed_candidates(self, probs: Tensor) -> Tensor:
-        """Candidate distributions (B, L, V) -> predicted embeddings (B, L, D)."""
-        if self.cfg.prob_embed:
-            return probs @ self.embeddings.weight.to(probs.dtype)
-        return self.vocab_to_embed(probs)
+    def energy(self, obs: Observed, candidates: Tensor, step: int = 0, start: int = 0) -> Tensor:
+        """Energies (B, L) of candidates (B, L, ...) for the items after context positions start .. start+L-1.
 
-    def energy(self, obs: Observed, probs: Tensor, step: int = 0, start: int = 0) -> Tensor:
-        """Energies (B, L) of candidates probs (B, L, V) for next tokens start+1 .. start+L of the context.
-
-        Candidate i predicts the token after context position start+i and sees observed tokens 0..start+i.
+        Candidate i predicts the item after context position start+i and sees observed items 0..start+i.
         """
-        return self.energy_of_embedding(obs, self.embed_candidates(probs), step, start)
-
-    def candidate_matrix(self) -> Tensor:
-        """M (V, D) with embed_candidates(p) = p @ M, so that dE/dp = dE/dx @ M^T."""
-        return self.embeddings.weight if self.cfg.prob_embed else self.vocab_to_embed.weight.t()
+        return self.energy_of_embedding(obs, self.embed_candidates(candidates), step, start)
 
     def energy_of_embedding(self, obs: Observed, x: Tensor, step: int = 0, start: int = 0) -> Tensor:
-        """`energy` from the embedded candidates x = embed_candidates(probs) (B, L, D)."""
+        """`energy` from the embedded candidates x = embed_candidates(candidates) (B, L, D)."""
         B, L, _ = x.shape
         if self.cfg.conditioning == "pred_embed":
             x = x + self.transformer.time_embeddings.weight[step]
         index = torch.arange(start, start + L, device=x.device)            # context position of each candidate
-        positions = index + 1 + self.prefix                                # RoPE position of the predicted token
+        positions = index + 1 + self.prefix                                # RoPE position of the predicted item
         allowed = causal_prefix_mask(L, obs.length, start + self.prefix, x.device)   # (L, S_obs)
         cond = self._cond(step, B)
         h = self.transformer.norm(self.transformer.predict(x, positions, obs, allowed, cond))
@@ -129,15 +119,42 @@ class AREnergyModel(nn.Module):
         return self.transformer.final_layer(h).squeeze(-1)
 
 
+class AREnergyModel(AREnergy):
+    """The text EBT's energy: token embeddings for the context, candidate distributions (B, L, V) embedded by an
+    untied Linear(V, D) (or as probability-weighted token embeddings, `prob_embed`)."""
+
+    def __init__(self, cfg: ModelConfig, num_landscapes: int):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if not cfg.prob_embed:
+            self.vocab_to_embed = nn.Linear(cfg.vocab_size, cfg.dim, bias=False)
+        self._build(cfg, num_landscapes)
+
+    def observe(self, input_ids: Tensor, step: int = 0, past: Optional[Observed] = None) -> Observed:
+        """Observed stream of input_ids (B, S), appended to `past` if given (KV cache)."""
+        return self.observe_embedded(self.embeddings(input_ids), step, past)
+
+    def embed_candidates(self, probs: Tensor) -> Tensor:
+        """Candidate distributions (B, L, V) -> predicted embeddings (B, L, D)."""
+        if self.cfg.prob_embed:
+            return probs @ self.embeddings.weight.to(probs.dtype)
+        return self.vocab_to_embed(probs)
+
+    def candidate_matrix(self) -> Tensor:
+        """M (V, D) with embed_candidates(p) = p @ M, so that dE/dp = dE/dx @ M^T."""
+        return self.embeddings.weight if self.cfg.prob_embed else self.vocab_to_embed.weight.t()
+
+
 class ContextEnergy:
-    """E(p, step) for one fixed batch of contexts: the callable the thinking loop descends.
+    """E(candidates, step) for one fixed batch of contexts (token ids, or frame latents for video): the callable the
+    thinking loop descends.
 
     Caches the observed stream (once, or once per step index when the conditioning makes it step-dependent).
     The cache is built under the grad mode active when this object was created, so at inference the observed
     stream holds no graph while the candidates still get their input gradient.
     """
 
-    def __init__(self, model: AREnergyModel, input_ids: Tensor, obs: Optional[Observed] = None, start: int = 0):
+    def __init__(self, model: AREnergy, input_ids: Tensor, obs: Optional[Observed] = None, start: int = 0):
         self.model = model
         self.input_ids = input_ids
         self.start = start

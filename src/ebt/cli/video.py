@@ -1,0 +1,102 @@
+"""`ebt eval video` (rollouts of video checkpoints against copy-last-frame) and video generation for `ebt generate`."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ebt.cli.common import add_think_args, think_options
+from ebt.errors import UserError
+from ebt.video.data import cut_clips, load_clips, load_videos
+from ebt.video.evaluate import VideoEvalSettings, evaluate_video, markdown
+from ebt.video.models import rollout
+from ebt.video.render import save_rollout
+from ebt.video.task import load_video_model
+
+
+def eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="video run or checkpoint folders (EBT, Transformer++)")
+    p.add_argument("--context", type=int, help="frames given before generating (default: the first checkpoint's "
+                   "video.context_frames, 5 as in the reference's test)")
+    p.add_argument("--horizon", type=int, default=5, help="frames generated after them")
+    p.add_argument("--clips", type=int, default=64, help="held-out clips evaluated (at most)")
+    p.add_argument("--seeds", type=int, default=3, help="noise seeds per clip for EBTs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data", help="other held-out videos (default: the first checkpoint's held-out clips)")
+    p.add_argument("--out", help="also write video.md and video.json into this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_think_args(p)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Roll video checkpoints out on held-out clips: latent SmoothL1/MSE and pixel MSE/PSNR per horizon step, NFE,
+    against copy-last-frame."""
+    loaded = [load_video_model(c) for c in args.checkpoints]
+    first = loaded[0][1]
+    shapes = {(cfg.data.image_size, cfg.data.channels) for _, cfg in loaded}
+    if len(shapes) > 1:
+        raise UserError(f"the checkpoints read frames of different sizes/channels {sorted(shapes)}: compare models "
+                        "trained on the same frames")
+    s = VideoEvalSettings(context=args.context or first.video.context_frames, horizon=args.horizon, clips=args.clips,
+                          seeds=args.seeds, batch_size=args.batch_size, options=think_options(args))
+    if s.options is not None and not any(m.can_think for m, _ in loaded):
+        raise UserError("thinking options (--steps, --samples, ...) need an EBT checkpoint")
+    data = first.data if not args.data else type(first.data)(**{**vars(first.data), "path": args.data})
+    clips = load_clips(data, s.context + s.horizon)[1].clips
+    names = [Path(c).name or c for c in args.checkpoints]
+    if len(set(names)) < len(names):
+        names = [str(c) for c in args.checkpoints]
+    result = evaluate_video({f"{n} ({m.kind})": m for n, (m, _) in zip(names, loaded)}, clips, s)
+    table = markdown(result)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "video.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "video.md").write_text(table + "\n")
+    print(json.dumps(result) if args.json else table)
+    return 0
+
+
+def generate_video(args: argparse.Namespace) -> int:
+    """Continue a clip with a video checkpoint: a GIF (truth | prediction) and a PNG strip with per-frame energies."""
+    if not args.out:
+        raise UserError("a video checkpoint needs --out FILE.gif (the PNG strip goes beside it)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".gif":
+        raise UserError(f"--out {args.out!r}: name a .gif file (the PNG strip is written beside it)")
+    strip = out.with_suffix(".png")
+    for path in (out, strip):
+        if path.exists() and not args.overwrite:
+            raise UserError(f"{str(path)!r} already exists: choose another --out or pass --overwrite")
+    if not out.resolve().parent.is_dir():
+        raise UserError(f"--out {args.out!r}: its folder does not exist; create it or choose another path")
+    model, cfg = load_video_model(args.checkpoint)
+    context = args.context or cfg.video.context_frames
+    if context > model.window:
+        raise UserError(f"--context {context} exceeds the model's trained context of {model.window} frames")
+    frames = args.frames
+    if frames < 1:
+        raise UserError(f"--frames must be >= 1, got {frames}")
+    if args.input:
+        name, video = load_videos(args.input, cfg.data)[0]
+        clip = cut_clips(name, video, min(context + frames, len(video[::cfg.data.stride])), cfg.data.stride)[0]
+        if len(clip) < context:
+            raise UserError(f"{args.input!r} has {len(clip)} frame(s) at stride {cfg.data.stride}, fewer than "
+                            f"--context {context}")
+        clip = clip * 2 - 1
+    else:
+        clip = load_clips(cfg.data, context + frames)[1].clips[0]   # the first held-out clip
+    gen = torch.Generator().manual_seed(args.seed or 0)
+    latents = model.encode_clips(clip[None])
+    out_roll = rollout(model, latents[:, :context], frames, think_options(args) if model.can_think else None, gen)
+    pred = model.encoder.decode(out_roll.latents[0])
+    truth = clip[context:context + frames]
+    energies = None if out_roll.energies is None else [float(e) for e in out_roll.energies[0]]
+    save_rollout((clip[:context] + 1) / 2, (truth + 1) / 2 if len(truth) == frames else None, (pred + 1) / 2,
+                 energies, out, strip)
+    pixel_mse = [float(((p - t) ** 2).mean()) for p, t in zip(pred, truth)]
+    print(json.dumps({"gif": str(out), "strip": str(strip), "context": context, "frames": frames,
+                      "energies": energies, "pixel_mse": pixel_mse, "nfe": out_roll.nfe}))
+    return 0
