@@ -14,6 +14,10 @@ from conftest import FIXTURES
 TEXT = ["--preset", "lm-tiny", "--model.dim=32", "--model.layers=2", "--model.heads=2", "--model.context=16",
         "--train.steps=2", "--train.batch_size=4", "--train.eval_batches=1", "--data.max_chars=20000",
         "--data.val_fraction=0.1", "--train.progress=false", "--train.threads=1"]
+VIDEO = ["--preset", "video-tiny", "--model.dim=16", "--model.layers=1", "--model.heads=2", "--model.context=4",
+         "--video.context_frames=2", "--data.image_size=8", "--data.digit_size=4", "--data.videos=20", "--video.patch=2",
+         "--train.steps=2", "--train.batch_size=4", "--train.eval_batches=1", "--train.progress=false",
+         "--train.threads=1"]
 IMAGE = ["--data.embedded=digits", "--data.image_size=0", "--data.max_images=48", "--model.patch=2", "--model.dim=16",
          "--model.layers=1", "--model.heads=2", "--train.steps=2", "--train.batch_size=8", "--train.eval_batches=1",
          "--train.progress=false", "--train.threads=1"]
@@ -37,6 +41,8 @@ def ws(tmp_path_factory, one_thread_per_module):
         assert main(["train", *TEXT, "--model", "transformer", "--out", "runs/tpp"]) == 0
         assert main(["train", "--preset", "denoise-tiny", *IMAGE, "--out", "runs/img-ebt"]) == 0
         assert main(["train", "--preset", "dit-tiny", *IMAGE, "--out", "runs/img-dit"]) == 0
+        assert main(["train", *VIDEO, "--out", "runs/vid"]) == 0
+        assert main(["train", *VIDEO, "--model", "transformer", "--out", "runs/vid-tpp"]) == 0
     finally:
         os.chdir(cwd)
     (root / "good.txt").write_text("In the beginning " * 300)
@@ -75,6 +81,11 @@ def ws(tmp_path_factory, one_thread_per_module):
     (root / "pngs").mkdir()
     from conftest import write_pngs
     write_pngs(root / "pngs", [(8, 8, "L")])
+    from ebt.media import save_gif
+    save_gif(torch.rand(2, 1, 8, 8), root / "short.gif")
+    write_pngs(root / "mixedvids" / "a", [(8, 8, "L")] * 6)
+    write_pngs(root / "mixedvids" / "b", [(10, 10, "L")] * 6)
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(200))
     # a copy of the text run whose files carry payloads: weights, config and a legacy trainer.pt
     for name, file in (("weights", "model.safetensors"), ("config", "config.json"), ("trainer", "trainer.pt"),
                        ("state", "trainer.json"), ("tensors", "trainer.safetensors"), ("layout", "trainer.json")):
@@ -169,7 +180,14 @@ ROWS = [  # (argv, words in the message, exit code)
     (["generate", "runs/ebt", "--prompt", "x", "--langevin", "-1"], "Langevin noise must be", 2),
     (["generate", "runs/ebt", "--prompt", "x", "--samples", "1000000000"], "GiB are free", 2),
     (["generate", "runs/tpp", "--prompt", "x", "--steps", "2"], "need an EBT checkpoint", 2),
-    (["generate", "runs/img-ebt", "--prompt", "x"], "holds an image denoiser", 2),
+    (["generate", "runs/img-ebt", "--prompt", "x"], "holds a denoise model", 2),
+    (["generate", "runs/ebt"], "needs --prompt TEXT", 2),
+    (["generate", "runs/vid"], "needs --out FILE.gif", 2),
+    (["generate", "runs/vid", "--out", "v.png"], "name a .gif file", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--context", "9"], "exceeds the model's trained context", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--input", "short.gif", "--context", "3"], "fewer than --context 3", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--input", "broken.mp4"], "cannot read video", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--frames", "0"], "--frames must be >= 1", 2),
     (["generate", "planted/weights", "--prompt", "x"], "cannot read weights", 2),
     (["generate", "planted/config", "--prompt", "x"], "is unreadable", 2),
     ([E, "empty", "--json"], "not an ebt checkpoint folder", 2),
@@ -223,6 +241,23 @@ ROWS = [  # (argv, words in the message, exit code)
     (["energy", "runs/ebt", "--text", "hello", "--png", "missing/dir/x.png"], "its folder does not exist", 2),
     (["denoise", "runs/img-ebt", "--input", "/nonexistent", "--out", "o"], "does not exist", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--noise", "2"], "is outside (0, 1)", 2),
+    ([T, *VIDEO, "--data", "short.gif", "--out", "o"], "fewer than a clip's 5 (model.context + 1 in training", 2),
+    ([T, *VIDEO, "--data", "mixedvids", "--data.image_size=0", "--out", "o"], "videos have mixed frame sizes", 2),
+    ([T, *VIDEO, "--data", "broken.mp4", "--out", "o"], "broken.mp4' (OSError", 2),
+    ([T, *VIDEO, "--data", "payload.npy", "--out", "o"], "cannot read array file", 2),
+    ([T, *VIDEO, "--data", "pngs/nothing.txt", "--out", "o"], "does not exist", 2),
+    ([T, *VIDEO, "--video.encoder=autoencoder", "--out", "o"], "needs video.encoder_path", 2),
+    ([T, *VIDEO, "--video.encoder=autoencoder", "--video.encoder_path=runs/ebt", "--out", "o"],
+     "is not a frame autoencoder run", 2),
+    ([T, *VIDEO, "--video.encoder=sd-vae", "--video.encoder_path=empty", "--out", "o"], "empty", 2),
+    ([T, *VIDEO, "--video.start=middle"], "video.start='middle' is not known", 2),
+    ([T, *VIDEO, "--video.patch=3", "--out", "o"], "is not divisible by video.patch=3", 2),
+    ([T, *VIDEO, "--video.context_frames=9"], "must be <= model.context=4", 2),
+    ([E, "video", "runs/ebt"], "not a video model", 2),
+    ([E, "video", "runs/vid", "--context", "9"], "exceeds", 2),
+    ([E, "video", "runs/vid-tpp", "--steps", "3"], "need an EBT checkpoint", 2),
+    ([E, "video", "runs/vid", "--horizon", "0"], "--horizon must be >= 1", 2),
+    ([E, "video", "runs/vid", "--data", "short.gif"], "fewer than a clip's", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "runs/ebt"], "already exists and is not empty", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--steps", "0"], "--steps must be >= 1", 2),
     (["denoise", "runs/ebt", "--input", "pngs", "--out", "o"], "holds a text model", 2),

@@ -57,3 +57,15 @@ def test_scaling_points_as_torchrun_jobs(tmp_path):
     assert len(points) == 2 and all(p["ppl"] > 1 for p in points)
     saved = json.loads((out / "runs" / points[0]["run"] / "checkpoint" / "trainer.json").read_text())
     assert saved["world"] == 2
+
+
+def test_video_scaling_points_train_and_fit_on_their_loss(tmp_path):
+    """--task video: points are video-tiny runs at the budget's sizes, measured on the held-out latent loss."""
+    out = tmp_path / "study"
+    assert main(["experiment", "scaling", "--task", "video", "--budget", "trivial", "--axes", "width", "--jobs", "1",
+                 "--no-progress", "--out", str(out)]) == 0
+    points = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/point.json"))]
+    assert len(points) == 4 and all(p["task"] == "video" and 0 < p["loss"] and p["copy_last_loss"] > 0 for p in points)
+    assert {p["dim"] for p in points} == {16, 32} and all(p["tokens"] == p["steps"] * p["batch"] * 15 for p in points)
+    report = (out / "report.md").read_text()
+    assert "rate on loss" in report and "rate on ppl" not in report and "**EBT vs T++**" in report

@@ -48,8 +48,8 @@ def scaling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=2, help="points trained at once (one process and thread each)")
     p.add_argument("--procs", type=int, default=1, help="processes per point: > 1 runs each point as a torchrun job "
                    "(one per GPU; gloo on CPU)")
-    p.add_argument("--task", default="text", help="the modality studied (text; others plug in through "
-                   "ebt.experiments.scaling.POINT_CONFIGS)")
+    p.add_argument("--task", default="text", help="the modality studied: text or video (others plug in through "
+                   "ebt.experiments.scaling.POINT_TASKS)")
     p.add_argument("--no-progress", action="store_true")
 
 

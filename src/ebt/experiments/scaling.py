@@ -8,7 +8,9 @@ held-out windows; its measures go to `point.json` there, which marks it done. A 
 points are skipped and interrupted ones continue from their last checkpoint. Points run `jobs` at a time in
 separate processes with one thread each. FLOPs is not a ladder of its own: the parameter and data points are fitted
 again against their training FLOPs (matmul FLOPs counted from one real step, times the steps; element-wise work
-excluded). Tasks plug in through POINT_CONFIGS (config of a point) — text today.
+excluded). Tasks plug in through POINT_TASKS: how a point's config is built, trained and measured — text (fitted on
+validation perplexity and cross-entropy) and video (fitted on the held-out latent SmoothL1 of next-frame predictions;
+"tokens" are then frames).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -28,10 +30,13 @@ from ebt.errors import UserError
 from ebt.presets import SIZES
 from ebt.text.evaluate import evaluate_text
 from ebt.text.splits import heldout_windows, run_tokenizer
-from ebt.text.task import TextTask, load_model
+from ebt.text.task import load_model
 from ebt.training.checkpoint import find_checkpoint, read_config
 from ebt.training.flops import matmul_flops, parameter_counts
 from ebt.training.loop import train
+from ebt.training.registry import task_for
+from ebt.video.config import video_tiny
+from ebt.video.task import VideoTask, load_video_model
 
 AXES = ("data", "params", "width", "depth", "batch")
 FITTED = AXES + ("flops",)
@@ -144,7 +149,49 @@ def text_point(budget: Budget, point: Point, run_dir: Path, procs: int = 1) -> R
     )
 
 
-POINT_CONFIGS: dict[str, Callable[[Budget, Point, Path, int], RunConfig]] = {"text": text_point}
+def video_point(budget: Budget, point: Point, run_dir: Path, procs: int = 1):
+    """The run config of a video point: video-tiny (moving digits, pixel patches, 16-frame clips) at the budget's size,
+    steps, batch and learning rate, with the point's axis changed as for text. The budget's base steps x batch set
+    the number of training videos (100 to 2,000), so that small budgets do not spend their time generating data."""
+    text = text_point(budget, point, run_dir, procs)
+    cfg = video_tiny()
+    m = text.model
+    cfg.model.kind, cfg.model.dim, cfg.model.layers, cfg.model.heads = m.kind, m.dim, m.layers, m.heads
+    cfg.optim, cfg.train = text.optim, text.train
+    cfg.data.videos = max(100, min(2000, budget.steps * budget.batch))
+    return cfg
+
+
+def measure_text(model, saved: RunConfig, budget: Budget) -> dict:
+    res = evaluate_text(model, heldout_windows(saved, run_tokenizer(saved)), None, budget.eval_windows, batch_size=16)
+    return {"loss": res["ce"], "ce": res["ce"], "ppl": res["ppl"], "bpb": res.get("bpb"), "eval_tokens": res["tokens"]}
+
+
+def measure_video(model, saved, budget: Budget) -> dict:
+    task = VideoTask(saved)
+    device = next(model.parameters()).device
+    res = task.evaluate(model, device, max(1, budget.eval_windows // 16), 16)
+    return {"loss": res["loss"], "copy_last_loss": res["copy_last_loss"], "eval_clips": min(len(task.val_set),
+                                                                                        budget.eval_windows)}
+
+
+@dataclass(frozen=True)
+class PointTask:
+    """How the scaling runner trains and measures points of one task."""
+    config: Callable[[Budget, Point, Path, int], Any]
+    """(budget, point, run folder, processes) -> the point's run config."""
+    load: Callable[..., tuple]
+    """(run folder, device=...) -> (model, saved config)."""
+    measure: Callable[[Any, Any, Budget], dict]
+    """(model, saved config, budget) -> {"loss": the fitted loss, ...}."""
+    curve_key: str
+    """The key of the fitted loss in the run's validation rows (metrics.jsonl)."""
+
+
+POINT_TASKS: dict[str, PointTask] = {
+    "text": PointTask(text_point, load_model, measure_text, "ce"),
+    "video": PointTask(video_point, lambda run, device: load_video_model(run), measure_video, "loss"),
+}
 
 
 def plan(budget: Budget, axes: tuple[str, ...], models: tuple[str, ...], seeds: int) -> list[Point]:
@@ -154,13 +201,13 @@ def plan(budget: Budget, axes: tuple[str, ...], models: tuple[str, ...], seeds: 
             for seed in range(seeds)]
 
 
-def run_name(cfg: RunConfig) -> str:
+def run_name(cfg) -> str:
     """The run folder of a configuration (what the points of every axis that use it share)."""
     m, t, o = cfg.model, cfg.train, cfg.optim
     return f"{m.kind}-L{m.layers}H{m.heads}D{m.dim}-S{t.steps}-B{t.batch_size}-E{t.eval_every}-lr{o.lr:g}-s{t.seed}"
 
 
-def train_run(cfg: RunConfig, task: TextTask, run_dir: Path, resume: bool, procs: int) -> None:
+def train_run(cfg, task, run_dir: Path, resume: bool, procs: int) -> None:
     """Train a point's run here on `task` (already built: its data are not read again), or as a torchrun job of
     `procs` processes (its config passed as YAML)."""
     overwrite = not resume and run_dir.exists()
@@ -185,8 +232,9 @@ def train_run(cfg: RunConfig, task: TextTask, run_dir: Path, resume: bool, procs
 def run_point(task: str, budget: Budget, point: Point, run_dir: Path, procs: int = 1) -> dict:
     """Train (or finish) one point's run and measure it; writes RUN/point.json. Runs in a worker process."""
     torch.set_num_threads(1)
-    cfg = POINT_CONFIGS[task](budget, point, run_dir, procs)
-    task_obj = TextTask(cfg)
+    plug = POINT_TASKS[task]
+    cfg = plug.config(budget, point, run_dir, procs)
+    task_obj = task_for(cfg)
     torch.manual_seed(0)
     probe = task_obj.build_model()
     window = next(task_obj.train_batches(1))
@@ -201,18 +249,16 @@ def run_point(task: str, budget: Budget, point: Point, run_dir: Path, procs: int
         done_step = read_config(checkpoint)[1].get("step", 0)
     if done_step < cfg.train.steps:
         train_run(cfg, task_obj, run_dir, done_step > 0, procs)
-    model, saved = load_model(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
-    tok = run_tokenizer(saved)
-    res = evaluate_text(model, heldout_windows(saved, tok), None, budget.eval_windows, batch_size=16)
+    model, saved = plug.load(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+    measured = plug.measure(model, saved, budget)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    record = {"model": point.model, "seed": point.seed, "run": run_dir.name,
-              "ce": res["ce"], "ppl": res["ppl"], "bpb": res.get("bpb"), "eval_tokens": res["tokens"],
+    record = {"model": point.model, "seed": point.seed, "run": run_dir.name, "task": task, **measured,
               "tokens": cfg.train.steps * cfg.train.batch_size * procs * cfg.model.context, "steps": cfg.train.steps,
               "batch": cfg.train.batch_size * procs, "dim": cfg.model.dim, "layers": cfg.model.layers, **counts,
               "flops_per_step": flops_per_step, "train_flops": flops_per_step * cfg.train.steps,
               "seconds": round(time.time() - started, 1), "lr": cfg.optim.lr,
-              "curve": [{"tokens": r["step"] * cfg.train.batch_size * procs * cfg.model.context, "ce": r["ce"]}
-                        for r in curve if r.get("split") == "val"]}
+              "curve": [{"tokens": r["step"] * cfg.train.batch_size * procs * cfg.model.context,
+                         "loss": r[plug.curve_key]} for r in curve if r.get("split") == "val"]}
     write_record(run_dir, record)
     return record
 
@@ -267,8 +313,8 @@ def check_settings(s: StudySettings) -> Budget:
     bad = [m for m in s.models if m not in MODELS]
     if bad or not s.models:
         raise UserError(f"unknown model {bad[0] if bad else '(none)'!r}: choose from {', '.join(MODELS)}")
-    if s.task not in POINT_CONFIGS:
-        raise UserError(f"unknown task {s.task!r}: choose from {', '.join(POINT_CONFIGS)}")
+    if s.task not in POINT_TASKS:
+        raise UserError(f"unknown task {s.task!r}: choose from {', '.join(POINT_TASKS)}")
     if s.seeds < 0 or s.jobs < 1 or s.procs < 1:
         raise UserError("--seeds must be >= 0 (0: the budget's), --jobs and --procs >= 1")
     return BUDGETS[s.budget]
@@ -292,7 +338,7 @@ def run_study(out: Path, s: StudySettings) -> list[dict]:
     runs.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps({**study, "axes": list(s.axes), "models": list(s.models),
                                                 "seeds": s.seeds or budget.seeds}, indent=1))
-    uses = {p: run_name(POINT_CONFIGS[s.task](budget, p, runs, s.procs)) for p in points}
+    uses = {p: run_name(POINT_TASKS[s.task].config(budget, p, runs, s.procs)) for p in points}
     measured, todo = {}, {}
     for p, name in uses.items():
         record = read_record(runs / name)

@@ -143,7 +143,8 @@ def cut_clips(name: str, video: Tensor, length: int, stride: int = 1, hop: int =
     hop = hop or length
     if len(frames) < length:
         raise UserError(f"video {name!r} has {len(frames)} frame(s) at stride {stride}, fewer than a clip's {length} "
-                        "(model.context + 1): use longer videos, a smaller --data.stride or a smaller --model.context")
+                        "(model.context + 1 in training, --context + --horizon in `ebt eval video`): use longer "
+                        "videos, a smaller --data.stride or shorter clips")
     return torch.stack([frames[s:s + length] for s in range(0, len(frames) - length + 1, hop)])
 
 
