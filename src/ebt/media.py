@@ -69,7 +69,7 @@ def read_video(path: Path) -> Tensor:
     path = Path(path)
     if path.suffix.lower() in GIF_SUFFIXES:
         return _read_gif(path)
-    if importlib.util.find_spec("imageio_ffmpeg") is None:
+    if not ffmpeg_available():
         raise UserError(f"reading {str(path)!r} needs imageio's ffmpeg plugin: pip install "
                         "'energy-based-transformers[video]' (or convert the video to GIF or a folder of PNG frames)")
     import imageio.v3 as iio
@@ -100,7 +100,8 @@ def _frames_to_tensor(arr: np.ndarray) -> Tensor:
 
 
 def ffmpeg_available() -> bool:
-    return importlib.util.find_spec("imageio_ffmpeg") is not None
+    """Whether imageio and its ffmpeg plugin (the `video` extra) are installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("imageio", "imageio_ffmpeg"))
 
 
 def to_uint8(images01: Tensor) -> np.ndarray:

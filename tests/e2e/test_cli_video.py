@@ -89,3 +89,16 @@ def test_torchrun_video_training_matches_one_process(tmp_path):
     torchrun(["-m", "ebt", "train", *args, "--train.batch_size=2", "--out", str(tmp_path / "ddp")], tmp_path)
     ref, got = losses(tmp_path / "one"), losses(tmp_path / "ddp")
     assert sorted(got) == [1, 2, 3] and max(rel(got[s], ref[s]) for s in ref) < 1e-4, (ref, got)
+
+
+def test_mp4_without_the_ffmpeg_plugin_is_one_line(tmp_path, monkeypatch, capsys):
+    """Without the `video` extra an MP4 is refused in one line that names the extra (exit 2, nothing written)."""
+    import ebt.media
+
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    monkeypatch.setattr(ebt.media, "ffmpeg_available", lambda: False)
+    capsys.readouterr()
+    assert main(["train", "--preset", "video-tiny", *TINY, "--data", str(tmp_path / "clip.mp4"),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "energy-based-transformers[video]" in err[0] and not (tmp_path / "run").exists()

@@ -25,6 +25,8 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="noise seeds per clip for EBTs")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--data", help="other held-out videos (default: the first checkpoint's held-out clips)")
+    p.add_argument("--data-seed", type=int, help="embedded moving digits: generate the held-out clips from this seed "
+                   "(default: the run's; the run validated on its own, so report on another)")
     p.add_argument("--out", help="also write video.md and video.json into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_think_args(p)
@@ -43,7 +45,10 @@ def evaluate(args: argparse.Namespace) -> int:
                           seeds=args.seeds, batch_size=args.batch_size, options=think_options(args))
     if s.options is not None and not any(m.can_think for m, _ in loaded):
         raise UserError("thinking options (--steps, --samples, ...) need an EBT checkpoint")
-    data = first.data if not args.data else type(first.data)(**{**vars(first.data), "path": args.data})
+    changes = {"path": args.data} if args.data else {}
+    if args.data_seed is not None:
+        changes["seed"] = args.data_seed
+    data = type(first.data)(**{**vars(first.data), **changes})
     clips = load_clips(data, s.context + s.horizon)[1].clips
     names = [Path(c).name or c for c in args.checkpoints]
     if len(set(names)) < len(names):

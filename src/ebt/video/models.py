@@ -11,6 +11,7 @@ at a time (the reference re-runs the whole sequence for every frame).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from ebt import noise
 from ebt.config import OptimConfig
-from ebt.errors import UserError
+from ebt.errors import Note, UserError
 from ebt.models.ar_ebt import ContextEnergy
 from ebt.models.backbone import Observed
 from ebt.models.frames import FrameEnergyModel, FrameTransformer
@@ -89,6 +90,11 @@ class VideoEBT(_VideoModel):
         super().__init__(cfg, encoder)
         self.energy = FrameEnergyModel(cfg.model, encoder.latent_dim, cfg.think.landscapes)
         self.thinker = Thinker(cfg.think, softmax=False)
+        if encoder.latent_dim > cfg.model.dim and cfg.think.init_std > 0:
+            warnings.warn(Note(f"frames have {encoder.latent_dim} latent values but model.dim={cfg.model.dim}: the "
+                               "energy's gradient moves candidates only within its input projection's row space, so "
+                               "the starting noise outside it stays (use model.dim >= the latent size, a smaller "
+                               "frame or encoder, or think.init_std=0)"))
 
     def initial_candidates(self, last: Tensor, length: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """z0 (B, L, F) for L positions: N(0, init_std^2), plus the latest context frame of each position (B, L, F)

@@ -19,6 +19,7 @@ from ebt.training.registry import register_task
 from ebt.video.config import FrameAERunConfig, VideoRunConfig
 from ebt.video.data import ClipSet, load_clips
 from ebt.video.encoders import ConvAutoencoder, FrameEncoder, PixelEncoder, SDVAEEncoder
+from ebt.video.evaluate import psnr_db
 from ebt.video.models import VIDEO_MODELS, VideoOutput, latent_loss
 
 CALIBRATION_FRAMES = 512
@@ -29,11 +30,6 @@ def resolve_frames(cfg, frame_shape: tuple[int, int, int]) -> None:
     """Fill data.image_size / data.channels from the data when they are 0 (saved with the run)."""
     c, h, _ = frame_shape
     cfg.data.image_size, cfg.data.channels = cfg.data.image_size or h, cfg.data.channels or c
-
-
-def psnr(mse: float) -> float:
-    """PSNR in dB of a mean squared error of frames in [-1, 1] (as images in [0, 1]: peak 1, MSE / 4)."""
-    return float(10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))))
 
 
 # ---- the frame autoencoder --------------------------------------------------------------------------------------
@@ -81,7 +77,7 @@ class FrameAETask:
         frames = self.val_set.clips[:max_batches * batch_size].to(device)
         mse = sum(F.mse_loss(model.ae.reconstruct(frames[i:i + batch_size]), frames[i:i + batch_size],
                              reduction="sum").item() for i in range(0, len(frames), batch_size)) / frames.numel()
-        return {"loss": mse, "psnr": psnr(mse)}
+        return {"loss": mse, "psnr": psnr_db(mse)}
 
 
 def load_autoencoder(path: str | Path) -> tuple[ConvAutoencoder, FrameAERunConfig]:
