@@ -37,7 +37,7 @@ def to_channels(x: Tensor, channels: int) -> Tensor:
         return x
     if channels == 3:
         return x.expand(-1, 3, -1, -1).contiguous()
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
     return (x * w[None, :, None, None]).sum(1, keepdim=True)
 
 
@@ -64,39 +64,44 @@ def read_image(path: Path) -> Tensor:
         raise UserError(f"cannot read image {str(path)!r} ({exc}): remove it or fix the file") from None
 
 
-def read_video(path: Path) -> Tensor:
-    """A GIF or an ffmpeg-readable video (MP4, ...) -> frames (F, C, H, W) in [0, 1]."""
+def read_video(path: Path, convert=None) -> Tensor:
+    """A GIF or an ffmpeg-readable video (MP4, ...) -> frames (F, C, H, W) in [0, 1]. `convert` (frames (1, C, H, W)
+    -> frames) is applied to each frame as it is decoded, e.g. resizing, so the video is never held at full size."""
     path = Path(path)
+    convert = convert or (lambda f: f)
     if path.suffix.lower() in GIF_SUFFIXES:
-        return _read_gif(path)
+        return _read_gif(path, convert)
     if not ffmpeg_available():
         raise UserError(f"reading {str(path)!r} needs imageio's ffmpeg plugin: pip install "
                         "'energy-based-transformers[video]' (or convert the video to GIF or a folder of PNG frames)")
     import imageio.v3 as iio
 
     try:
-        frames = iio.imread(path, plugin="FFMPEG")                        # (F, H, W, 3) uint8
+        frames = [convert(_frame_to_tensor(f)[None])[0] for f in iio.imiter(path, plugin="FFMPEG")]   # (H, W, 3)
     except Exception as exc:   # imageio and ffmpeg raise many types for damaged or foreign files
         raise UserError(f"cannot read video {str(path)!r} ({type(exc).__name__}: "
                         f"{(str(exc).splitlines() or [''])[0][:160]}): check the file or convert it") from None
-    return _frames_to_tensor(np.asarray(frames))
+    if not frames:
+        raise UserError(f"video {str(path)!r} has no frames: check the file or convert it")
+    return torch.stack(frames)
 
 
-def _read_gif(path: Path) -> Tensor:
+def _read_gif(path: Path, convert) -> Tensor:
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            frames = [pil_to_tensor(f.convert("RGB") if f.mode == "P" else f) for f in ImageSequence.Iterator(img)]
+            frames = [convert(pil_to_tensor(f.convert("RGB") if f.mode == "P" else f)[None])[0]
+                      for f in ImageSequence.Iterator(img)]
     except (UnidentifiedImageError, OSError, EOFError) as exc:
         raise UserError(f"cannot read video {str(path)!r} ({exc}): check the file or convert it") from None
     return torch.stack(frames)
 
 
-def _frames_to_tensor(arr: np.ndarray) -> Tensor:
-    """(F, H, W[, C]) uint8 -> (F, C, H, W) in [0, 1]."""
+def _frame_to_tensor(arr: np.ndarray) -> Tensor:
+    """One (H, W[, C]) uint8 frame -> (C, H, W) in [0, 1]."""
     x = torch.from_numpy(arr.astype(np.float32) / 255.0)
-    return x[:, None] if x.ndim == 3 else x[..., :3].permute(0, 3, 1, 2).contiguous()
+    return x[None] if x.ndim == 2 else x[..., :3].permute(2, 0, 1).contiguous()
 
 
 def ffmpeg_available() -> bool:

@@ -83,6 +83,8 @@ def ws(tmp_path_factory, one_thread_per_module):
     write_pngs(root / "pngs", [(8, 8, "L")])
     from ebt.media import save_gif
     save_gif(torch.rand(2, 1, 8, 8), root / "short.gif")
+    save_gif(torch.rand(12, 1, 8, 8), root / "shortvids" / "a.gif")
+    save_gif(torch.rand(2, 1, 8, 8), root / "shortvids" / "b.gif")
     write_pngs(root / "mixedvids" / "a", [(8, 8, "L")] * 6)
     write_pngs(root / "mixedvids" / "b", [(10, 10, "L")] * 6)
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(200))
@@ -184,7 +186,7 @@ ROWS = [  # (argv, words in the message, exit code)
     (["generate", "runs/ebt"], "needs --prompt TEXT", 2),
     (["generate", "runs/vid"], "needs --out FILE.gif", 2),
     (["generate", "runs/vid", "--out", "v.png"], "name a .gif file", 2),
-    (["generate", "runs/vid", "--out", "v.gif", "--context", "9"], "exceeds the model's trained context", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--context", "9"], "must be between 1 and the model's trained context of 4", 2),
     (["generate", "runs/vid", "--out", "v.gif", "--input", "short.gif", "--context", "3"], "fewer than --context 3", 2),
     (["generate", "runs/vid", "--out", "v.gif", "--input", "broken.mp4"], "cannot read video", 2),
     (["generate", "runs/vid", "--out", "v.gif", "--frames", "0"], "--frames must be >= 1", 2),
@@ -241,7 +243,8 @@ ROWS = [  # (argv, words in the message, exit code)
     (["energy", "runs/ebt", "--text", "hello", "--png", "missing/dir/x.png"], "its folder does not exist", 2),
     (["denoise", "runs/img-ebt", "--input", "/nonexistent", "--out", "o"], "does not exist", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--noise", "2"], "is outside (0, 1)", 2),
-    ([T, *VIDEO, "--data", "short.gif", "--out", "o"], "fewer than a clip's 5 (model.context + 1 in training", 2),
+    ([T, *VIDEO, "--data", "shortvids", "--out", "o"], "fewer than a clip's 5 (model.context + 1 in training", 2),
+    ([T, *VIDEO, "--data", "short.gif", "--out", "o"], "cannot give a training and a held-out clip", 2),
     ([T, *VIDEO, "--data", "mixedvids", "--data.image_size=0", "--out", "o"], "videos have mixed frame sizes", 2),
     ([T, *VIDEO, "--data", "broken.mp4", "--out", "o"], "broken.mp4' (OSError", 2),
     ([T, *VIDEO, "--data", "payload.npy", "--out", "o"], "cannot read array file", 2),
@@ -257,7 +260,11 @@ ROWS = [  # (argv, words in the message, exit code)
     ([E, "video", "runs/vid", "--context", "9"], "exceeds", 2),
     ([E, "video", "runs/vid-tpp", "--steps", "3"], "need an EBT checkpoint", 2),
     ([E, "video", "runs/vid", "--horizon", "0"], "--horizon must be >= 1", 2),
-    ([E, "video", "runs/vid", "--data", "short.gif"], "fewer than a clip's", 2),
+    ([E, "video", "runs/vid", "--data", "short.gif"], "has 2 frame(s) at stride 1, fewer than a clip's 7", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--context", "0"], "must be between 1 and", 2),
+    (["generate", "runs/vid-tpp", "--out", "v.gif", "--samples", "2"], "EBT checkpoints only", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--samples", "1000000000000"], "GiB are free", 2),
+    (["generate", "runs/ebt", "--prompt", "x", "--frames", "3"], "--frames applies to video checkpoints", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "runs/ebt"], "already exists and is not empty", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--steps", "0"], "--steps must be >= 1", 2),
     (["denoise", "runs/ebt", "--input", "pngs", "--out", "o"], "holds a text model", 2),

@@ -39,7 +39,7 @@ def test_readme_cli_examples_parse():
             assert line.split()[1] in command_names(), line
 
 
-@pytest.mark.parametrize("marker", ["ebt data prepare", "ebt eval downstream", "ebt explore"])
+@pytest.mark.parametrize("marker", ["ebt data prepare", "ebt eval downstream", "ebt explore", "ebt eval video"])
 def test_readme_corpus_and_downstream_examples_parse(marker):
     """The corpus and downstream blocks parse as real commands (the flows themselves run in test_cli_data.py and
     test_cli_downstream.py)."""

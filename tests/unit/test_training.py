@@ -78,7 +78,7 @@ def test_old_checkpoint_config_loads_and_the_wrong_task_is_refused(tmp_path):
         cfg, _ = read_config(tmp_path)
     assert cfg == RunConfig()
     (tmp_path / "config.json").write_text(json.dumps({"config": to_dict(ImageRunConfig()), "meta": {}}))
-    with pytest.raises(UserError, match="holds an image denoiser"):
+    with pytest.raises(UserError, match="holds a denoise model"):
         load_model(tmp_path)
 
 

@@ -110,33 +110,49 @@ def test_s1_training_backpropagates_into_every_trained_parameter_but_not_the_enc
 
 
 # ---- generation -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind,conditioning", [("ebt", "time_embed"), ("ebt", "pred_embed"), ("transformer", "none")])
-def test_cached_rollout_equals_recomputing_the_context(kind, conditioning):
+@pytest.mark.parametrize("kind,conditioning,samples", [("ebt", "time_embed", 1), ("ebt", "adaln", 2),
+                                                        ("ebt", "pred_embed", 3), ("transformer", "none", 1)])
+def test_cached_rollout_equals_recomputing_the_context(kind, conditioning, samples):
+    """5 frames after 3: the window (6) fills and then slides, so the cache is extended and later rebuilt."""
     model = tiny_model(kind, conditioning=conditioning)
     ctx = torch.randn(2, 3, model.encoder.latent_dim, dtype=torch.float64)
-    runs = [rollout(model, ctx, 5, None, torch.Generator().manual_seed(0), use_cache=c) for c in (True, False)]
+    opts = ThinkOptions(samples=samples) if kind == "ebt" else None
+    runs = [rollout(model, ctx, 5, opts, torch.Generator().manual_seed(0), use_cache=c) for c in (True, False)]
     torch.testing.assert_close(runs[0].latents, runs[1].latents, rtol=1e-9, atol=1e-9)
-    assert runs[0].nfe == runs[1].nfe == (5 * (len(model.thinker.schedule(False)) + 1) if kind == "ebt" else 5)
+    if kind == "ebt":
+        torch.testing.assert_close(runs[0].energies, runs[1].energies, rtol=1e-9, atol=1e-9)
+    assert runs[0].nfe == runs[1].nfe == (5 * samples * (len(model.thinker.schedule(False)) + 1) if kind == "ebt" else 5)
 
 
-def test_one_step_prediction_equals_the_teacher_forced_descent():
-    """The rollout's first frame is the last position of the training-time descent from the same start."""
-    model = tiny_model(start="last")
+@pytest.mark.parametrize("conditioning", ["time_embed", "adaln"])
+def test_one_step_prediction_equals_the_teacher_forced_descent(conditioning):
+    """The rollout's next frame is the last position of the training layout (every position descended at once,
+    from the same start at that position)."""
+    model = tiny_model(start="last", conditioning=conditioning)
     ctx = torch.randn(1, 4, model.encoder.latent_dim, dtype=torch.float64)
     step = model.next_frame(ctx, None, None, torch.Generator().manual_seed(5))
-    z0 = model.initial_candidates(ctx[:, -1:], 1, torch.Generator().manual_seed(5))
-    fn = ContextEnergy(model.energy, ctx, start=3)
+    z_last = model.initial_candidates(ctx[:, -1:], 1, torch.Generator().manual_seed(5))            # (1, 1, F)
+    z0 = torch.cat([model.initial_candidates(ctx[:, :-1], 3, torch.Generator().manual_seed(9)), z_last], dim=1)
     with torch.no_grad():
-        full = model.thinker.descend(fn, z0, model.thinker.schedule(False)).final
-    torch.testing.assert_close(step.latent, full[:, 0])
+        full = model.thinker.descend(ContextEnergy(model.energy, ctx), z0, model.thinker.schedule(False)).final
+    torch.testing.assert_close(step.latent, full[:, -1])
 
 
 def test_best_of_n_keeps_the_lowest_final_energy():
+    """The N candidates of each context, descended and scored independently: the pick is their lowest energy."""
     model = tiny_model()
     ctx = torch.randn(2, 3, model.encoder.latent_dim, dtype=torch.float64)
-    one = [model.next_frame(ctx, None, None, torch.Generator().manual_seed(s)).energy for s in range(4)]
     best = model.next_frame(ctx, None, ThinkOptions(samples=4), torch.Generator().manual_seed(0))
-    assert (best.energy <= torch.stack(one).max(0).values + 1e-9).all() and best.nfe == 4 * 3
+    z0 = model.initial_candidates(ctx[:, -1:].repeat_interleave(4, 0), 1, torch.Generator().manual_seed(0))
+    fn = ContextEnergy(model.energy, ctx.repeat_interleave(4, 0), start=2)
+    schedule = model.thinker.schedule(False)
+    with torch.no_grad():
+        final = model.thinker.descend(fn, z0, schedule).final                                       # (8, 1, F)
+        energies = model.thinker.final_energy(fn, final, schedule[-1]).view(2, 4)
+    pick = energies.argmin(1)
+    torch.testing.assert_close(best.energy, energies.min(1).values)
+    torch.testing.assert_close(best.latent, final.view(2, 4, -1)[torch.arange(2), pick])
+    assert best.nfe == 4 * 3 and len(set(energies.flatten().tolist())) == 8   # the candidates differ
     with pytest.raises(UserError, match="EBT checkpoints only"):
         rollout(tiny_model("transformer"), ctx, 1, ThinkOptions(samples=2))
 
@@ -155,6 +171,13 @@ def test_moving_digits_are_deterministic_bounded_and_held_out_differs():
     assert torch.equal(a, b) and a.shape == (3, 10, 1, 16, 16)
     assert 0 <= a.min() and a.max() <= 1 and not torch.equal(a, held)
     assert (a[:, 1:] - a[:, :-1]).abs().sum() > 0   # they move
+
+
+def test_fast_digits_bounce_any_number_of_times_and_a_full_canvas_holds_still():
+    fast = moving_digits(4, 12, VideoDataConfig(image_size=12, digit_size=6, speed=40.0))
+    assert fast.shape == (4, 12, 1, 12, 12) and (fast.flatten(2).sum(-1) > 0).all()   # digits stay on the canvas
+    still = moving_digits(2, 5, VideoDataConfig(image_size=8, digit_size=8, speed=2.0))
+    assert torch.equal(still[:, :1].expand_as(still), still)
 
 
 def test_clips_are_cut_at_stride_and_hop_and_short_videos_are_refused():

@@ -34,7 +34,7 @@ def add_think_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--samples", type=int, help="candidates per position (best-of-N self-verification)")
     g.add_argument("--select", choices=["min", "max", "max_gap"], help="how to pick among samples (default min)")
     g.add_argument("--tol", type=float, help="stop refining a position once its energy changes less than this")
-    g.add_argument("--langevin", type=float, help="Langevin noise std on the logits at each step")
+    g.add_argument("--langevin", type=float, help="Langevin noise std on the candidates (text: logits) at each step")
     g.add_argument("--langevin-first-only", action="store_true", help="noise on the first step only")
     g.add_argument("--accept-lower", action="store_true", help="accept a step only where it lowers the energy")
     g.add_argument("--alpha", type=float, help="absolute step size (default: the trained one)")

@@ -64,7 +64,7 @@ def scaling(args: argparse.Namespace) -> int:
                       procs=args.procs, task=args.task, progress=not args.no_progress)
     check_settings(s)
     records = run_study(out, s)
-    command = (f"ebt experiment scaling --budget {s.budget} --axes {','.join(s.axes)} --models "
+    command = (f"ebt experiment scaling --task {s.task} --budget {s.budget} --axes {','.join(s.axes)} --models "
                f"{','.join(s.models)} --seeds {s.seeds} --jobs {s.jobs} --procs {s.procs} --out {args.out}")
     report = write_report(out, records, s.axes, s.models, command)
     print("\n".join(report["summary"]))

@@ -29,7 +29,7 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the context for every token (slow)")
     v = p.add_argument_group("video checkpoints")
     v.add_argument("--input", help="a clip to continue: video file, frame folder or array (default: a held-out clip)")
-    v.add_argument("--frames", type=int, default=10, help="frames to generate")
+    v.add_argument("--frames", type=int, help="frames to generate (default 10)")
     v.add_argument("--context", type=int, help="frames of the clip given as context (default: video.context_frames)")
     v.add_argument("--out", help="the GIF to write (a PNG strip with per-frame energies goes beside it)")
     v.add_argument("--overwrite", action="store_true", help="replace --out and its strip if they exist")
@@ -48,6 +48,10 @@ def generate(args: argparse.Namespace) -> int:
 def generate_text_prompt(args: argparse.Namespace) -> int:
     if args.prompt is None:
         raise UserError("a text checkpoint needs --prompt TEXT")
+    video = [f"--{k}" for k in ("input", "frames", "context", "out") if getattr(args, k) is not None]
+    if video or args.overwrite:
+        raise UserError(f"{(video or ['--overwrite'])[0]} applies to video checkpoints: a text checkpoint continues "
+                        "--prompt and prints the text")
     topts = think_options(args)
     opts = SampleOptions(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p,
                          seed=args.seed, use_cache=not args.no_cache)

@@ -9,7 +9,7 @@ import torch
 
 from ebt.cli.common import add_think_args, think_options
 from ebt.errors import UserError
-from ebt.video.data import cut_clips, load_clips, load_videos
+from ebt.video.data import all_clips, cut_clips, load_clips, load_videos
 from ebt.video.evaluate import VideoEvalSettings, evaluate_video, markdown
 from ebt.video.models import rollout
 from ebt.video.render import save_rollout
@@ -41,7 +41,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if len(shapes) > 1:
         raise UserError(f"the checkpoints read frames of different sizes/channels {sorted(shapes)}: compare models "
                         "trained on the same frames")
-    s = VideoEvalSettings(context=args.context or first.video.context_frames, horizon=args.horizon, clips=args.clips,
+    s = VideoEvalSettings(context=first.video.context_frames if args.context is None else args.context,
+                          horizon=args.horizon, clips=args.clips,
                           seeds=args.seeds, batch_size=args.batch_size, options=think_options(args))
     if s.options is not None and not any(m.can_think for m, _ in loaded):
         raise UserError("thinking options (--steps, --samples, ...) need an EBT checkpoint")
@@ -49,7 +50,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.data_seed is not None:
         changes["seed"] = args.data_seed
     data = type(first.data)(**{**vars(first.data), **changes})
-    clips = load_clips(data, s.context + s.horizon)[1].clips
+    # the run's own held-out clips (or another seed's), or every clip of the videos given with --data
+    clips = (all_clips(data, s.context + s.horizon) if args.data else load_clips(data, s.context + s.horizon)[1]).clips
     names = [Path(c).name or c for c in args.checkpoints]
     if len(set(names)) < len(names):
         names = [str(c) for c in args.checkpoints]
@@ -77,11 +79,17 @@ def generate_video(args: argparse.Namespace) -> int:
             raise UserError(f"{str(path)!r} already exists: choose another --out or pass --overwrite")
     if not out.resolve().parent.is_dir():
         raise UserError(f"--out {args.out!r}: its folder does not exist; create it or choose another path")
+    if args.prompt is not None:
+        raise UserError("--prompt continues text: a video checkpoint continues a clip (--input, default: a held-out "
+                        "clip)")
     model, cfg = load_video_model(args.checkpoint)
-    context = args.context or cfg.video.context_frames
-    if context > model.window:
-        raise UserError(f"--context {context} exceeds the model's trained context of {model.window} frames")
-    frames = args.frames
+    options = think_options(args)
+    model.check_options(options)
+    context = cfg.video.context_frames if args.context is None else args.context
+    if not 1 <= context <= model.window:
+        raise UserError(f"--context {context} must be between 1 and the model's trained context of {model.window} "
+                        "frames")
+    frames = 10 if args.frames is None else args.frames
     if frames < 1:
         raise UserError(f"--frames must be >= 1, got {frames}")
     if args.input:
@@ -95,7 +103,7 @@ def generate_video(args: argparse.Namespace) -> int:
         clip = load_clips(cfg.data, context + frames)[1].clips[0]   # the first held-out clip
     gen = torch.Generator().manual_seed(args.seed or 0)
     latents = model.encode_clips(clip[None])
-    out_roll = rollout(model, latents[:, :context], frames, think_options(args) if model.can_think else None, gen)
+    out_roll = rollout(model, latents[:, :context], frames, options, gen, use_cache=not args.no_cache)
     pred = model.encoder.decode(out_roll.latents[0])
     truth = clip[context:context + frames]
     energies = None if out_roll.energies is None else [float(e) for e in out_roll.energies[0]]

@@ -159,6 +159,10 @@ def video_point(budget: Budget, point: Point, run_dir: Path, procs: int = 1):
     cfg.model.kind, cfg.model.dim, cfg.model.layers, cfg.model.heads = m.kind, m.dim, m.layers, m.heads
     cfg.optim, cfg.train = text.optim, text.train
     cfg.data.videos = max(100, min(2000, budget.steps * budget.batch))
+    # Widths below the 256 latent values could not remove starting noise outside the input projection's row space
+    # (video_tiny's docstring): every point starts its candidates at zero (the reference's `zeros` start), so all
+    # widths face the same task.
+    cfg.think.init_std = 0.0
     return cfg
 
 
@@ -167,12 +171,18 @@ def measure_text(model, saved: RunConfig, budget: Budget) -> dict:
     return {"loss": res["ce"], "ce": res["ce"], "ppl": res["ppl"], "bpb": res.get("bpb"), "eval_tokens": res["tokens"]}
 
 
+def load_video_point(run_dir: Path, device: str = "cpu"):
+    model, cfg = load_video_model(run_dir)
+    return model.to(device), cfg
+
+
 def measure_video(model, saved, budget: Budget) -> dict:
     task = VideoTask(saved)
     device = next(model.parameters()).device
-    res = task.evaluate(model, device, max(1, budget.eval_windows // 16), 16)
-    return {"loss": res["loss"], "copy_last_loss": res["copy_last_loss"], "eval_clips": min(len(task.val_set),
-                                                                                        budget.eval_windows)}
+    batches = max(1, budget.eval_windows // 16)
+    res = task.evaluate(model, device, batches, 16)
+    return {"loss": res["loss"], "copy_last_loss": res["copy_last_loss"],
+            "eval_clips": min(len(task.val_set), batches * 16)}
 
 
 @dataclass(frozen=True)
@@ -186,11 +196,13 @@ class PointTask:
     """(model, saved config, budget) -> {"loss": the fitted loss, ...}."""
     curve_key: str
     """The key of the fitted loss in the run's validation rows (metrics.jsonl)."""
+    preset: str
+    """The preset a torchrun job lays the point's YAML over (`ebt train --preset P --config POINT.yaml`)."""
 
 
 POINT_TASKS: dict[str, PointTask] = {
-    "text": PointTask(text_point, load_model, measure_text, "ce"),
-    "video": PointTask(video_point, lambda run, device: load_video_model(run), measure_video, "loss"),
+    "text": PointTask(text_point, load_model, measure_text, "ce", "lm-tiny"),
+    "video": PointTask(video_point, load_video_point, measure_video, "loss", "video-tiny"),
 }
 
 
@@ -207,9 +219,9 @@ def run_name(cfg) -> str:
     return f"{m.kind}-L{m.layers}H{m.heads}D{m.dim}-S{t.steps}-B{t.batch_size}-E{t.eval_every}-lr{o.lr:g}-s{t.seed}"
 
 
-def train_run(cfg, task, run_dir: Path, resume: bool, procs: int) -> None:
+def train_run(cfg, task, run_dir: Path, resume: bool, procs: int, preset: str) -> None:
     """Train a point's run here on `task` (already built: its data are not read again), or as a torchrun job of
-    `procs` processes (its config passed as YAML)."""
+    `procs` processes (its config passed as YAML over `preset`, a preset of the same task)."""
     overwrite = not resume and run_dir.exists()
     if procs <= 1:
         train(cfg, resume=resume, overwrite=overwrite, task=task)
@@ -217,7 +229,7 @@ def train_run(cfg, task, run_dir: Path, resume: bool, procs: int) -> None:
     config = run_dir.parent / f"{run_dir.name}.yaml"
     save_yaml(cfg, config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), "-m", "ebt",
-           "train", "--config", str(config), "--out", str(run_dir)]
+           "train", "--preset", preset, "--config", str(config), "--out", str(run_dir)]
     cmd += ["--resume"] if resume else (["--overwrite"] if overwrite else [])
     log = run_dir.parent / f"{run_dir.name}.log"
     with open(log, "w") as f:
@@ -248,7 +260,7 @@ def run_point(task: str, budget: Budget, point: Point, run_dir: Path, procs: int
     if checkpoint is not None and (checkpoint / "config.json").is_file():
         done_step = read_config(checkpoint)[1].get("step", 0)
     if done_step < cfg.train.steps:
-        train_run(cfg, task_obj, run_dir, done_step > 0, procs)
+        train_run(cfg, task_obj, run_dir, done_step > 0, procs, plug.preset)
     model, saved = plug.load(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
     measured = plug.measure(model, saved, budget)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -284,7 +296,7 @@ def _run_point(args: tuple) -> dict:
     try:
         return run_point(task, budget, point, run_dir, procs)
     except UserError as exc:
-        record = {"model": point.model, "seed": point.seed, "run": run_dir.name, "failed": str(exc)}
+        record = {"model": point.model, "seed": point.seed, "run": run_dir.name, "task": task, "failed": str(exc)}
         run_dir.mkdir(parents=True, exist_ok=True)
         write_record(run_dir, record)
         return record
@@ -370,6 +382,6 @@ def run_study(out: Path, s: StudySettings) -> list[dict]:
     finally:
         if bar is not None:
             bar.close()
-    return [{"axis": p.axis, "value": p.value, **measured[name]} for p, name in uses.items()]
+    return [{"axis": p.axis, "value": p.value, **measured[name], "task": s.task} for p, name in uses.items()]
 
 

@@ -16,7 +16,7 @@ NAMES = {"ppl": "perplexity", "loss": "loss"}
 
 def metrics_of(records: list[dict]) -> tuple[str, ...]:
     """What the points are fitted on: text on validation perplexity and loss (cross-entropy), video on its loss
-    (held-out latent SmoothL1); the first is the headline."""
+    (held-out latent SmoothL1); the first is the headline. The runner writes the study's task into every record."""
     return ("loss",) if any(r.get("task") == "video" for r in records) else ("ppl", "loss")
 
 

@@ -161,6 +161,6 @@ def load_image_model(path: str | Path, kind: Optional[str] = None) -> tuple[nn.M
     """Rebuild an image denoiser from a checkpoint folder (or run folder); `kind` refuses the other model type."""
     model, cfg = load_checked(
         path, "denoise", ImageRunConfig, build_image_model, kind,
-        "holds a text model, not an image denoiser: pass a checkpoint trained with --preset denoise-tiny or dit-tiny",
+        "holds a {task} model, not an image denoiser: pass a checkpoint trained with --preset denoise-tiny or dit-tiny",
         "holds a {found} denoiser, but {kind} is expected here")
     return model.eval(), cfg

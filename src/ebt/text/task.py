@@ -63,7 +63,8 @@ def load_model(path: str | Path, kind: Optional[str] = None, device: Any = "cpu"
     refuses a checkpoint of another model type."""
     model, cfg = load_checked(
         path, "text", RunConfig, build_lm, kind,
-        "holds an image denoiser ({found}), not a language model: use `ebt denoise` or `ebt eval denoise` with it",
+        "holds a {task} model ({found}), not a language model: use it with its task's commands (`ebt denoise`, "
+        "`ebt eval denoise`, `ebt eval video`, `ebt generate`)",
         "holds a {found} model, but this command needs {kind}: pass a checkpoint of the right model type")
     return model.to(device), cfg
 

@@ -134,12 +134,12 @@ def read_config(path: str | Path, cls: Optional[type] = None) -> tuple[Any, dict
 def load_checked(path: str | Path, task: str, cls: type, build, kind: Optional[str], wrong_type: str,
                  wrong_kind: str) -> tuple[nn.Module, Any]:
     """Find the checkpoint, refuse one of another task (`wrong_type`) or model kind (`wrong_kind`; both formatted
-    with found=, kind=), rebuild its config as `cls`, build the model and load its weights. Shared by every task."""
+    with found= (the saved model kind), kind=, and task= (the saved task)), rebuild its config as `cls`, build the model and load its weights. Shared by every task."""
     path = find_checkpoint(path)
     data, _ = _raw_config(path)
     if task_name(data) != task:
         found = data.get("model", {}).get("kind", "?") if isinstance(data.get("model"), dict) else "?"
-        raise UserError(f"{str(path)!r} " + wrong_type.format(found=found, kind=kind))
+        raise UserError(f"{str(path)!r} " + wrong_type.format(found=found, kind=kind, task=task_name(data)))
     cfg, _ = read_config(path, cls)
     if kind is not None and cfg.model.kind != kind:
         raise UserError(f"{str(path)!r} " + wrong_kind.format(found=cfg.model.kind, kind=kind))

@@ -63,8 +63,8 @@ class VideoConfig:
     `ebt train --preset frame-ae-tiny` run, named by encoder_path) or `sd-vae` (a local diffusers AutoencoderKL
     folder named by encoder_path, the paper's choice; needs `pip install diffusers`)."""
     encoder_path: Optional[str] = None
-    """The autoencoder's run folder or the SD-VAE folder (read once when training starts; an autoencoder's weights
-    are then saved in the video checkpoint)."""
+    """The autoencoder's run folder (read once when training starts: its weights are then saved in the video
+    checkpoint) or the SD-VAE folder (stored as an absolute path; its config is read whenever the checkpoint loads)."""
     patch: int = 4
     """`pixels`: the patch side."""
     start: str = "noise"

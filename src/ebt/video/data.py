@@ -41,18 +41,17 @@ def moving_digits(count: int, frames: int, cfg: VideoDataConfig, held_out: bool 
     pick = rng.integers(0, len(sprites), size=(count, cfg.digits))
     pos = rng.uniform(0, room, size=(count, cfg.digits, 2))
     vel = rng.uniform(-cfg.speed, cfg.speed, size=(count, cfg.digits, 2))
+    free = pos[:, :, None] + vel[:, :, None] * np.arange(frames)[None, None, :, None]  # (count, digits, F, 2)
+    # bouncing off the edges = folding the free path into [0, room] (a triangle wave), at any speed
+    path = room - np.abs(room - np.mod(free, 2 * room)) if room > 0 else np.zeros_like(free)
+    corner = np.rint(path).astype(int)
     out = torch.zeros(count, frames, 1, size, size)
-    for t in range(frames):
-        corner = np.rint(pos).astype(int)                                             # (count, digits, 2)
-        for n in range(count):
-            for k in range(cfg.digits):
-                y, x = corner[n, k]
+    for n in range(count):
+        for k in range(cfg.digits):
+            for t in range(frames):
+                y, x = corner[n, k, t]
                 patch = out[n, t, 0, y:y + d, x:x + d]
                 torch.maximum(patch, sprites[pick[n, k]], out=patch)
-        pos = pos + vel
-        low, high = pos < 0, pos > room                                              # bounce: reflect position
-        pos = np.where(low, -pos, np.where(high, 2 * room - pos, pos))
-        vel = np.where(low | high, -vel, vel)
     return out
 
 
@@ -67,8 +66,10 @@ def _read_array(path: Path) -> list[Tensor]:
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.lib.npyio.NpzFile):
-            key = next((k for k in ("videos", "x", "arr_0") if k in data.files), data.files[0] if data.files else None)
-            data = None if key is None else data[key]
+            with data:
+                key = next((k for k in ("videos", "x", "arr_0") if k in data.files),
+                           data.files[0] if data.files else None)
+                data = None if key is None else data[key]
         arr = None if data is None else torch.from_numpy(np.asarray(data))
     except Exception as exc:  # numpy raises many types for damaged, foreign or pickled files
         raise UserError(f"cannot read array file {str(path)!r} ({type(exc).__name__}: "
@@ -76,6 +77,9 @@ def _read_array(path: Path) -> list[Tensor]:
     if arr is None or arr.ndim not in (4, 5):
         raise UserError(f"{str(path)!r} holds no (N, F, H, W[, C]) video array (got shape "
                         f"{None if arr is None else tuple(arr.shape)}): save the videos as one such array")
+    if arr.ndim == 4 and arr.shape[-1] in (3, 4) and arr.shape[-2] > 4:
+        raise UserError(f"{str(path)!r} holds shape {tuple(arr.shape)}: that looks like one colour video (F, H, W, C); "
+                        "save it as (1, F, H, W, C) (grey videos are (N, F, H, W))")
     arr = arr[:, :, None] if arr.ndim == 4 else arr[..., :3].movedim(-1, 2)            # (N, F, C, H, W)
     x = arr.float()
     if not arr.is_floating_point() or x.max() > 1.0 + 1e-6:
@@ -85,36 +89,37 @@ def _read_array(path: Path) -> list[Tensor]:
     return list(x.clamp(0, 1))
 
 
-def _frame_folder(folder: Path) -> Tensor:
+def _frame_folder(folder: Path, convert) -> Tensor:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    frames = [read_image(f) for f in files]
+    frames = [convert(read_image(f)[None])[0] for f in files]
     if len({tuple(f.shape) for f in frames}) > 1:
         raise UserError(f"the frames in {str(folder)!r} have mixed sizes or channel counts: pass --data.image_size=N "
                         "(and --data.channels=1 or 3) to resize them")
     return torch.stack(frames)
 
 
-def _source_videos(path: Path) -> list[tuple[str, Tensor]]:
-    """(name, frames (F, C, H, W) in [0, 1]) for every video `path` holds."""
+def _source_videos(path: Path, convert) -> list[tuple[str, Tensor]]:
+    """(name, frames (F, C, H, W) in [0, 1]) for every video `path` holds; `convert` is applied to the frames of
+    video files as they are decoded (so a long high-resolution video is never held at full size)."""
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in ARRAY_SUFFIXES:
             return [(f"{path.name}[{i}]", v) for i, v in enumerate(_read_array(path))]
         if suffix in VIDEO_SUFFIXES:
-            return [(path.name, read_video(path))]
+            return [(path.name, read_video(path, convert))]
         raise UserError(f"{str(path)!r} is not a video (GIF, MP4, ...) or a .npy/.npz array of videos")
     if not path.is_dir():
         raise UserError(f"video data {str(path)!r} does not exist: pass a video, a folder of videos or frame folders, "
                         "or an array file")
     entries = sorted(path.iterdir())
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
-        return [(path.name, _frame_folder(path))]                                  # a folder of frames: one video
+        return [(path.name, _frame_folder(path, convert))]                                  # a folder of frames: one video
     videos = []
     for p in entries:
         if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()):
-            videos.append((p.name, _frame_folder(p)))
+            videos.append((p.name, _frame_folder(p, convert)))
         elif p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES + ARRAY_SUFFIXES:
-            videos.extend(_source_videos(p))
+            videos.extend(_source_videos(p, convert))
     if not videos:
         raise UserError(f"no videos found in {str(path)!r}: put GIF/MP4 files, folders of PNG/JPEG frames or "
                         ".npy/.npz arrays there")
@@ -123,7 +128,7 @@ def _source_videos(path: Path) -> list[tuple[str, Tensor]]:
 
 def load_videos(path: str | Path, cfg: VideoDataConfig) -> list[tuple[str, Tensor]]:
     """A user's videos, each (F, C, H, W) in [0, 1] at the configured size and channels."""
-    videos = [(name, _frames(v, cfg)) for name, v in _source_videos(Path(path))]
+    videos = [(name, _frames(v, cfg)) for name, v in _source_videos(Path(path), lambda f: _frames(f, cfg))]
     shapes = {tuple(v.shape[1:]) for _, v in videos}
     if len(shapes) > 1:
         (a, va), (b, vb) = [next((n, v) for n, v in videos if tuple(v.shape[1:]) == s) for s in sorted(shapes)[:2]]
@@ -179,10 +184,20 @@ def load_clips(cfg: VideoDataConfig, length: int) -> tuple[ClipSet, ClipSet]:
     videos = load_videos(cfg.path, cfg)
     if len(videos) == 1:   # one video: its last frames are held out (no clip straddles the split)
         name, v = videos[0]
-        cut = len(v) - max((length - 1) * cfg.stride + 1, math.ceil(len(v) * cfg.val_fraction))
+        span = (length - 1) * cfg.stride + 1
+        if len(v) < 2 * span:
+            raise UserError(f"one video of {len(v)} frames cannot give a training and a held-out clip of {length} "
+                            f"frames at stride {cfg.stride} (it needs {2 * span}): add videos, use a longer one, or "
+                            "shorten the clips (--model.context, --data.stride)")
+        cut = len(v) - max(span, math.ceil(len(v) * cfg.val_fraction))
         videos = [(name, v[:cut]), (name + " (held-out part)", v[cut:])]
         n_val = 1
     else:
-        n_val = max(1, round(len(videos) * cfg.val_fraction))
+        n_val = min(len(videos) - 1, max(1, round(len(videos) * cfg.val_fraction)))
     clips = [cut_clips(n, v, length, cfg.stride, cfg.hop) for n, v in videos]
     return ClipSet(torch.cat(clips[:-n_val])), ClipSet(torch.cat(clips[-n_val:]))
+
+
+def all_clips(cfg: VideoDataConfig, length: int) -> ClipSet:
+    """Every clip of `length` frames of a user's videos (cfg.path), none held back: clips to evaluate on."""
+    return ClipSet(torch.cat([cut_clips(n, v, length, cfg.stride, cfg.hop) for n, v in load_videos(cfg.path, cfg)]))

@@ -56,9 +56,10 @@ class FrameEncoder(nn.Module):
         return self._decode((latents * self.scale).view(-1, *self.latent_shape)).clamp(-1, 1)
 
     @torch.no_grad()
-    def calibrate(self, frames: Tensor) -> None:
+    def calibrate(self, frames: Tensor, batch: int = 64) -> None:
         """Set `scale` to the standard deviation of the unscaled latents of `frames` (N, C, H, W)."""
-        self.scale.fill_(float(self._encode(frames).std().clamp(min=1e-6)))
+        latents = torch.cat([self._encode(frames[i:i + batch]) for i in range(0, len(frames), batch)])
+        self.scale.fill_(float(latents.std().clamp(min=1e-6)))
 
 
 class PixelEncoder(FrameEncoder):

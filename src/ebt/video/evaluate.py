@@ -39,7 +39,7 @@ class VideoEvalSettings:
     def __post_init__(self) -> None:
         for name in ("context", "horizon", "clips", "seeds", "batch_size"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -131,7 +131,7 @@ def evaluate_video(models: dict[str, object], clips: Tensor, s: VideoEvalSetting
         if s.context > model.window:
             raise UserError(f"--context {s.context} exceeds {name}'s trained context of {model.window} frames")
         rows.append(summarise(name, score_rollouts(model, model.encoder, clips, s), steps))
-        key = model.cfg.video.encoder, model.cfg.video.encoder_path
+        key = model.cfg.video.encoder, model.cfg.video.encoder_path, float(model.encoder.scale)
         if key not in copies:   # copy-last in this model's latent space (its pixels are the true last frame's)
             copies[key] = summarise(f"copy-last ({model.cfg.video.encoder})",
                                     score_rollouts(CopyLast(model.window), model.encoder, clips, s), steps)

@@ -27,6 +27,7 @@ from ebt.models.backbone import Observed
 from ebt.models.frames import FrameEnergyModel, FrameTransformer
 from ebt.models.layers import frozen_weights
 from ebt.thinking import ThinkOptions, Thinker
+from ebt.training.devices import check_fits
 from ebt.training.optim import adamw_groups
 from ebt.training.pretrained import HubMixin
 from ebt.video.config import VideoRunConfig
@@ -150,6 +151,10 @@ class VideoEBT(_VideoModel):
         the cached context when `cache` is given; options.samples > 1 keeps the lowest-energy candidate."""
         opts = options or ThinkOptions()
         b, s, n = window.shape[0], window.shape[1], opts.samples
+        cfg = self.cfg.model   # the samples' copies of the KV cache (per step index) and their candidates
+        check_fits(window.element_size() * b * n * (2 * cfg.layers * (s + 1) * cfg.dim * len(self._cache_keys())
+                                                     + 4 * window.shape[-1]),
+                   window.device, f"thinking with {n} samples per frame", "use fewer samples or a shorter context")
         fn = ContextEnergy(self.energy, window.repeat_interleave(n, 0), start=s - 1)
         for k in self._cache_keys():   # the context's keys/values: from the cache, or computed once here
             obs = cache[k] if cache is not None else self.energy.observe(window, k)

@@ -82,7 +82,7 @@ class FrameAETask:
 
 def load_autoencoder(path: str | Path) -> tuple[ConvAutoencoder, FrameAERunConfig]:
     model, cfg = load_checked(path, "frame-ae", FrameAERunConfig, FrameAutoencoder, None,
-                              "is not a frame autoencoder run ({found}): train one with `ebt train --preset "
+                              "is not a frame autoencoder run (it holds a {task} model): train one with `ebt train --preset "
                               "frame-ae-tiny` and pass its folder as --video.encoder_path", "")
     return model.ae, cfg
 
@@ -108,8 +108,8 @@ def build_video_model(cfg: VideoRunConfig) -> nn.Module:
 def load_video_model(path: str | Path, kind: Optional[str] = None) -> tuple[nn.Module, VideoRunConfig]:
     """Rebuild a video model from a checkpoint or run folder; `kind` refuses the other model type."""
     model, cfg = load_checked(path, "video", VideoRunConfig, build_video_model, kind,
-                              "holds a {found} model of another task, not a video model: pass a checkpoint trained "
-                              "with --preset video-tiny", "holds a video {found}, but a {kind} is expected here")
+                              "holds a {task} model ({found}), not a video model: pass a checkpoint trained with "
+                              "--preset video-tiny", "holds a video {found}, but a {kind} is expected here")
     return model.eval(), cfg
 
 
@@ -119,6 +119,8 @@ class VideoTask:
 
     def __init__(self, cfg: VideoRunConfig):
         self.cfg = cfg
+        if cfg.video.encoder == "sd-vae":   # read again at every load: keep it findable from anywhere
+            cfg.video.encoder_path = str(Path(cfg.video.encoder_path).resolve())
         self.train_set, self.val_set = load_clips(cfg.data, cfg.clip_frames)
         resolve_frames(cfg, self.train_set.frame_shape)
         self.autoencoder = None
