@@ -226,3 +226,16 @@ def test_bad_videos_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else True)
     with pytest.raises(UserError, match="needs imageio's ffmpeg plugin"):
         load_videos(tmp_path / "x.mp4", VideoDataConfig())
+
+
+def test_summary_across_checkpoints_is_a_t_interval_of_their_means():
+    from ebt.video.evaluate import METRICS, across_checkpoints
+
+    def row(kind, v):
+        m = {k: {"mean": v} for k in METRICS + ("psnr",)}
+        return {"kind": kind, "nfe_per_frame": 3, "horizon": {1: m}, "rollout": m}
+
+    out = across_checkpoints([row("ebt", 1.0), row("ebt", 2.0), row("ebt", 3.0), row("transformer", 5.0)])
+    assert [o["model"] for o in out] == ["ebt: 3 checkpoints"]   # one transformer checkpoint: no summary
+    got = out[0]["rollout"]["pixel_mse"]
+    assert got["mean"] == 2.0 and got["ci"] == pytest.approx([2.0 - 4.302653 / 3 ** 0.5, 2.0 + 4.302653 / 3 ** 0.5])

@@ -118,6 +118,31 @@ def summarise(name: str, scores: Scores, steps: list[int]) -> dict:
     return out
 
 
+def across_checkpoints(rows: list[dict]) -> list[dict]:
+    """Per model kind evaluated with several checkpoints (training seeds): each metric's mean over them with a 95%
+    t-interval over checkpoints, at t+1, t+H and over the rollout."""
+    from scipy import stats
+
+    out = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        mine = [r for r in rows if r["kind"] == kind]
+        if len(mine) < 2:
+            continue
+        t = float(stats.t.ppf(0.975, len(mine) - 1))
+
+        def agg(pick) -> dict:
+            v = np.array([pick(r) for r in mine])
+            half = t * v.std(ddof=1) / math.sqrt(len(v))
+            return {"mean": float(v.mean()), "ci": [float(v.mean() - half), float(v.mean() + half)]}
+
+        horizon = {h: {k: agg(lambda r, h=h, k=k: r["horizon"][h][k]["mean"]) for k in METRICS + ("psnr",)}
+                   for h in mine[0]["horizon"]}
+        out.append({"model": f"{kind}: {len(mine)} checkpoints", "kind": kind, "checkpoints": len(mine),
+                    "nfe_per_frame": mine[0]["nfe_per_frame"], "horizon": horizon,
+                    "rollout": {k: agg(lambda r, k=k: r["rollout"][k]["mean"]) for k in METRICS + ("psnr",)}})
+    return out
+
+
 def evaluate_video(models: dict[str, object], clips: Tensor, s: VideoEvalSettings) -> dict:
     """Every model's rollouts, plus copy-last-frame (in each distinct latent space), on the same held-out clips."""
     need = s.context + s.horizon
@@ -130,13 +155,14 @@ def evaluate_video(models: dict[str, object], clips: Tensor, s: VideoEvalSetting
     for name, model in models.items():
         if s.context > model.window:
             raise UserError(f"--context {s.context} exceeds {name}'s trained context of {model.window} frames")
-        rows.append(summarise(name, score_rollouts(model, model.encoder, clips, s), steps))
+        rows.append({**summarise(name, score_rollouts(model, model.encoder, clips, s), steps), "kind": model.kind})
         key = model.cfg.video.encoder, model.cfg.video.encoder_path, float(model.encoder.scale)
         if key not in copies:   # copy-last in this model's latent space (its pixels are the true last frame's)
-            copies[key] = summarise(f"copy-last ({model.cfg.video.encoder})",
-                                    score_rollouts(CopyLast(model.window), model.encoder, clips, s), steps)
+            copies[key] = {**summarise(f"copy-last ({model.cfg.video.encoder})",
+                                       score_rollouts(CopyLast(model.window), model.encoder, clips, s), steps),
+                           "kind": CopyLast.kind}
     return {"context": s.context, "horizon": s.horizon, "clips": len(clips), "seeds": s.seeds,
-            "models": rows + list(copies.values())}
+            "models": rows + list(copies.values()), "across_checkpoints": across_checkpoints(rows)}
 
 
 def markdown(result: dict) -> str:
@@ -150,9 +176,17 @@ def markdown(result: dict) -> str:
     def cell(m: dict, digits: int) -> str:
         return f"{m['mean']:.{digits}f} [{m['ci'][0]:.{digits}f}, {m['ci'][1]:.{digits}f}]"
 
-    for row in result["models"]:
-        parts = [(f"t+{k}", v) for k, v in row["horizon"].items()] + [(f"mean t+1..t+{h}", row["rollout"])]
-        for label, m in parts:
-            lines.append(f"| {row['model']} | {label} | {cell(m['latent_smoothl1'], 4)} | {cell(m['latent_mse'], 4)} | "
-                         f"{cell(m['pixel_mse'], 4)} | {cell(m['psnr'], 2)} | {row['nfe_per_frame']:g} |")
+    def add(rows: list[dict]) -> None:
+        for row in rows:
+            parts = [(f"t+{k}", v) for k, v in row["horizon"].items()] + [(f"mean t+1..t+{h}", row["rollout"])]
+            for label, m in parts:
+                lines.append(f"| {row['model']} | {label} | {cell(m['latent_smoothl1'], 4)} | "
+                             f"{cell(m['latent_mse'], 4)} | {cell(m['pixel_mse'], 4)} | {cell(m['psnr'], 2)} | "
+                             f"{row['nfe_per_frame']:g} |")
+
+    add(result["models"])
+    if result.get("across_checkpoints"):
+        lines += ["", "Across checkpoints of one kind (training seeds): mean of their means [95% t-interval over "
+                  "checkpoints].", "", *lines[2:4]]
+        add(result["across_checkpoints"])
     return "\n".join(lines)
