@@ -54,8 +54,9 @@ def test_tasks_are_found_by_the_config_task_field():
 
     assert task_spec(RunConfig().task).config_class is RunConfig
     assert task_spec(ImageRunConfig().task).config_class is ImageRunConfig
-    with pytest.raises(UserError, match="task 'video' is not registered"):
-        task_spec("video")
+    assert task_spec("video").config_class.__name__ == "VideoRunConfig"
+    with pytest.raises(UserError, match="task 'audio' is not registered"):
+        task_spec("audio")
 
 
 def test_old_checkpoint_config_loads_and_the_wrong_task_is_refused(tmp_path):

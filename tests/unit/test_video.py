@@ -15,7 +15,7 @@ from ebt.thinking import ThinkOptions
 from ebt.video.config import AutoencoderConfig, VideoConfig, VideoDataConfig, VideoRunConfig
 from ebt.video.data import cut_clips, load_clips, load_videos, moving_digits
 from ebt.video.encoders import ConvAutoencoder, PixelEncoder, SDVAEEncoder
-from ebt.video.models import CopyLast, VideoEBT, VideoTransformer, rollout
+from ebt.video.models import CopyLast, rollout
 from ebt.video.task import build_video_model
 
 from conftest import write_pngs

@@ -2,17 +2,14 @@
 "denoise" (`ebt.training.registry`)."""
 from __future__ import annotations
 
-from typing import Iterator
-
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ebt.errors import UserError
 from ebt.images.config import ImageRunConfig, check_divisible
 from ebt.images.data import load_dataset
 from ebt.images.denoisers import build_image_model
 from ebt.images.evaluate import evaluate_at_level
-from ebt.training.registry import register_task
+from ebt.training.registry import InMemoryTask, evaluating, register_task
 
 
 def resolve_shape(cfg: ImageRunConfig, shape: tuple[int, int, int]) -> None:
@@ -31,7 +28,7 @@ def resolve_shape(cfg: ImageRunConfig, shape: tuple[int, int, int]) -> None:
         setattr(cfg.model, name, got)
 
 
-class DenoiseTask:
+class DenoiseTask(InMemoryTask):
     """Denoising of the embedded photo crops / digits or a user's images; validates at the training noise level."""
 
     def __init__(self, cfg: ImageRunConfig):
@@ -45,23 +42,13 @@ class DenoiseTask:
     def build_model(self) -> nn.Module:
         return build_image_model(self.cfg)
 
-    def train_batches(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
-        return self.train_set.batches(batch_size, self.cfg.train.seed, start, rank, world)
-
-    def checkpoint_files(self) -> dict[str, bytes]:
-        return {}
-
     def evaluate(self, model: nn.Module, device, max_batches: int, batch_size: int, precision: str = "fp32") -> dict:
         """Held-out loss, PSNR and MSE at the training noise level (every rank computes the same numbers)."""
-        was_training = model.training
-        model.eval()
         clean = self.val_set.images[:max_batches * batch_size].to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            torch.manual_seed(1234)
+        with evaluating(model, device):   # the EBT's descent turns gradients back on for its candidates
             loss = sum(model(clean[i:i + batch_size], training=False).loss.item() * len(clean[i:i + batch_size])
                        for i in range(0, len(clean), batch_size)) / len(clean)
-        res = evaluate_at_level(model, clean, self.cfg.diffusion.train_level, batch_size, seed=1234)
-        model.train(was_training)
+            res = evaluate_at_level(model, clean, self.cfg.diffusion.train_level, batch_size, seed=1234)
         return {"loss": loss, **res}
 
 

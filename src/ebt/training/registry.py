@@ -7,9 +7,11 @@ The trainer trains whatever `Task` it is given and never imports a modality: eac
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from ebt.errors import UserError
@@ -38,6 +40,35 @@ class Task(Protocol):
     def checkpoint_files(self) -> dict[str, bytes]:
         """Files (name -> contents) every checkpoint of the run carries besides weights and config, e.g. a text
         run's tokenizer; a resumed run must bring the same ones."""
+
+
+class InMemoryTask:
+    """Shared by tasks whose training data sit in memory as `self.train_set`, a set with
+    `.batches(batch_size, seed, start, rank, world)` (images, video): their batches, and no extra checkpoint files."""
+
+    cfg: Any
+    train_set: Any
+
+    def train_batches(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
+        return self.train_set.batches(batch_size, self.cfg.train.seed, start, rank, world)
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        return {}
+
+
+@contextmanager
+def evaluating(model: nn.Module, device, seed: int = 1234) -> Iterator[None]:
+    """Evaluation mode without gradients, the evaluation's noise drawn from `seed` (the same numbers on every rank
+    and at every evaluation) and the random state restored afterwards, so validating does not change what training
+    draws next."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass(frozen=True)

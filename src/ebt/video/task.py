@@ -4,9 +4,8 @@ builders and loaders of video checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -15,12 +14,12 @@ from ebt.errors import UserError
 from ebt.training.checkpoint import load_checked
 from ebt.training.optim import adamw_groups
 from ebt.training.pretrained import HubMixin
-from ebt.training.registry import register_task
+from ebt.training.registry import InMemoryTask, evaluating, register_task
 from ebt.video.config import FrameAERunConfig, VideoRunConfig
 from ebt.video.data import ClipSet, load_clips
 from ebt.video.encoders import ConvAutoencoder, FrameEncoder, PixelEncoder, SDVAEEncoder
 from ebt.video.evaluate import psnr_db
-from ebt.video.models import VIDEO_MODELS, VideoOutput, latent_loss
+from ebt.video.models import VIDEO_MODELS, VideoOutput
 
 CALIBRATION_FRAMES = 512
 """Training frames whose latents set a learnt encoder's scale."""
@@ -51,7 +50,7 @@ class FrameAutoencoder(HubMixin, nn.Module):
         return adamw_groups(self, optim)
 
 
-class FrameAETask:
+class FrameAETask(InMemoryTask):
     """The frames of the training clips (each frame once); validates reconstruction MSE and PSNR."""
 
     def __init__(self, cfg: FrameAERunConfig):
@@ -66,17 +65,11 @@ class FrameAETask:
     def build_model(self) -> nn.Module:
         return FrameAutoencoder(self.cfg)
 
-    def train_batches(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
-        return self.train_set.batches(batch_size, self.cfg.train.seed, start, rank, world)
-
-    def checkpoint_files(self) -> dict[str, bytes]:
-        return {}
-
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, device, max_batches: int, batch_size: int, precision: str = "fp32") -> dict:
         frames = self.val_set.clips[:max_batches * batch_size].to(device)
-        mse = sum(F.mse_loss(model.ae.reconstruct(frames[i:i + batch_size]), frames[i:i + batch_size],
-                             reduction="sum").item() for i in range(0, len(frames), batch_size)) / frames.numel()
+        with evaluating(model, device):
+            mse = sum(F.mse_loss(model.ae.reconstruct(frames[i:i + batch_size]), frames[i:i + batch_size],
+                                 reduction="sum").item() for i in range(0, len(frames), batch_size)) / frames.numel()
         return {"loss": mse, "psnr": psnr_db(mse)}
 
 
@@ -113,7 +106,7 @@ def load_video_model(path: str | Path, kind: Optional[str] = None) -> tuple[nn.M
     return model.eval(), cfg
 
 
-class VideoTask:
+class VideoTask(InMemoryTask):
     """Next-frame prediction on clips of model.context + 1 frames; validates the latent SmoothL1 of one-step
     (teacher-forced) predictions beside copy-last-frame's."""
 
@@ -146,25 +139,15 @@ class VideoTask:
             model.encoder.calibrate(self.train_set.clips.flatten(0, 1)[:CALIBRATION_FRAMES])
         return model
 
-    def train_batches(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
-        return self.train_set.batches(batch_size, self.cfg.train.seed, start, rank, world)
-
-    def checkpoint_files(self) -> dict[str, bytes]:
-        return {}
-
     def evaluate(self, model: nn.Module, device, max_batches: int, batch_size: int, precision: str = "fp32") -> dict:
         """Held-out loss (one-step predictions, latent SmoothL1), and copy-last-frame's (the same on every rank)."""
-        was_training = model.training
-        model.eval()
         clips = self.val_set.clips[:max_batches * batch_size].to(device)
         totals: dict[str, float] = {}
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            torch.manual_seed(1234)
+        with evaluating(model, device):
             for i in range(0, len(clips), batch_size):
                 out = model(clips[i:i + batch_size], training=False)
                 for k in ("final_loss", "final_mse", "copy_last_loss"):
                     totals[k] = totals.get(k, 0.0) + out.metrics[k] * len(clips[i:i + batch_size])
-        model.train(was_training)
         res = {k: v / len(clips) for k, v in totals.items()}
         return {"loss": res["final_loss"], "mse": res["final_mse"], "copy_last_loss": res["copy_last_loss"]}
 
