@@ -48,7 +48,7 @@ def test_train_denoise_eval_and_resume(checkpoints, tmp_path, capsys):
     assert (tmp_path / "ev" / "grid.png").is_file() and (tmp_path / "ev" / "psnr_vs_nfe.png").is_file()
     # the text commands refuse image checkpoints with one line
     assert main(["eval", str(ebt_dir), "--json"]) == 2
-    assert "image denoiser" in capsys.readouterr().err
+    assert "holds a denoise model" in capsys.readouterr().err
     # resume continues the image run with its own (resolved) config, from step 2 to step 3
     assert main(tiny_train_args("denoise-tiny", ebt_dir, "--resume", "--train.steps=3")) == 0
     saved = json.loads((ebt_dir / "checkpoint" / "config.json").read_text())
