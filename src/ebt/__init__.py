@@ -23,6 +23,9 @@ _EXPORTS = {
     "Item": "ebt.text.downstream.items", "read_items": "ebt.text.downstream.items",
     "load_tasks": "ebt.text.downstream.tasks", "Scoring": "ebt.text.downstream.scoring",
     "score_task": "ebt.text.downstream.scoring",
+    "VideoRunConfig": "ebt.video.config", "load_video_model": "ebt.video.task", "rollout": "ebt.video.models",
+    "load_clips": "ebt.video.data", "load_videos": "ebt.video.data", "evaluate_video": "ebt.video.evaluate",
+    "VideoEvalSettings": "ebt.video.evaluate",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -239,3 +239,14 @@ def test_summary_across_checkpoints_is_a_t_interval_of_their_means():
     assert [o["model"] for o in out] == ["ebt: 3 checkpoints"]   # one transformer checkpoint: no summary
     got = out[0]["rollout"]["pixel_mse"]
     assert got["mean"] == 2.0 and got["ci"] == pytest.approx([2.0 - 4.302653 / 3 ** 0.5, 2.0 + 4.302653 / 3 ** 0.5])
+
+
+def test_the_system_2_recipe_trains_on_frames():
+    """S2 (no detach, truncation, random step counts and step sizes, Langevin noise) on continuous candidates: a
+    finite loss on the last step whose gradient reaches the weights."""
+    model = tiny_model(dtype=torch.float32, detach=False, truncate=True, langevin_std=0.5, rand_alpha_scale=2.0,
+                       rand_steps=2, rand_steps_min=2, landscapes=1).train()
+    out = model(torch.rand(3, 7, 1, 8, 8) * 2 - 1)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and 2 <= out.metrics["steps"] <= 3
+    assert model.energy.frame_to_embed.weight.grad.abs().sum() > 0
