@@ -101,7 +101,9 @@ class ConvAutoencoder(FrameEncoder):
         return self.encoder(frames)
 
     def _decode(self, latents: Tensor) -> Tensor:
-        return torch.tanh(self.decoder(latents))
+        # linear output (`decode` clamps to [-1, 1]): a tanh here saturates on the digits' black background, where
+        # its gradient vanishes and training stalls at the all-background image
+        return self.decoder(latents)
 
     def reconstruct(self, frames: Tensor) -> Tensor:
         """Differentiable encode + decode (training the autoencoder)."""
