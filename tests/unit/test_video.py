@@ -164,6 +164,14 @@ def test_copy_last_repeats_the_last_frame():
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
+def test_seedless_configs_group_training_seeds_only():
+    from ebt.video.evaluate import seedless
+
+    a, b, c = tiny_run(), tiny_run(), tiny_run(start="last")
+    b.train.seed, b.train.out_dir = 3, "elsewhere"
+    assert seedless(a) == seedless(b) != seedless(c)
+
+
 def test_moving_digits_are_deterministic_bounded_and_held_out_differs():
     cfg = VideoDataConfig(image_size=16, digit_size=6, digits=2, speed=3.0, seed=4)
     a, b = moving_digits(3, 10, cfg), moving_digits(3, 10, cfg)
@@ -213,6 +221,36 @@ def test_readers_gif_frame_folders_arrays_and_mp4_agree(tmp_path):
     assert train.clips.shape[1:] == (3, 1, 8, 8) and len(val) == 1
 
 
+def test_arrays_channels_first_or_last_and_alpha(tmp_path):
+    frames = torch.rand(2, 5, 3, 8, 8)
+    np.save(tmp_path / "first.npy", frames.numpy())                                  # (N, F, C, H, W)
+    np.save(tmp_path / "last.npy", frames.permute(0, 1, 3, 4, 2).numpy())             # (N, F, H, W, C)
+    grey_alpha = torch.cat([frames[:, :, :1], torch.ones(2, 5, 1, 8, 8)], dim=2)     # (N, F, 2, H, W)
+    np.save(tmp_path / "alpha.npy", grey_alpha.numpy())
+    cfg = VideoDataConfig(path="given", image_size=0, channels=0)
+    for name in ("first", "last"):
+        got = torch.stack([v for _, v in load_videos(tmp_path / f"{name}.npy", cfg)])
+        torch.testing.assert_close(got, frames)
+    got = torch.stack([v for _, v in load_videos(tmp_path / "alpha.npy", cfg)])
+    torch.testing.assert_close(got, frames[:, :, :1])
+    for shape, words in (((0, 5, 8, 8), "empty array"), ((5, 8, 8, 1), "looks like one video"),
+                         ((2, 5, 3, 8, 3), "cannot tell its channel axis")):
+        np.save(tmp_path / "bad.npy", np.zeros(shape, dtype=np.float32))
+        with pytest.raises(UserError, match=words):
+            load_videos(tmp_path / "bad.npy", cfg)
+
+
+def test_a_single_video_stays_split_where_training_split_it(tmp_path):
+    from ebt.video.data import heldout_clips
+
+    np.save(tmp_path / "one.npy", np.random.rand(1, 40, 8, 8).astype(np.float32))
+    cfg = VideoDataConfig(path=str(tmp_path / "one.npy"), image_size=0, channels=1, val_fraction=0.25)
+    train, val = load_clips(cfg, 5)
+    seen = {tuple(c.flatten()[:4].tolist()) for c in train.clips.flatten(0, 1)}
+    longer = heldout_clips(cfg, 8, train_length=5)               # longer evaluation clips: still unseen frames
+    assert not seen & {tuple(c.flatten()[:4].tolist()) for c in longer.clips.flatten(0, 1)}
+
+
 def test_bad_videos_are_one_clear_error(tmp_path, monkeypatch):
     (tmp_path / "mixed").mkdir()
     write_pngs(tmp_path / "mixed" / "v1", [(8, 8, "L")] * 3)
@@ -233,10 +271,11 @@ def test_summary_across_checkpoints_is_a_t_interval_of_their_means():
 
     def row(kind, v):
         m = {k: {"mean": v} for k in METRICS + ("psnr",)}
-        return {"kind": kind, "nfe_per_frame": 3, "horizon": {1: m}, "rollout": m}
+        return {"kind": kind, "group": kind, "nfe_per_frame": 3, "horizon": {1: m}, "rollout": m}
 
-    out = across_checkpoints([row("ebt", 1.0), row("ebt", 2.0), row("ebt", 3.0), row("transformer", 5.0)])
-    assert [o["model"] for o in out] == ["ebt: 3 checkpoints"]   # one transformer checkpoint: no summary
+    other = {**row("ebt", 9.0), "group": "ebt with another setting"}
+    out = across_checkpoints([row("ebt", 1.0), row("ebt", 2.0), other, row("ebt", 3.0), row("transformer", 5.0)])
+    assert [o["model"] for o in out] == ["ebt: 3 checkpoints"]   # one transformer, one other setting: no summary
     got = out[0]["rollout"]["pixel_mse"]
     assert got["mean"] == 2.0 and got["ci"] == pytest.approx([2.0 - 4.302653 / 3 ** 0.5, 2.0 + 4.302653 / 3 ** 0.5])
 

@@ -22,9 +22,9 @@ from ebt.training.checkpoint import find_checkpoint, read_config
 def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder or checkpoint folder (text or video)")
     p.add_argument("--prompt", help="text: the prompt to continue")
-    p.add_argument("--max-new", type=int, default=200, help="text: tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
-    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--max-new", type=int, help="text: tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, help="text: 0 for greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, help="text: nucleus sampling mass (default 0.9)")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-cache", action="store_true", help="recompute the context for every token (slow)")
     v = p.add_argument_group("video checkpoints")
@@ -53,7 +53,8 @@ def generate_text_prompt(args: argparse.Namespace) -> int:
         raise UserError(f"{(video or ['--overwrite'])[0]} applies to video checkpoints: a text checkpoint continues "
                         "--prompt and prints the text")
     topts = think_options(args)
-    opts = SampleOptions(max_new_tokens=args.max_new, temperature=args.temperature, top_p=args.top_p,
+    given = {"max_new_tokens": args.max_new, "temperature": args.temperature, "top_p": args.top_p}
+    opts = SampleOptions(**{**{"max_new_tokens": 200}, **{k: v for k, v in given.items() if v is not None}},
                          seed=args.seed, use_cache=not args.no_cache)
     model, _ = load_model(args.checkpoint)
     tok = load_tokenizer_of(args.checkpoint)

@@ -58,6 +58,7 @@ def resolve_config(args: argparse.Namespace, overrides: dict[str, str]):
     if args.preset is not None or args.config is not None:
         free = {*RESUMABLE, "train.batch_size", "train.grad_accum"}
         free |= {k for k in getattr(cfg, "FROM_DATA", ()) if flat(cfg)[k] == 0}   # resolved when the run began
+        free |= set(getattr(cfg, "FROM_RUN_START", ()))
         refuse_changes(changed_keys(cfg, saved, free), cfg, saved)
     return saved
 
@@ -66,6 +67,9 @@ def absolute_data_path(cfg):
     """A run records where its data are, not where they were relative to the folder it was started from."""
     if getattr(cfg.data, "path", None):
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    video = getattr(cfg, "video", None)
+    if video is not None and video.encoder_path:   # a frame autoencoder run or an SD-VAE folder
+        video.encoder_path = str(Path(video.encoder_path).expanduser().resolve())
     tokenizer = getattr(cfg.data, "tokenizer", None)
     if tokenizer and tokenizer not in ("auto", "bytes") and not EMBEDDED_BPE.fullmatch(tokenizer):   # a path
         cfg.data.tokenizer = str(Path(tokenizer).expanduser().resolve())

@@ -9,7 +9,8 @@ import torch
 
 from ebt.cli.common import add_think_args, think_options
 from ebt.errors import UserError
-from ebt.video.data import all_clips, cut_clips, load_clips, load_videos
+from ebt.training.checkpoint import find_checkpoint
+from ebt.video.data import all_clips, cut_clips, heldout_clips, load_videos
 from ebt.video.evaluate import VideoEvalSettings, evaluate_video, markdown
 from ebt.video.models import rollout
 from ebt.video.render import save_rollout
@@ -35,6 +36,10 @@ def eval_args(p: argparse.ArgumentParser) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     """Roll video checkpoints out on held-out clips: latent SmoothL1/MSE and pixel MSE/PSNR per horizon step, NFE,
     against copy-last-frame."""
+    found = [find_checkpoint(c).resolve() for c in args.checkpoints]
+    if len(set(found)) < len(found):
+        raise UserError("a checkpoint is given twice (a run folder and its checkpoint folder count as one): name each "
+                        "once")
     loaded = [load_video_model(c) for c in args.checkpoints]
     first = loaded[0][1]
     shapes = {(cfg.data.image_size, cfg.data.channels) for _, cfg in loaded}
@@ -48,10 +53,14 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError("thinking options (--steps, --samples, ...) need an EBT checkpoint")
     changes = {"path": args.data} if args.data else {}
     if args.data_seed is not None:
+        if args.data or first.data.path:
+            raise UserError("--data-seed regenerates the embedded moving digits: it does not apply to videos from "
+                            "files (--data, or a run trained on them)")
         changes["seed"] = args.data_seed
     data = type(first.data)(**{**vars(first.data), **changes})
     # the run's own held-out clips (or another seed's), or every clip of the videos given with --data
-    clips = (all_clips(data, s.context + s.horizon) if args.data else load_clips(data, s.context + s.horizon)[1]).clips
+    length = s.context + s.horizon
+    clips = (all_clips(data, length) if args.data else heldout_clips(data, length, first.clip_frames)).clips
     names = [Path(c).name or c for c in args.checkpoints]
     if len(set(names)) < len(names):
         names = [str(c) for c in args.checkpoints]
@@ -79,9 +88,10 @@ def generate_video(args: argparse.Namespace) -> int:
             raise UserError(f"{str(path)!r} already exists: choose another --out or pass --overwrite")
     if not out.resolve().parent.is_dir():
         raise UserError(f"--out {args.out!r}: its folder does not exist; create it or choose another path")
-    if args.prompt is not None:
-        raise UserError("--prompt continues text: a video checkpoint continues a clip (--input, default: a held-out "
-                        "clip)")
+    text = [f"--{k.replace('_', '-')}" for k in ("prompt", "max_new", "temperature", "top_p") if getattr(args, k) is not None]
+    if text:
+        raise UserError(f"{text[0]} applies to text checkpoints: a video checkpoint continues a clip (--input, "
+                        "default: a held-out clip)")
     model, cfg = load_video_model(args.checkpoint)
     options = think_options(args)
     model.check_options(options)
@@ -100,7 +110,8 @@ def generate_video(args: argparse.Namespace) -> int:
                             f"--context {context}")
         clip = clip * 2 - 1
     else:
-        clip = load_clips(cfg.data, context + frames)[1].clips[0]   # the first held-out clip
+        clip = heldout_clips(cfg.data, context + frames, cfg.clip_frames).clips[0]   # the first held-out clip
+    torch.manual_seed(args.seed or 0)   # Langevin noise (--langevin) draws from the global generator
     gen = torch.Generator().manual_seed(args.seed or 0)
     latents = model.encode_clips(clip[None])
     out_roll = rollout(model, latents[:, :context], frames, options, gen, use_cache=not args.no_cache)

@@ -63,8 +63,9 @@ class VideoConfig:
     `ebt train --preset frame-ae-tiny` run, named by encoder_path) or `sd-vae` (a local diffusers AutoencoderKL
     folder named by encoder_path, the paper's choice; needs `pip install diffusers`)."""
     encoder_path: Optional[str] = None
-    """The autoencoder's run folder (read once when training starts: its weights are then saved in the video
-    checkpoint) or the SD-VAE folder (stored as an absolute path; its config is read whenever the checkpoint loads)."""
+    """The autoencoder's run folder (its weights are copied into the video checkpoint when training starts) or the
+    SD-VAE folder (loaded whenever the checkpoint loads; its weights are saved in the checkpoint too). Stored as an
+    absolute path."""
     patch: int = 4
     """`pixels`: the patch side."""
     start: str = "noise"
@@ -96,6 +97,8 @@ class AutoencoderConfig:
 class VideoRunConfig:
     FROM_DATA: ClassVar[tuple[str, ...]] = ("data.image_size", "data.channels")
     """Settings where 0 means "taken from the data when training starts" (a saved run holds the resolved values)."""
+    FROM_RUN_START: ClassVar[tuple[str, ...]] = ("ae.width", "ae.downsample", "ae.latent_channels")
+    """Settings copied in when training starts (from the autoencoder's run): a resumed run keeps its own."""
     task: str = "video"
     """The registered task of video runs (do not change)."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=0, context=15))

@@ -21,6 +21,8 @@ from ebt.training.sharding import sharded_indices
 from ebt.video.config import VideoDataConfig
 
 ARRAY_SUFFIXES = (".npy", ".npz")
+CHANNELS = (1, 2, 3, 4)
+"""Channel counts an array may have: grey, grey + alpha, RGB, RGBA (alpha is dropped)."""
 TRAIN_DIGITS = 1500
 """scikit-learn's digits 0..1499 draw the training videos, 1500..1796 the held-out ones (unseen digit images)."""
 
@@ -77,10 +79,20 @@ def _read_array(path: Path) -> list[Tensor]:
     if arr is None or arr.ndim not in (4, 5):
         raise UserError(f"{str(path)!r} holds no (N, F, H, W[, C]) video array (got shape "
                         f"{None if arr is None else tuple(arr.shape)}): save the videos as one such array")
-    if arr.ndim == 4 and arr.shape[-1] in (3, 4) and arr.shape[-2] > 4:
-        raise UserError(f"{str(path)!r} holds shape {tuple(arr.shape)}: that looks like one colour video (F, H, W, C); "
+    if arr.numel() == 0:
+        raise UserError(f"{str(path)!r} holds an empty array of shape {tuple(arr.shape)}: save some frames")
+    if arr.ndim == 4 and arr.shape[-1] in CHANNELS and arr.shape[-2] > 4:
+        raise UserError(f"{str(path)!r} holds shape {tuple(arr.shape)}: that looks like one video (F, H, W, C); "
                         "save it as (1, F, H, W, C) (grey videos are (N, F, H, W))")
-    arr = arr[:, :, None] if arr.ndim == 4 else arr[..., :3].movedim(-1, 2)            # (N, F, C, H, W)
+    if arr.ndim == 5:   # channels last (N, F, H, W, C) or first (N, F, C, H, W)
+        last, first = arr.shape[-1] in CHANNELS, arr.shape[2] in CHANNELS
+        if last == first:
+            raise UserError(f"{str(path)!r} holds shape {tuple(arr.shape)}: cannot tell its channel axis; save "
+                            "videos as (N, F, H, W, C) or (N, F, C, H, W) with C in 1..4")
+        arr = arr.movedim(-1, 2) if last else arr
+        arr = arr[:, :, :1] if arr.shape[2] == 2 else arr[:, :, :3]                 # drop alpha
+    else:
+        arr = arr[:, :, None]                                                         # (N, F, 1, H, W)
     x = arr.float()
     if not arr.is_floating_point() or x.max() > 1.0 + 1e-6:
         x = x / 255.0
@@ -173,8 +185,19 @@ class ClipSet:
             yield self.clips[indices]
 
 
-def load_clips(cfg: VideoDataConfig, length: int) -> tuple[ClipSet, ClipSet]:
-    """(train, held-out) clips of `length` frames for a run's data config."""
+def heldout_clips(cfg: VideoDataConfig, length: int, train_length: int) -> ClipSet:
+    """A run's held-out clips, `length` frames each, for evaluation and generation: the held-out moving digits
+    (generated alone), or those of the run's videos, split where the run (clips of `train_length`) split them."""
+    if cfg.path is None:
+        span = (length - 1) * cfg.stride + 1
+        val = moving_digits(max(1, cfg.videos // 10), span, cfg, held_out=True)[:, ::cfg.stride]
+        return ClipSet(_frames(val.flatten(0, 1), cfg).unflatten(0, val.shape[:2]))
+    return load_clips(cfg, length, train_length)[1]
+
+
+def load_clips(cfg: VideoDataConfig, length: int, train_length: int = 0) -> tuple[ClipSet, ClipSet]:
+    """(train, held-out) clips of `length` frames for a run's data config. One video is split where clips of
+    `train_length` frames (default: `length`) split it, so that held-out clips of another length stay held out."""
     if cfg.path is None:
         span = (length - 1) * cfg.stride + 1
         train = moving_digits(cfg.videos, span, cfg)[:, ::cfg.stride]
@@ -184,7 +207,7 @@ def load_clips(cfg: VideoDataConfig, length: int) -> tuple[ClipSet, ClipSet]:
     videos = load_videos(cfg.path, cfg)
     if len(videos) == 1:   # one video: its last frames are held out (no clip straddles the split)
         name, v = videos[0]
-        span = (length - 1) * cfg.stride + 1
+        span = ((train_length or length) - 1) * cfg.stride + 1
         if len(v) < 2 * span:
             raise UserError(f"one video of {len(v)} frames cannot give a training and a held-out clip of {length} "
                             f"frames at stride {cfg.stride} (it needs {2 * span}): add videos, use a longer one, or "

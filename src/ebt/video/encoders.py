@@ -129,6 +129,10 @@ class SDVAEEncoder(FrameEncoder):
         self.channels, self.factor = channels, float(self.vae.config.scaling_factor)
         with torch.no_grad():
             probe = self.vae.encode(torch.zeros(1, 3, size, size)).latent_dist.mean
+            back = self.vae.decode(probe).sample.shape[-2:]
+        if tuple(back) != (size, size):
+            raise UserError(f"the VAE in {folder!r} decodes {size}x{size} frames to {back[0]}x{back[1]}: choose a "
+                            "--data.image_size it divides evenly (a multiple of its downsampling factor)")
         self.latent_shape = tuple(probe.shape[1:])
 
     def _encode(self, frames: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ PSNR is that of the mean pixel MSE over clips (pooled, as the reference's image 
 PSNRs, which clips where nothing moves would dominate (copy-last-frame is exact on them)."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ebt.config import to_dict
 from ebt.errors import UserError
 from ebt.thinking import ThinkOptions
 from ebt.video.models import CopyLast, rollout
@@ -83,6 +85,7 @@ def score_rollouts(model, encoder, clips: Tensor, s: VideoEvalSettings) -> Score
     energies, nfe, seeds = [], 0.0, s.seeds if getattr(model, "can_think", False) else 1
     for seed in range(seeds):
         gen = torch.Generator(device=clips.device).manual_seed(seed)
+        torch.manual_seed(seed)   # Langevin noise (--langevin) draws from the global generator
         rows, erows = {k: [] for k in METRICS}, []
         for i in range(0, len(clips), s.batch_size):
             batch = clips[i:i + s.batch_size]
@@ -119,13 +122,14 @@ def summarise(name: str, scores: Scores, steps: list[int]) -> dict:
 
 
 def across_checkpoints(rows: list[dict]) -> list[dict]:
-    """Per model kind evaluated with several checkpoints (training seeds): each metric's mean over them with a 95%
-    t-interval over checkpoints, at t+1, t+H and over the rollout."""
+    """Per configuration evaluated with several checkpoints that differ only in their training seed (`row["group"]`):
+    each metric's mean over them with a 95% t-interval over checkpoints, at t+1, t+H and over the rollout."""
     from scipy import stats
 
     out = []
-    for kind in dict.fromkeys(r["kind"] for r in rows):
-        mine = [r for r in rows if r["kind"] == kind]
+    for group in dict.fromkeys(r["group"] for r in rows):
+        mine = [r for r in rows if r["group"] == group]
+        kind = mine[0]["kind"]
         if len(mine) < 2:
             continue
         t = float(stats.t.ppf(0.975, len(mine) - 1))
@@ -143,6 +147,14 @@ def across_checkpoints(rows: list[dict]) -> list[dict]:
     return out
 
 
+def seedless(cfg) -> str:
+    """A run's configuration without what differs between training seeds of one setting (seed, folder, threads)."""
+    flat = json.loads(json.dumps(to_dict(cfg)))
+    for key in ("seed", "out_dir", "threads", "progress", "device"):
+        flat["train"].pop(key, None)
+    return json.dumps(flat, sort_keys=True)
+
+
 def evaluate_video(models: dict[str, object], clips: Tensor, s: VideoEvalSettings) -> dict:
     """Every model's rollouts, plus copy-last-frame (in each distinct latent space), on the same held-out clips."""
     need = s.context + s.horizon
@@ -155,7 +167,8 @@ def evaluate_video(models: dict[str, object], clips: Tensor, s: VideoEvalSetting
     for name, model in models.items():
         if s.context > model.window:
             raise UserError(f"--context {s.context} exceeds {name}'s trained context of {model.window} frames")
-        rows.append({**summarise(name, score_rollouts(model, model.encoder, clips, s), steps), "kind": model.kind})
+        rows.append({**summarise(name, score_rollouts(model, model.encoder, clips, s), steps), "kind": model.kind,
+                     "group": seedless(model.cfg)})
         key = model.cfg.video.encoder, model.cfg.video.encoder_path, float(model.encoder.scale)
         if key not in copies:   # copy-last in this model's latent space (its pixels are the true last frame's)
             copies[key] = {**summarise(f"copy-last ({model.cfg.video.encoder})",
