@@ -68,6 +68,9 @@ def test_sd_vae_encoder_reads_a_local_diffusers_folder(tmp_path):
     assert enc.latent_shape == (4, 8, 8)
     z = enc.encode(x)
     assert z.shape == (2, 256) and enc.decode(z).shape == x.shape
+    assert list(enc.state_dict()) == ["scale"]                # the VAE's weights stay in its folder
+    enc.double()
+    assert next(enc.vae.parameters()).dtype == torch.float64 and enc.encode(x.double()).dtype == torch.float64
     with pytest.raises(UserError, match="not a diffusers AutoencoderKL folder"):
         SDVAEEncoder(str(tmp_path), 1, 16)
 

@@ -64,8 +64,7 @@ class VideoConfig:
     folder named by encoder_path, the paper's choice; needs `pip install diffusers`)."""
     encoder_path: Optional[str] = None
     """The autoencoder's run folder (its weights are copied into the video checkpoint when training starts) or the
-    SD-VAE folder (loaded whenever the checkpoint loads; its weights are saved in the checkpoint too). Stored as an
-    absolute path."""
+    SD-VAE folder (loaded whenever the checkpoint loads; its weights are not copied). Stored as an absolute path."""
     patch: int = 4
     """`pixels`: the patch side."""
     start: str = "noise"

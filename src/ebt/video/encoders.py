@@ -4,7 +4,8 @@
 * `ConvAutoencoder` (`autoencoder`): a small convolutional autoencoder trained by `ebt train --preset frame-ae-tiny`
   (the `frame-ae` task), then frozen; its weights travel inside every video checkpoint made with it.
 * `SDVAEEncoder` (`sd-vae`): a local diffusers AutoencoderKL folder (the paper's Stable Diffusion VAE), latent mean
-  times the VAE's scaling factor; needs `pip install diffusers`, never downloads.
+  times the VAE's scaling factor; needs `pip install diffusers`, never downloads. Its weights are read from the
+  folder whenever a checkpoint loads, and are not copied into checkpoints.
 
 Every encoder divides its latents by `scale` (a buffer saved with the model): 1 for pixels, the latents' standard
 deviation on training frames for the learnt encoders, so that candidates drawn from N(0, 1) start at the data's scale.
@@ -122,10 +123,14 @@ class SDVAEEncoder(FrameEncoder):
             raise UserError(f"video.encoder_path={folder!r} is not a diffusers AutoencoderKL folder (no config.json): "
                             "save one with AutoencoderKL.save_pretrained(FOLDER)")
         try:
-            self.vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+            vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+            vae = vae.requires_grad_(False).eval()
         except Exception as exc:   # diffusers raises many types for foreign or damaged folders
             raise UserError(f"cannot load the VAE in {folder!r} ({type(exc).__name__}: "
                             f"{(str(exc).splitlines() or [''])[0][:160]})") from None
+        # held in a list, not as a submodule: its weights stay in the folder instead of in every checkpoint (335 MB
+        # for the Stable Diffusion VAE); _apply still moves and casts it with the model
+        self._vae = [vae]
         self.channels, self.factor = channels, float(self.vae.config.scaling_factor)
         with torch.no_grad():
             probe = self.vae.encode(torch.zeros(1, 3, size, size)).latent_dist.mean
@@ -134,6 +139,14 @@ class SDVAEEncoder(FrameEncoder):
             raise UserError(f"the VAE in {folder!r} decodes {size}x{size} frames to {back[0]}x{back[1]}: choose a "
                             "--data.image_size it divides evenly (a multiple of its downsampling factor)")
         self.latent_shape = tuple(probe.shape[1:])
+
+    @property
+    def vae(self):
+        return self._vae[0]
+
+    def _apply(self, fn, recurse: bool = True):
+        self.vae._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def _encode(self, frames: Tensor) -> Tensor:
         rgb = to_channels(frames, 3)   # the VAE reads RGB
