@@ -70,6 +70,18 @@ class ThinkOptions:
             raise UserError(f"alpha scale must be a finite number > 0, got {self.alpha_scale}")
 
 
+def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:
+    """Index of the chosen sample per position: initial/final energies (B, N, ...) -> (B, ...).
+
+    min: lowest final energy (the model's own verification); max: highest; max_gap: largest initial - final drop.
+    """
+    if how == "min":
+        return final.argmin(dim=1)
+    if how == "max":
+        return final.argmax(dim=1)
+    return (initial - final).argmax(dim=1)
+
+
 @dataclass
 class StepOutput:
     """What one `Thinker.step` produced."""

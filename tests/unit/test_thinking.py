@@ -4,7 +4,8 @@ import torch
 
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import NonFinite, UserError
-from ebt.text.inference import select_samples, think
+from ebt.text.inference import think
+from ebt.thinking import select_samples
 from ebt.text.models import TextEBT
 from ebt.thinking import ThinkOptions, Thinker
 

@@ -14,7 +14,7 @@ from ebt.errors import UserError
 from ebt.models.ar_ebt import ContextEnergy
 from ebt.models.backbone import Observed
 from ebt.models.layers import frozen_weights
-from ebt.thinking import ThinkOptions
+from ebt.thinking import ThinkOptions, select_samples
 from ebt.training.devices import check_fits
 
 
@@ -88,18 +88,6 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
         energies = torch.stack([choose(e) for e in energies])
     traced = {"logits": steps_trace, "final_energy": final_trace, "pick": pick} if trace else None
     return ThinkResult(logits.detach(), energies.detach(), final, steps_used, nfe * N, traced)
-
-
-def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:
-    """Index of the chosen sample per position: initial/final energies (B, N, L) -> (B, L).
-
-    min: lowest final energy (the model's own verification); max: highest; max_gap: largest initial - final drop.
-    """
-    if how == "min":
-        return final.argmin(dim=1)
-    if how == "max":
-        return final.argmax(dim=1)
-    return (initial - final).argmax(dim=1)
 
 
 def extend_cache(model, cache: dict, new_ids: Tensor) -> dict:

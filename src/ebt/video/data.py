@@ -111,12 +111,12 @@ def _frame_folder(folder: Path, convert) -> Tensor:
 
 
 def _source_videos(path: Path, convert) -> list[tuple[str, Tensor]]:
-    """(name, frames (F, C, H, W) in [0, 1]) for every video `path` holds; `convert` is applied to the frames of
-    video files as they are decoded (so a long high-resolution video is never held at full size)."""
+    """(name, frames (F, C, H, W) in [0, 1]) for every video `path` holds, each passed through `convert` (frames of
+    video files one at a time as they are decoded, so a long high-resolution video is never held at full size)."""
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in ARRAY_SUFFIXES:
-            return [(f"{path.name}[{i}]", v) for i, v in enumerate(_read_array(path))]
+            return [(f"{path.name}[{i}]", convert(v)) for i, v in enumerate(_read_array(path))]
         if suffix in VIDEO_SUFFIXES:
             return [(path.name, read_video(path, convert))]
         raise UserError(f"{str(path)!r} is not a video (GIF, MP4, ...) or a .npy/.npz array of videos")
@@ -140,7 +140,7 @@ def _source_videos(path: Path, convert) -> list[tuple[str, Tensor]]:
 
 def load_videos(path: str | Path, cfg: VideoDataConfig) -> list[tuple[str, Tensor]]:
     """A user's videos, each (F, C, H, W) in [0, 1] at the configured size and channels."""
-    videos = [(name, _frames(v, cfg)) for name, v in _source_videos(Path(path), lambda f: _frames(f, cfg))]
+    videos = _source_videos(Path(path), lambda frames: _frames(frames, cfg))
     shapes = {tuple(v.shape[1:]) for _, v in videos}
     if len(shapes) > 1:
         (a, va), (b, vb) = [next((n, v) for n, v in videos if tuple(v.shape[1:]) == s) for s in sorted(shapes)[:2]]
@@ -189,21 +189,22 @@ def heldout_clips(cfg: VideoDataConfig, length: int, train_length: int) -> ClipS
     """A run's held-out clips, `length` frames each, for evaluation and generation: the held-out moving digits
     (generated alone), or those of the run's videos, split where the run (clips of `train_length`) split them."""
     if cfg.path is None:
-        span = (length - 1) * cfg.stride + 1
-        val = moving_digits(max(1, cfg.videos // 10), span, cfg, held_out=True)[:, ::cfg.stride]
-        return ClipSet(_frames(val.flatten(0, 1), cfg).unflatten(0, val.shape[:2]))
+        return digit_clips(cfg, length, held_out=True)
     return load_clips(cfg, length, train_length)[1]
+
+
+def digit_clips(cfg: VideoDataConfig, length: int, held_out: bool) -> ClipSet:
+    """Moving-digit clips of `length` frames: cfg.videos training videos, or a tenth as many held-out ones."""
+    count = max(1, cfg.videos // 10) if held_out else cfg.videos
+    clips = moving_digits(count, (length - 1) * cfg.stride + 1, cfg, held_out)[:, ::cfg.stride]
+    return ClipSet(_frames(clips.flatten(0, 1), cfg).unflatten(0, clips.shape[:2]))
 
 
 def load_clips(cfg: VideoDataConfig, length: int, train_length: int = 0) -> tuple[ClipSet, ClipSet]:
     """(train, held-out) clips of `length` frames for a run's data config. One video is split where clips of
     `train_length` frames (default: `length`) split it, so that held-out clips of another length stay held out."""
     if cfg.path is None:
-        span = (length - 1) * cfg.stride + 1
-        train = moving_digits(cfg.videos, span, cfg)[:, ::cfg.stride]
-        val = moving_digits(max(1, cfg.videos // 10), span, cfg, held_out=True)[:, ::cfg.stride]
-        return ClipSet(_frames(train.flatten(0, 1), cfg).unflatten(0, train.shape[:2])), \
-            ClipSet(_frames(val.flatten(0, 1), cfg).unflatten(0, val.shape[:2]))
+        return digit_clips(cfg, length, held_out=False), digit_clips(cfg, length, held_out=True)
     videos = load_videos(cfg.path, cfg)
     if len(videos) == 1:   # one video: its last frames are held out (no clip straddles the split)
         name, v = videos[0]

@@ -26,7 +26,7 @@ from ebt.models.ar_ebt import ContextEnergy
 from ebt.models.backbone import Observed
 from ebt.models.frames import FrameEnergyModel, FrameTransformer
 from ebt.models.layers import frozen_weights
-from ebt.thinking import ThinkOptions, Thinker
+from ebt.thinking import ThinkOptions, Thinker, select_samples
 from ebt.training.devices import check_fits
 from ebt.training.optim import adamw_groups
 from ebt.training.pretrained import HubMixin
@@ -164,16 +164,9 @@ class VideoEBT(_VideoModel):
         with frozen_weights():
             out = self.thinker.descend(fn, z0, schedule, opts)
             final = self.thinker.final_energy(fn, out.final, schedule[len(out.candidates) - 1])   # (B*N, 1)
-        pick = select(out.energies[0].view(b, n), final.view(b, n), opts.select)                # (B,)
+        pick = select_samples(out.energies[0].view(b, n), final.view(b, n), opts.select)        # (B,)
         rows = torch.arange(b, device=window.device) * n + pick
         return FrameStep(out.final[rows, 0], final[rows, 0], (out.nfe + 1) * n)
-
-
-def select(initial: Tensor, final: Tensor, how: str) -> Tensor:
-    """The chosen sample of each row of energies (B, N): lowest final (min), highest (max), largest drop (max_gap)."""
-    if how == "min":
-        return final.argmin(1)
-    return final.argmax(1) if how == "max" else (initial - final).argmax(1)
 
 
 class VideoTransformer(_VideoModel):
