@@ -9,7 +9,8 @@ Repetitions are interleaved and the median is reported, so machine noise hits ev
 
     python bench/generate_cache.py --json                  # context 256, lm-tiny width
     python bench/generate_cache.py --ctx 64 --new 8 --reps 1 --json   # smoke test
-    python bench/generate_cache.py --dim 384 --layers 6 --heads 6 --new 16 --reps 5 --weight-cache --json
+    python bench/generate_cache.py --dim 384 --layers 6 --heads 6 --new 16 --reps 5 --weight-cache --path autograd --json
+    python bench/generate_cache.py --path autograd --json     # every mode through the autograd modules (before)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ebt.text.generation import decode
 from ebt.text.inference import think
 from ebt.text.models import TextEBT
 from ebt.models import layers
+from ebt.models.explicit import PATHS, inference_path
 
 
 def reference_style(model, prompt: torch.Tensor, new: int) -> torch.Tensor:
@@ -55,10 +57,17 @@ def run(args) -> dict:
         with mock.patch.object(layers, "fused_weight", lambda module, *ws: torch.cat(ws)):
             greedy(True)()
 
+    def on_path(fn):
+        def go():
+            with inference_path(args.path):
+                fn()
+        return go
+
     modes = {"cached": greedy(True), "uncached": greedy(False),
              "reference": lambda: reference_style(model, prompt, args.new)}
-    if args.weight_cache:
+    if args.weight_cache:   # the autograd modules' fused weights (the explicit passes pack theirs once)
         modes = {"cached": greedy(True), "cached_no_weight_cache": without_weight_cache}
+    modes = {m: on_path(fn) for m, fn in modes.items()}
     if args.skip_reference:
         modes.pop("reference", None)
     times = {m: [] for m in modes}
@@ -70,7 +79,7 @@ def run(args) -> dict:
             fn()
             times[name].append(time.perf_counter() - t0)
     tps = {m: args.batch * args.new / statistics.median(ts) for m, ts in times.items()}
-    out = {"context": args.ctx, "new_tokens": args.new, "batch": args.batch, "dim": args.dim, "layers": args.layers,
+    out = {"path": args.path, "context": args.ctx, "new_tokens": args.new, "batch": args.batch, "dim": args.dim, "layers": args.layers,
            "conditioning": args.conditioning, "threads": args.threads, "reps": args.reps,
            "tokens_per_s": {m: round(v, 2) for m, v in tps.items()}}
     if args.weight_cache:   # median of the per-round ratios
@@ -95,6 +104,7 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--path", choices=PATHS, default="explicit", help="the inference path of every mode")
     p.add_argument("--weight-cache", action="store_true",
                    help="instead: cached generation with vs without reusing the fused projection weights")
     p.add_argument("--json", action="store_true")

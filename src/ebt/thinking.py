@@ -28,6 +28,8 @@ from ebt.errors import NonFinite, UserError
 EnergyFn = Callable[[Tensor, int], Tensor]  # (p (B, L, V), landscape index) -> energies (B, L)
 StepHook = Callable[[int, Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]  # (step, z, energies, alpha)
 SELECTIONS = ("min", "max", "max_gap")
+NON_FINITE = ("non-finite energy gradient while thinking: lower the step size (think.alpha, --alpha) or, in training, "
+              "the learning rate")
 
 
 @dataclass(kw_only=True)
@@ -189,10 +191,19 @@ class Thinker(nn.Module):
         return z.softmax(-1) if self.softmax else z
 
     def step(self, energy: EnergyFn, p: Tensor, landscape: int, alpha: Tensor,
-             create_graph: bool = False) -> StepOutput:
+             create_graph: bool = False, inference: bool = False) -> StepOutput:
         """One update z' = p - alpha dE/dp of candidates with distribution p (from `distribution`).
 
-        create_graph=True keeps the second-order graph (training). The energy is detached otherwise."""
+        create_graph=True keeps the second-order graph (training). The energy is detached otherwise.
+        inference=True: nothing will be differentiated through this step (the caller runs without grad), and the
+        caller checks the final candidates for non-finite values (`descend` does) instead of every step's gradient."""
+        if inference and not p.requires_grad and getattr(energy, "explicit", False):
+            # 0. the model's explicit forward and hand-derived backward give E and dE/dx (B, L, D) at x = p M (+ b) without
+            #    an autograd tape (models/explicit.py); the same update as 1. A non-finite gradient makes the candidates
+            #    non-finite from here on, so one check at the end of the descent finds it (a host sync per step saved)
+            with torch.no_grad():
+                e, dx = energy.energy_and_grad(p, landscape)
+                return StepOutput(energy.update(p, dx, alpha), e)
         with torch.enable_grad():
             if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
                 # 1. constant candidates (System 1, inference): differentiate w.r.t. the (B, L, D) embedding
@@ -215,8 +226,7 @@ class Thinker(nn.Module):
                 z = p - alpha * g
         # 2. a diverged model or step size gives non-finite gradients: stop with the fix rather than descend on NaN
         if not finite:
-            raise NonFinite("non-finite energy gradient while thinking: lower the step size (think.alpha, --alpha) "
-                            "or, in training, the learning rate")
+            raise NonFinite(NON_FINITE)
         return StepOutput(z, e if create_graph else e.detach())
 
     @torch.no_grad()
@@ -262,8 +272,9 @@ class Thinker(nn.Module):
             z = z.detach().requires_grad_(True)  # System 2: the chain starts at a differentiable leaf
         # whether z is read again after its distribution is formed (kept, compared, or needed as is)
         hold = chain.keep_all or not self.softmax or opts.accept_lower or opts.tol is not None
-        steps_used = torch.zeros(z0.shape[:-1], dtype=torch.long, device=z0.device)
+        steps_used, every = None, 0   # (B, L) steps of positions that refused some, plus steps every position took
         settled = _Settling(opts.tol)
+        inference = not torch.is_grad_enabled() and not chain.create_graph
         with torch.enable_grad():
             for i, k in enumerate(schedule):
                 if not chain.keep_all and out.candidates:
@@ -276,7 +287,7 @@ class Thinker(nn.Module):
                     if i == 0 and chain.release_start and chain.detach:
                         z0.untyped_storage().resize_(0)   # the caller's scratch start, never read again
                 graph = chain.create_graph and (i == len(schedule) - 1 or not chain.truncate)
-                s = self.step(energy, p, k, alpha, create_graph=graph)
+                s = self.step(energy, p, k, alpha, create_graph=graph, inference=inference)
                 p = None       # (B, L, V): not needed again, free before on_step's backward
                 out.nfe += 1
                 new_z = s.candidates if chain.create_graph else s.candidates.detach()
@@ -288,7 +299,10 @@ class Thinker(nn.Module):
                     moved = settled.update(s.energy, moved)
                 if moved is not None:
                     new_z = torch.where(moved[..., None], new_z, z)
-                steps_used += 1 if moved is None else moved.long()
+                if moved is None:
+                    every += 1
+                else:
+                    steps_used = moved.long() if steps_used is None else steps_used + moved.long()
                 z, e = new_z, s.energy
                 new_z = s = None   # one reference: the next step frees z as soon as its distribution exists
                 if on_step is not None:
@@ -297,7 +311,10 @@ class Thinker(nn.Module):
                 out.energies.append(e)
                 if settled.all_settled():
                     break  # adaptive compute: every position has settled, stop spending forward passes
-        out.steps_used = steps_used
+        out.steps_used = (torch.full(z0.shape[:-1], every, dtype=torch.long, device=z0.device) if steps_used is None
+                          else steps_used + every)
+        if inference and out.candidates and not torch.isfinite(out.candidates[-1]).all():
+            raise NonFinite(NON_FINITE)
         return out
 
 

@@ -34,11 +34,17 @@ def test_peak_memory_is_measured_in_a_subprocess():
     assert "error" not in mem and mem["mem_mib"] >= 0 and mem["peak_rss_mib"] > mem["mem_mib"]
 
 
-def test_bench_generate(capsys):
-    assert main(["bench", "generate", "--size", "tiny", "--ctx", "16", "--prompt", "4", "--new", "2",
-                 "--steps", "1", "--threads", "1", "--json"]) == 0
+@pytest.mark.parametrize("model", ["ebt", "transformer"])
+def test_bench_generate(capsys, model):
+    """Both inference paths and the uncached mode run side by side, with identical greedy tokens and an operator
+    count per token that shows what the explicit passes save."""
+    assert main(["bench", "generate", "--model", model, "--size", "tiny", "--ctx", "16", "--prompt", "4", "--new", "3",
+                 "--steps", "1", "--threads", "1", "--uncached", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["tokens_per_s"]["cached"] > 0 and res["tokens_per_s"]["uncached"] > 0
+    assert set(res["tokens_per_s"]) == {"autograd", "explicit", "autograd_uncached"}
+    assert all(v > 0 for v in res["tokens_per_s"].values()) and res["identical_tokens"]
+    ops = res["ops_per_token"]
+    assert 0 < ops["explicit"] < ops["autograd"]
 
 
 def test_bench_rejects_bad_override(capsys):

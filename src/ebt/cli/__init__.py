@@ -15,6 +15,7 @@ from typing import Callable, Optional, Union
 from ebt.cli import bench, data, denoise, evaluate, experiment, generate, hub, train, video
 from ebt.cli.common import split_overrides
 from ebt.errors import Note, UserError
+from ebt.models.explicit import inference_path
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if extra and args.command != "train":
             raise UserError(f"unrecognised arguments: {' '.join(extra)} (see `ebt {name} --help`)")
         args.overrides = split_overrides(extra) if args.command == "train" else {}
-        return args.func(args)
+        with inference_path(getattr(args, "inference", None) or "explicit"):   # --inference of the thinking flags
+            return args.func(args)
     except UserError as exc:
         if debug:
             raise

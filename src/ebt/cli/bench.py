@@ -20,7 +20,7 @@ def bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int)
     p.add_argument("--heads", type=int)
     p.add_argument("--ctx", type=int, default=128)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, help="batch size (train: 8, generate: 1)")
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--think-steps", type=int, default=2, help="EBT thinking steps (S1 recipe: 2)")
     p.add_argument("--conditioning", default="pred_embed", help="EBT step conditioning")
@@ -37,14 +37,22 @@ def bench_args(p: argparse.ArgumentParser) -> None:
                    help="with --pair: one more EBT with these overrides, timed in the same process")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--flops", action="store_true", help="also count each step's matmul FLOPs (one extra step)")
-    p.add_argument("--prompt", type=int, default=16, help="generate: prompt tokens")
+    p.add_argument("--prompt", type=int, help="generate: prompt tokens (default: --ctx minus --new)")
     p.add_argument("--new", type=int, default=32, help="generate: new tokens")
+    p.add_argument("--paths", default="autograd,explicit",
+                   help="generate: inference paths to time side by side, from autograd, explicit, compiled; the first "
+                        "is the baseline of the speedups")
+    p.add_argument("--uncached", action="store_true", help="generate: also the first path without the KV cache")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 
 def bench(args: argparse.Namespace) -> int:
     """Benchmark a training step (time, peak memory, ratio to Transformer++) or generation speed."""
+    if args.batch is None:
+        args.batch = 1 if args.what == "generate" else 8
+    if args.prompt is None:
+        args.prompt = max(1, args.ctx - args.new)
     at_least_one(steps=args.steps, ctx=args.ctx, batch=args.batch, vocab=args.vocab, think_steps=args.think_steps,
                  prompt=args.prompt, new=args.new,
                  **{k: getattr(args, k) for k in ("dim", "layers", "heads") if getattr(args, k) is not None})
@@ -55,8 +63,10 @@ def bench(args: argparse.Namespace) -> int:
             size[k] = getattr(args, k)
     if args.what == "generate":
         res = generate_speed(args.model if args.model != "ebt-ref" else "ebt", ctx=args.ctx, vocab=args.vocab,
-                             prompt=args.prompt, new=args.new, reps=args.steps, threads=args.threads,
-                             device=args.device, **size)
+                             prompt=args.prompt, new=args.new, batch=args.batch, landscapes=args.think_steps,
+                             conditioning=args.conditioning, paths=tuple(args.paths.split(",")),
+                             uncached=args.uncached, reps=args.steps, threads=args.threads, device=args.device,
+                             **size)
         print(json.dumps(res) if args.json else f"{res['model']}: {res['tokens_per_s']} tokens/s")
         return 0
     base = spec_from_args(args, args.device, size)

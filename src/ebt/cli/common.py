@@ -5,6 +5,7 @@ import argparse
 from typing import Optional
 
 from ebt.errors import UserError
+from ebt.models.explicit import PATHS
 from ebt.thinking import ThinkOptions
 
 
@@ -39,6 +40,15 @@ def add_think_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accept-lower", action="store_true", help="accept a step only where it lowers the energy")
     g.add_argument("--alpha", type=float, help="absolute step size (default: the trained one)")
     g.add_argument("--alpha-scale", type=float, help="multiply the step size by this")
+    add_inference_arg(p)
+
+
+def add_inference_arg(p: argparse.ArgumentParser) -> None:
+    """--inference: how models run at inference (`ebt.models.explicit.inference_path`; `main` applies it)."""
+    p.add_argument("--inference", choices=PATHS, default="explicit",
+                   help="explicit: hand-written inference passes (default); compiled: the same through torch.compile "
+                        "(about a minute to compile on first use, then the fewest kernels); autograd: the training "
+                        "modules and the autograd tape (slowest; for checks)")
 
 
 def think_options(args: argparse.Namespace) -> Optional[ThinkOptions]:

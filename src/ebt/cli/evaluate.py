@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ebt.cli.common import add_think_args, at_least_one, int_list, think_options
+from ebt.cli.common import add_inference_arg, add_think_args, at_least_one, int_list, think_options
 from ebt.errors import UserError
 from ebt.experiments.downstream import read_records, report, run_study
 from ebt.text.downstream.scoring import Scoring
@@ -53,6 +53,7 @@ def thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=16, help="context windows per data set")
     p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help="add your own OOD text file")
     p.add_argument("--no-embedded-ood", action="store_true", help="skip the embedded OOD sets")
+    add_inference_arg(p)
 
 
 def thinking(args: argparse.Namespace) -> int:

@@ -16,9 +16,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
+from ebt.models import explicit
 from ebt.models.attention import causal_prefix_mask
 from ebt.models.backbone import Backbone, Observed, init_weights
 from ebt.models.layers import modulate
@@ -95,6 +97,8 @@ class AREnergy(nn.Module):
         """Observed stream of embedded context items x (B, S, D), appended to `past` if given (KV cache)."""
         if self.prefix and past is None:
             x = torch.cat([self._step_token(step, x.shape[0]), x], dim=1)
+        if explicit.can_extend(past, x):   # inference, appending to a preallocated cache (generation)
+            return explicit.extend(self, self.packed(step).layers, x, past, self.cfg)
         return self.transformer.observe(x, cond=self._cond(step, x.shape[0]), past=past)
 
     def energy(self, obs: Observed, candidates: Tensor, step: int = 0, start: int = 0) -> Tensor:
@@ -117,6 +121,38 @@ class AREnergy(nn.Module):
         if cond is not None:
             return self.transformer.final_layer(h, cond).squeeze(-1)
         return self.transformer.final_layer(h).squeeze(-1)
+
+    # ---- the explicit inference passes (models/explicit.py) ---------------------------------------------------------
+    def energy_and_grad(self, obs: Observed, x: Tensor, step: int = 0, start: int = 0) -> tuple[Tensor, Tensor]:
+        """`energy_of_embedding` (B, L) and its gradient w.r.t. the embedded candidates x (B, L, D), by the explicit
+        forward and hand-derived backward (inference: no tape; equal to autograd's to round-off)."""
+        L = x.shape[1]
+        offset = start + self.prefix                       # candidate i sees observed keys 0 .. offset + i
+        visible = min(obs.length, offset + L)
+        kv = obs.kv if visible == obs.length else [(k[:, :, :visible], v[:, :, :visible]) for k, v in obs.kv]
+        blocked = None if L == 1 else ~causal_prefix_mask(L, visible, offset, x.device)           # (L, S)
+        rot = explicit.rope_table(self, offset + L + 1, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta, x)
+        return explicit.compiled_or(explicit.energy_and_grad)(self.packed(step), x, rot[offset + 1:offset + 1 + L],
+                                                              kv, blocked)
+
+    def packed(self, step: int) -> explicit.Packed:
+        """The weights of step index `step` as the explicit passes use them (cached until a weight changes)."""
+        return explicit.cached_pack(self, step, lambda: self._pack(step))
+
+    @torch.no_grad()
+    def _pack(self, step: int) -> explicit.Packed:
+        t, c = self.transformer, self.cfg
+        if c.conditioning.startswith("adaln"):   # the step's modulation folds into every layer
+            cond = t.time_embeddings.weight[step]
+            layers = explicit.pack_backbone(t, cond)
+            head = t.final_layer.linear.weight[0]
+            shift, scale = t.final_layer.adaLN_modulation(cond).chunk(2)
+            final, bias = t.norm.weight * (1 + scale) * head * c.dim ** 0.5, shift @ head
+        else:                                    # one copy of the layers for every step
+            layers = explicit.cached_pack(self, "layers", lambda: explicit.pack_backbone(t, None))
+            final, bias = t.norm.weight * t.final_layer.weight[0] * c.dim ** 0.5, None
+        add = t.time_embeddings.weight[step] if c.conditioning == "pred_embed" else None
+        return explicit.Packed(layers, c.heads, c.norm_eps, final, bias, add)
 
 
 class AREnergyModel(AREnergy):
@@ -184,5 +220,18 @@ class ContextEnergy:
         return self.model.energy_of_embedding(self.observed(step), x, step, self.start)
 
     def update(self, probs: Tensor, dx: Tensor, alpha: Tensor) -> Tensor:
-        """probs - alpha * dE/dp, given dx = dE/dx (B, L, D)."""
+        """probs - alpha * dE/dp, given dx = dE/dx (B, L, D) (any candidates embedded as probs @ M + b)."""
+        if not torch.is_grad_enabled():   # explicit inference: no Function around the two ops
+            return torch.addcmul(probs, alpha, F.linear(dx, self.model.candidate_matrix()), value=-1)
         return candidate_update(probs, dx, self.model.candidate_matrix(), alpha)
+
+    @property
+    def explicit(self) -> bool:
+        """Whether the thinking loop may call `energy_and_grad` (explicit inference passes, models/explicit.py)."""
+        return explicit.explicit_enabled() and not torch.is_autocast_enabled(self.input_ids.device.type)
+
+    def energy_and_grad(self, candidates: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """Energies (B, L) of constant candidates (B, L, ...) and dE/dx (B, L, D) at their embedding x, without
+        autograd (inference); `update` turns dx into the step."""
+        x = self.model.embed_candidates(candidates)                                # (B, L, D)
+        return self.model.energy_and_grad(self.observed(step), x, step, self.start)

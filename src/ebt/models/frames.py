@@ -33,6 +33,10 @@ class FrameEnergyModel(AREnergy):
         """Candidate latents (B, L, F) -> (B, L, D)."""
         return self.frame_to_embed(candidates)
 
+    def candidate_matrix(self) -> Tensor:
+        """M (F, D) with embed_candidates(z) = z @ M + b, so that dE/dz = dE/dx @ M^T."""
+        return self.frame_to_embed.weight.t()
+
 
 class FrameTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig, latent_dim: int):

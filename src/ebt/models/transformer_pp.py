@@ -6,6 +6,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
+from ebt.models import explicit
 from ebt.models.backbone import Backbone, Observed, init_weights
 from ebt.ops.common import upcast
 from ebt.ops.vocab import vocab_logits
@@ -22,7 +23,11 @@ class TransformerPP(nn.Module):
 
     def observe(self, input_ids: Tensor, past: Optional[Observed] = None) -> Observed:
         """Run input_ids (B, S) after an optional KV cache; `.hidden` holds the normalised states (B, S, D)."""
-        return self.transformer.observe(self.embeddings(input_ids), past=past, need_hidden=True)
+        x = self.embeddings(input_ids)
+        if explicit.can_extend(past, x):   # inference, appending to a preallocated cache (generation)
+            layers = explicit.cached_pack(self, "layers", lambda: explicit.pack_backbone(self.transformer, None))
+            return explicit.extend(self, layers, x, past, self.cfg, final_norm=self.transformer.norm.weight)
+        return self.transformer.observe(x, past=past, need_hidden=True)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Next-token logits (B, S, V)."""

@@ -1,0 +1,74 @@
+"""End-to-end time of the thinking sweep (`ebt eval thinking`'s rows) through each inference path, side by side in
+one process, and whether the records agree.
+
+The sweep scores `--windows` context windows per setting: the trained schedule, one and three more steps, and
+best-of-2/5/10 (text/thinking_sweep.py). A random-weight EBT of lm-tiny's shape by default, or a checkpoint.
+
+    python bench/thinking_sweep.py --json                          # lm-tiny shape, context 256, 16 windows
+    python bench/thinking_sweep.py --ebt runs/lm-tiny --json       # a trained EBT on its held-out windows
+    python bench/thinking_sweep.py --windows 2 --ctx 32 --json     # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ebt.config import ModelConfig, ThinkConfig  # noqa: E402
+from ebt.models.explicit import PATHS, inference_path  # noqa: E402
+from ebt.text.data import PackedWindows  # noqa: E402
+from ebt.text.models import TextEBT  # noqa: E402
+from ebt.text.thinking_sweep import thinking_sweep  # noqa: E402
+
+
+def windows_of(args) -> tuple:
+    if args.ebt:
+        from ebt.text.splits import heldout_windows   # the checkpoint's own held-out windows
+        from ebt.text.task import load_model, load_tokenizer_of
+        model, cfg = load_model(args.ebt, kind="ebt")
+        return model, heldout_windows(cfg, load_tokenizer_of(args.ebt))
+    torch.manual_seed(0)
+    model = TextEBT(ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, context=args.ctx,
+                                conditioning=args.conditioning), ThinkConfig(landscapes=2)).eval()
+    stream = torch.randint(1, 256, (args.windows * (args.ctx + 1),))
+    return model, PackedWindows(stream, args.ctx + 1, token_bytes=torch.ones(256, dtype=torch.long))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ebt", help="an EBT run or checkpoint folder (default: random weights of lm-tiny's shape)")
+    p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--conditioning", default="time_embed")
+    p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--paths", default="autograd,explicit", help=f"comma-separated, from {', '.join(PATHS)}")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, windows = windows_of(args)
+    seconds, records = {}, {}
+    for path in args.paths.split(","):
+        with inference_path(path):
+            t0 = time.perf_counter()
+            records[path] = thinking_sweep(model, None, {"set": windows}, args.windows)
+            seconds[path] = round(time.perf_counter() - t0, 2)
+    base = args.paths.split(",")[0]
+    ppl = {path: [r["ppl"] for r in rs] for path, rs in records.items()}
+    out = {"windows": args.windows, "context": model.cfg.context, "threads": args.threads, "seconds": seconds,
+           f"speedup_vs_{base}": {k: round(seconds[base] / v, 2) for k, v in seconds.items()},
+           "max_ppl_relative_difference": max(abs(a - b) / b for v in ppl.values() for a, b in zip(v, ppl[base]))}
+    print(json.dumps(out) if args.json else json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Explicit inference passes of the backbone: plain tensor ops, no autograd tape and no custom Functions.
+
+Inference needs far less than training: the observed stream is only run forward, and thinking needs only the
+first-order gradient of each position's energy w.r.t. its embedded candidate, dE/dx. Through the autograd modules
+one EBT token cost ~4,500 operator calls at batch 1 (tape, Function wrappers, casts); here:
+- `observe`: the observed stream's forward for new tokens, written into a preallocated KV cache;
+- `energy_and_grad`: the prediction stream's forward, keeping what its backward needs, then the hand-derived
+  backward to dE/dx (B, L, D): one fixed sequence of ~60 ops per layer and step, no allocation of graph nodes.
+
+Both run on `PackedLayer`s, the layer weights as the passes use them, built once per step index (`pack`):
+- the step conditioning folds into them: adaLN's shift becomes a bias of the next projection, its scale and the
+  RMSNorm weight scale that projection's input columns, its gate scales the output rows; `pred_embed` is an added
+  vector (x + t_k); `time_embed` only touches the observed stream (the step token);
+- q, k, v come from one (3D, D) matrix and the attention scale 1/sqrt(hd) is folded into the q rows;
+- the energy head is one vector u (e = rmsnorm(h) . u + c).
+Packs are cached on the model and rebuilt when a weight changes (version counters), like `layers.fused_weight`.
+
+Backward formulas (per position; r = rsqrt(mean(x^2) + eps), n = x r):
+    RMSNorm     dx = r (dn - n mean(n dn))
+    attention   s = q.k_j (q pre-scaled), w = softmax(s), o = sum_j w_j v_j over allowed observed keys and the
+                position's own key:  ds = w (do.v_j - sum_j w_j do.v_j);  dq = sum_j ds_j k_j;
+                dk_self = ds_self q;  dv_self = w_self do;  RoPE's rotation is undone by its conjugate
+    SwiGLU      g = silu(a) b:  da = dg b silu'(a),  db = dg silu(a),  silu'(a) = s (1 + a (1 - s)), s = sigmoid(a)
+Equal to autograd's gradient to round-off (tests/unit/test_explicit.py, float64, every conditioning).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ebt.models.backbone import Observed
+from ebt.models.layers import rope_angles
+from ebt.ops.common import upcast
+from ebt.ops.rope_heads import complex_viewable
+
+PATHS = ("explicit", "compiled", "autograd")
+_PATH: ContextVar[str] = ContextVar("ebt_inference_path", default="explicit")
+
+
+@contextmanager
+def inference_path(path: str) -> Iterator[None]:
+    """Inside: how inference runs. explicit (the default): these passes, eagerly; compiled: these passes through
+    torch.compile (seconds to compile on first use, then the fewest kernels; needs a C++ compiler on CPU, Triton on
+    GPU); autograd: the training modules and the autograd tape, as before the explicit passes existed (side-by-side
+    timing and checks)."""
+    if path not in PATHS:
+        raise ValueError(f"inference path must be one of {PATHS}, got {path!r}")
+    token = _PATH.set(path)
+    try:
+        yield
+    finally:
+        _PATH.reset(token)
+
+
+def explicit_enabled() -> bool:
+    return _PATH.get() != "autograd"
+
+
+_COMPILED: dict = {}
+
+
+def compiled_or(fn):
+    """fn, or its torch.compile'd version under inference_path("compiled") (one per function and process; shapes
+    are dynamic, so the growing cache length of generation does not recompile)."""
+    if _PATH.get() != "compiled":
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
+
+
+@dataclass
+class PackedLayer:
+    """One block's weights for the explicit passes (see the module docstring for the folding)."""
+    wqkv: Tensor
+    """(3D, D): [Wq / sqrt(hd); Wk; Wv] with the attention norm's weight (x (1 + adaLN scale)) in its columns."""
+    bqkv: Optional[Tensor]
+    """(3D,) adaLN shift through wqkv, or None."""
+    wo: Tensor
+    """(D, D), rows scaled by the adaLN attention gate."""
+    w13: Tensor
+    """(2F, D): [W1; W3] with the FFN norm's weight (x (1 + adaLN scale)) in its columns."""
+    b13: Optional[Tensor]
+    w2: Tensor
+    """(D, F), rows scaled by the adaLN FFN gate."""
+    # the same four matrices transposed, contiguous: the forward passes multiply rows by (in, out) matrices, ~35%
+    # faster per call than by a transposed view at batch 1 on CPU (the backward uses the (out, in) originals)
+    wqkv_t: Tensor = None
+    wo_t: Tensor = None
+    w13_t: Tensor = None
+    w2_t: Tensor = None
+
+    def __post_init__(self) -> None:
+        self.wqkv_t, self.wo_t = self.wqkv.t().contiguous(), self.wo.t().contiguous()
+        self.w13_t, self.w2_t = self.w13.t().contiguous(), self.w2.t().contiguous()
+
+
+@dataclass
+class Packed:
+    """Every layer of one step index, plus the final norm folded into what follows it."""
+    layers: list[PackedLayer]
+    heads: int
+    eps: float
+    final: Tensor
+    """(D,): the energy head u, times sqrt(D) (see `_rms`): E = rmsnorm(h) . u + c."""
+    final_bias: Optional[Tensor] = None
+    """Scalar: the adaLN final shift through the energy head, or None."""
+    add: Optional[Tensor] = None
+    """(D,) added to every embedded candidate (`pred_embed`'s step embedding), or None."""
+
+
+def _chunks(mod: Optional[nn.Module], cond: Optional[Tensor], n: int) -> list[Optional[Tensor]]:
+    if mod is None or cond is None:
+        return [None] * n
+    return list(mod(cond).chunk(n, dim=-1))
+
+
+def _fold_norm(w: Tensor, norm_w: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]):
+    """W (out, in) applied to (n * norm_w (1 + scale) + shift) with n = sqrt(D) n' (see `_rms`): the weight with
+    scaled columns, and the bias W shift."""
+    col = norm_w * w.shape[1] ** 0.5
+    col = col if scale is None else col * (1 + scale)
+    return w * col, (None if shift is None else w @ shift)
+
+
+def _gate_rows(w: Tensor, gate: Optional[Tensor]) -> Tensor:
+    return w if gate is None else w * gate[:, None]
+
+
+@torch.no_grad()
+def pack_backbone(backbone: nn.Module, cond: Optional[Tensor]) -> list[PackedLayer]:
+    """PackedLayers of a `Backbone` under adaLN conditioning vector cond (D,) (None: no adaLN)."""
+    scale = 1.0 / (backbone.head_dim ** 0.5)
+    out = []
+    for layer in backbone.layers:
+        a = layer.attention
+        sh1, sc1, g1, sh2, sc2, g2 = _chunks(getattr(layer, "adaLN_modulation", None), cond, 6)
+        wqkv, bqkv = _fold_norm(torch.cat([a.wq.weight * scale, a.wk.weight, a.wv.weight]),
+                                layer.attention_norm.weight, sc1, sh1)
+        ff = layer.feed_forward
+        w13, b13 = _fold_norm(torch.cat([ff.w1.weight, ff.w3.weight]), layer.ffn_norm.weight, sc2, sh2)
+        out.append(PackedLayer(wqkv, bqkv, _gate_rows(a.wo.weight, g1), w13, b13, _gate_rows(ff.w2.weight, g2)))
+    return out
+
+
+def _params_key(module: nn.Module) -> tuple:
+    params = module.__dict__.get("_explicit_params")
+    if params is None:   # listed once: walking the module tree costs more than a whole decode step
+        params = module.__dict__["_explicit_params"] = list(module.parameters())
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+
+
+def cached_pack(module: nn.Module, key, build) -> Packed:
+    """build() cached on `module` under `key`, rebuilt whenever any parameter changed (in place or moved)."""
+    cache = module.__dict__.setdefault("_explicit_packs", {})
+    version = _params_key(module)
+    hit = cache.get(key)
+    if hit is None or hit[0] != version:
+        hit = (version, build())
+        cache[key] = hit
+    return hit[1]
+
+
+def rope_table(module: nn.Module, length: int, head_dim: int, theta: float, like: Tensor) -> Tensor:
+    """(P, 1, hd/2, 2) rotations (cos, sin) for positions 0..P-1 (P >= length), cached on `module` and grown as
+    needed; float64 for float64 inputs, else float32."""
+    table = module.__dict__.get("_explicit_rope")
+    dtype = upcast(like).dtype
+    if table is None or table.shape[0] < length or table.dtype != dtype or table.device != like.device:
+        size = max(length, 2 * (0 if table is None else table.shape[0]))
+        cos, sin = rope_angles(torch.arange(size, device=like.device), head_dim, theta)   # float64 (P, hd/2)
+        table = torch.stack([cos, sin], -1).to(dtype)[:, None]
+        module.__dict__["_explicit_rope"] = table
+    return table
+
+
+# ---- the passes -------------------------------------------------------------------------------------------------
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t in dtype (a no-op call saved when it already is: these passes are overhead-bound at batch 1)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _rms(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """RMSNorm without its weight, n = x rsqrt(mean(x^2) + eps) = sqrt(D) n', returned as n' = x r' and
+    r' = rsqrt(x.x + D eps) (B, L, 1): the sqrt(D) lives in the packed weights, which saves two kernels per norm.
+    Statistics in float32 for half precision."""
+    xf = upcast(x)
+    r = torch.linalg.vecdot(xf, xf).add_(x.shape[-1] * eps).rsqrt_().unsqueeze(-1)
+    return _as(xf * r, x.dtype), r
+
+
+def _rms_backward(n: Tensor, r: Tensor, dn: Tensor, residual: Tensor) -> Tensor:
+    """residual + dn'/dx^T dn = residual + r' (dn - n' (n'.dn)), for n' = x r' of `_rms`."""
+    nf, dnf = upcast(n), upcast(dn)
+    t = torch.addcmul(dnf, nf, torch.linalg.vecdot(nf, dnf).unsqueeze(-1), value=-1)
+    return _as(torch.addcmul(upcast(residual), r, t), residual.dtype)
+
+
+def _project(x: Tensor, w_t: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """x (B, L, in) @ w_t (in, out) + bias -> (B, L, out)."""
+    B, L, _ = x.shape
+    x2 = x.reshape(B * L, -1)
+    y = x2 @ w_t if bias is None else torch.addmm(bias, x2, w_t)
+    return y.view(B, L, -1)
+
+
+def _residual(x: Tensor, h: Tensor, w_t: Tensor) -> Tensor:
+    """x + h @ w_t for x (B, L, D), h (B, L, in), w_t (in, D): one addmm."""
+    B, L, D = x.shape
+    return torch.addmm(x.reshape(B * L, D), h.reshape(B * L, -1), w_t).view(B, L, D)
+
+
+def _rotate(t: Tensor, rot: Tensor, inverse: bool = False) -> Tensor:
+    """Rotate adjacent pairs of t (B, L, n, hd) by the angles of rot (L, 1, hd/2, 2) = (cos, sin) (Llama's
+    complex-pair layout); inverse=True rotates back (the transpose, for gradients)."""
+    tf = upcast(t)
+    if torch.compiler.is_compiling():   # inductor generates no code for complex numbers: the same rotation in reals
+        a, b = tf.unflatten(-1, (-1, 2)).unbind(-1)
+        c, s = rot.unbind(-1)
+        s = -s if inverse else s
+        return _as(torch.stack([a * c - b * s, a * s + b * c], -1).flatten(-2), t.dtype)
+    if not complex_viewable(tf):
+        tf = tf.contiguous()
+    r = torch.view_as_complex(rot)
+    return _as(torch.view_as_real(torch.view_as_complex(tf.unflatten(-1, (-1, 2))) * (r.conj() if inverse else r)
+                                  ).flatten(-2), t.dtype)
+
+
+def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    return F.linear(x, w, b)
+
+
+def observe(layers: list[PackedLayer], heads: int, eps: float, x: Tensor, rot: Tensor,
+            kv: list[tuple[Tensor, Tensor]], start: int, need_output: bool) -> Tensor:
+    """Run new observed tokens x (B, T, D) at positions start..start+T-1 through `layers`, writing their keys and
+    values into the caches kv[i] = (K, V), each (B, H, capacity, hd), at those positions (earlier positions hold
+    the context). rot: (T, 1, hd/2, 2) rotations of the new positions. Returns the last layer's output (B, T, D)
+    when need_output, else the last layer's input (its output is never read by an EBT)."""
+    B, T, D = x.shape
+    hd = D // heads
+    end = start + T
+    # the new tokens see every cached position and, among themselves, causally
+    blocked = None if T == 1 else (torch.arange(end, device=x.device)[None, :]
+                                   > torch.arange(start, end, device=x.device)[:, None])        # (T, end)
+    for i, lay in enumerate(layers):
+        n, _ = _rms(x, eps)
+        qkv = _project(n, lay.wqkv_t, lay.bqkv).view(B, T, 3 * heads, hd)
+        qk = _rotate(qkv.narrow(2, 0, 2 * heads), rot)                                 # (B, T, 2H, hd)
+        K, V = kv[i]
+        K.narrow(2, start, T).copy_(qk.narrow(2, heads, heads).transpose(1, 2))
+        V.narrow(2, start, T).copy_(qkv.narrow(2, 2 * heads, heads).transpose(1, 2))
+        if i == len(layers) - 1 and not need_output:
+            return x
+        q = qk.narrow(2, 0, heads).transpose(1, 2)                                     # (B, H, T, hd), pre-scaled
+        s = upcast(q @ K.narrow(2, 0, end).transpose(-2, -1))                          # (B, H, T, end)
+        if blocked is not None:
+            s = s.masked_fill(blocked, float("-inf"))
+        o = _as(s.softmax(-1), x.dtype) @ V.narrow(2, 0, end)                            # (B, H, T, hd)
+        x = _residual(x, o.transpose(1, 2), lay.wo_t)
+        n, _ = _rms(x, eps)
+        a, b = _project(n, lay.w13_t, lay.b13).chunk(2, dim=-1)
+        x = _residual(x, F.silu(a) * b, lay.w2_t)
+    return x
+
+
+def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tensor, Tensor]],
+                    blocked: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Energies (B, L) of embedded candidates x (B, L, D) and their gradient dE/dx (B, L, D).
+
+    kv[i] = (K, V), each (B, H, S, hd): the observed keys/values candidates may attend to; blocked (L, S) bool marks
+    the keys a candidate must not see (None: all visible). rot: (L, 1, hd/2, 2) rotations of the candidates'
+    positions.
+    """
+    B, L, D = x.shape
+    H = packed.heads
+    hd = D // H
+    eps = packed.eps
+    if packed.add is not None:
+        x = x + packed.add
+    saved = []
+    # ---- forward, keeping what the backward needs ----
+    for lay, (K, V) in zip(packed.layers, kv):
+        n1, r1 = _rms(x, eps)
+        qkv = _project(n1, lay.wqkv_t, lay.bqkv).view(B, L, 3 * H, hd)
+        qk = _rotate(qkv.narrow(2, 0, 2 * H), rot)                                     # (B, L, 2H, hd)
+        q, k = qk.narrow(2, 0, H).transpose(1, 2), qk.narrow(2, H, H).transpose(1, 2)   # (B, H, L, hd), q pre-scaled
+        v = qkv.narrow(2, 2 * H, H).transpose(1, 2)
+        s_obs = upcast(q @ K.transpose(-2, -1))                                        # (B, H, L, S)
+        if blocked is not None:
+            s_obs = s_obs.masked_fill(blocked, float("-inf"))
+        s_self = upcast(torch.linalg.vecdot(q, k)).unsqueeze(-1)                       # (B, H, L, 1)
+        w = _as(torch.cat([s_obs, s_self], -1).softmax(-1), x.dtype)                     # (B, H, L, S+1)
+        S = s_obs.shape[-1]
+        w_self = w.narrow(-1, S, 1)
+        o = torch.addcmul(w.narrow(-1, 0, S) @ V, w_self, v)                           # (B, H, L, hd)
+        x2 = _residual(x, o.transpose(1, 2), lay.wo_t)
+        n2, r2 = _rms(x2, eps)
+        a, b = _project(n2, lay.w13_t, lay.b13).chunk(2, dim=-1)                        # (B, L, F) each
+        sig = torch.sigmoid(a)
+        sa = a * sig                                                                    # silu(a)
+        x = _residual(x2, sa * b, lay.w2_t)
+        saved.append((n1, r1, q, k, v, w, n2, r2, b, sig, sa))
+    nf, rf = _rms(x, eps)
+    e = nf @ packed.final                                                               # (B, L)
+    if packed.final_bias is not None:
+        e = e + packed.final_bias
+    # ---- backward: dE/dx for E summed over positions (each position's energy depends on its own candidate only) --
+    dx = _rms_backward(nf, rf, packed.final.expand_as(nf), torch.zeros_like(x))
+    for lay, (K, V), (n1, r1, q, k, v, w, n2, r2, b, sig, sa) in zip(
+            reversed(packed.layers), reversed(kv), reversed(saved)):
+        # SwiGLU branch: x_out = x2 + W2 (silu(a) b), [a; b] = W13 n2' + b13
+        dg = dx @ lay.w2                                                                # (B, L, F)
+        dsilu = torch.addcmul(sig, sa, 1 - sig)                                         # silu'(a) = s + a s (1 - s)
+        dn2 = torch.cat([dg * b * dsilu, dg * sa], -1) @ lay.w13                        # (B, L, D)
+        dx = _rms_backward(n2, r2, dn2, dx)                                             # d x2
+        # attention branch: x2 = x + Wo o
+        S = w.shape[-1] - 1
+        do = (dx @ lay.wo).view(B, L, H, hd).transpose(1, 2)                            # (B, H, L, hd)
+        dw = torch.cat([do @ V.transpose(-2, -1), torch.linalg.vecdot(do, v).unsqueeze(-1)], -1)  # (B, H, L, S+1)
+        ds = w * (dw - torch.linalg.vecdot(w, dw).unsqueeze(-1))                        # d scores
+        ds_self = ds.narrow(-1, S, 1)
+        dq = torch.addcmul(ds.narrow(-1, 0, S) @ K, ds_self, k)                         # (B, H, L, hd), rotated
+        dqk = torch.cat([dq, ds_self * q], 1).transpose(1, 2)                           # (B, L, 2H, hd) with d k_self
+        dv = (w.narrow(-1, S, 1) * do).transpose(1, 2)                                  # (B, L, H, hd)
+        dqkv = torch.cat([_rotate(dqk, rot, inverse=True), dv], 2)                      # (B, L, 3H, hd)
+        dn1 = dqkv.view(B, L, 3 * D) @ lay.wqkv                                         # (B, L, D)
+        dx = _rms_backward(n1, r1, dn1, dx)
+    return e, dx
+
+
+# ---- entry points used by the models ----------------------------------------------------------------------------
+def applies(x: Tensor) -> bool:
+    """Whether inference on x may take the explicit passes: not under `autograd_inference`, no gradient asked for
+    (training and System 2 chains differentiate through the modules), and no autocast (whose per-op casting rules
+    the explicit passes do not replicate; weights cast to a half precision work)."""
+    return explicit_enabled() and not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+
+
+def can_extend(past: Optional[Observed], x: Tensor) -> bool:
+    """Whether new observed tokens x (B, T, D) can be appended to `past` by `extend` (preallocated room left)."""
+    return (past is not None and past.buffers is not None and applies(x)
+            and past.length + x.shape[1] <= past.buffers[0][0].shape[2])
+
+
+def extend(module: nn.Module, layers: list[PackedLayer], x: Tensor, past: Observed, cfg,
+           final_norm: Optional[Tensor] = None) -> Observed:
+    """`Backbone.observe(x, past=past)` by the explicit forward: x (B, T, D) appended to the preallocated cache.
+    final_norm (D,): also return the normalised final states (`Observed.hidden`, the Transformer++'s)."""
+    start, T = past.length, x.shape[1]
+    rot = rope_table(module, start + T, cfg.dim // cfg.heads, cfg.rope_theta, x)[start:start + T]
+    out = compiled_or(observe)(layers, cfg.heads, cfg.norm_eps, x, rot, past.buffers, start,
+                                   need_output=final_norm is not None)
+    kv = [(K.narrow(2, 0, start + T), V.narrow(2, 0, start + T)) for K, V in past.buffers]
+    hidden = None if final_norm is None else _rms(out, cfg.norm_eps)[0] * (final_norm * cfg.dim ** 0.5)
+    return Observed(kv, hidden, past.buffers)
