@@ -9,7 +9,7 @@ Repetitions are interleaved and the median is reported, so machine noise hits ev
 
     python bench/generate_cache.py --json                  # context 256, lm-tiny width
     python bench/generate_cache.py --ctx 64 --new 8 --reps 1 --json   # smoke test
-    python bench/generate_cache.py --dim 384 --layers 6 --heads 6 --new 16 --reps 5 --weight-cache --path autograd --json
+    python bench/generate_cache.py --dim 384 --layers 6 --heads 6 --new 16 --reps 5 --weight-cache --json
     python bench/generate_cache.py --path autograd --json     # every mode through the autograd modules (before)
 """
 from __future__ import annotations
@@ -109,6 +109,8 @@ def main(argv=None) -> None:
                    help="instead: cached generation with vs without reusing the fused projection weights")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.weight_cache:
+        args.path = "autograd"   # the fused-weight cache belongs to the autograd modules (explicit passes pack theirs)
     result = run(args)
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 

@@ -25,7 +25,8 @@ _EXPORTS = {
     "score_task": "ebt.text.downstream.scoring",
     "VideoRunConfig": "ebt.video.config", "load_video_model": "ebt.video.task", "rollout": "ebt.video.models",
     "load_clips": "ebt.video.data", "load_videos": "ebt.video.data", "evaluate_video": "ebt.video.evaluate",
-    "VideoEvalSettings": "ebt.video.evaluate",
+    "VideoEvalSettings": "ebt.video.evaluate", "thinking_diagnostics": "ebt.text.diagnostics",
+    "inference_path": "ebt.models.explicit",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -275,6 +275,7 @@ class Thinker(nn.Module):
         steps_used, every = None, 0   # (B, L) steps of positions that refused some, plus steps every position took
         settled = _Settling(opts.tol)
         inference = not torch.is_grad_enabled() and not chain.create_graph
+        moved_by_energy = opts.accept_lower or opts.tol is not None   # the energies decide which positions move
         with torch.enable_grad():
             for i, k in enumerate(schedule):
                 if not chain.keep_all and out.candidates:
@@ -292,6 +293,8 @@ class Thinker(nn.Module):
                 out.nfe += 1
                 new_z = s.candidates if chain.create_graph else s.candidates.detach()
                 moved = None   # positions that take the step (None: all)
+                if inference and moved_by_energy and not torch.isfinite(s.candidates).all():
+                    raise NonFinite(NON_FINITE)   # before accept-lower or settling could put back the old candidates
                 if opts.accept_lower:   # greedy: keep the old state where the proposal does not lower the energy
                     moved = self.final_energy(energy, new_z, k) < s.energy.detach()
                     out.nfe += 1

@@ -32,5 +32,12 @@ def test_energy_and_eval_thinking_cli(tmp_path, capsys):
     table = (out / "thinking.md").read_text()
     assert "best-of-10" in table and "dyck" in table and (out / "thinking.png").is_file()
     assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(out)]) == 2   # refuses to overwrite
+    diag = tmp_path / "diagnostics"
+    assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(diag), "--windows", "1", "--diagnostics",
+                 "--samples", "3", "--no-embedded-ood", "--inference", "autograd"]) == 0
+    results = json.loads((diag / "diagnostics.json").read_text())
+    assert set(results) == {"held-out"} and results["held-out"]["samples"] == 3
+    assert "lowest energy = lowest CE" in (diag / "diagnostics.md").read_text()
+    assert (diag / "diagnostics.png").stat().st_size > 1000
     assert main(["energy", str(ckpt), "--text", "x" * 40]) == 2                  # longer than the context
     assert main(["energy", str(ckpt), "--text", "ab", "--samples", "0"]) == 2

@@ -81,6 +81,22 @@ def test_pack_is_rebuilt_when_a_weight_changes():
         torch.testing.assert_close(after, autograd_energy_grad(fn, p, 0)[0], rtol=1e-12, atol=1e-12)
 
 
+def test_pack_follows_replaced_parameters_and_training_mode():
+    net = tiny("adaln")
+    ids = torch.randint(1, 13, (1, 4))
+    p = torch.randn(1, 4, 13, dtype=torch.float64).softmax(-1)
+    wq = net.energy.transformer.layers[0].attention.wq
+    with torch.no_grad():
+        ContextEnergy(net.energy, ids).energy_and_grad(p, 1)
+        wq.weight = torch.nn.Parameter(wq.weight * 3.0)                 # a new Parameter object
+        fn = ContextEnergy(net.energy, ids)
+        torch.testing.assert_close(fn.energy_and_grad(p, 1)[1], autograd_energy_grad(fn, p, 1)[1],
+                                   rtol=1e-10, atol=1e-12)
+    assert net.energy.__dict__.get("_explicit_packs")
+    net.train()
+    assert not net.energy.__dict__.get("_explicit_packs")              # no packs kept through training
+
+
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
 def test_cache_extension_equals_the_modules(conditioning):
     net = tiny(conditioning)
@@ -156,14 +172,16 @@ def test_energies_reported_while_decoding_equal_the_autograd_path():
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
 
 
-def test_non_finite_weights_stop_the_descent_with_the_fix():
+@pytest.mark.parametrize("options", [None, ThinkOptions(accept_lower=True), ThinkOptions(tol=1e-3, steps=3)])
+def test_non_finite_weights_stop_the_descent_with_the_fix(options):
+    """Also where accept-lower or settling would otherwise put back the (finite) previous candidates."""
     from ebt.errors import NonFinite
 
     net = tiny("pred_embed")
     with torch.no_grad():
         net.energy.transformer.layers[1].feed_forward.w2.weight[0, 0] = float("nan")
     with pytest.raises(NonFinite, match="lower the step size"):
-        think(net, torch.randint(1, 13, (1, 4)))
+        think(net, torch.randint(1, 13, (1, 4)), options)
 
 
 @pytest.mark.parametrize("conditioning", ["time_embed", "adaln"])

@@ -54,7 +54,7 @@ def ops_per_token(net, ids: torch.Tensor, path: str, tokens: int = 8) -> float:
 
 def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: int = 4, ctx: int = 256,
                    vocab: int = 256, prompt: int = 224, new: int = 32, batch: int = 1, landscapes: int = 2,
-                   conditioning: str = "time_embed", paths: tuple[str, ...] = ("autograd", "explicit"),
+                   conditioning: str = "pred_embed", paths: tuple[str, ...] = ("autograd", "explicit"),
                    uncached: bool = False, reps: int = 3, threads: int = 0, device: str = "auto",
                    count_ops: bool = True) -> dict:
     """Tokens/s of greedy generation (random weights; EBT: the trained schedule of `landscapes` steps) through each

@@ -16,6 +16,7 @@ from ebt.text.evaluate import evaluate_text
 from ebt.text.ood import ood_sets
 from ebt.text.splits import heldout_windows, windows_for
 from ebt.text.task import load_model, load_tokenizer_of
+from ebt.text.diagnostics import diagnostics_plot, diagnostics_table, thinking_diagnostics
 from ebt.text.thinking_sweep import sweep_plot, sweep_table, thinking_sweep
 from ebt.training import distributed as dist
 from ebt.training.rundir import prepare_output
@@ -53,12 +54,18 @@ def thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=16, help="context windows per data set")
     p.add_argument("--ood", action="append", default=[], metavar="NAME=PATH", help="add your own OOD text file")
     p.add_argument("--no-embedded-ood", action="store_true", help="skip the embedded OOD sets")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="also measure why thinking helps or not (diagnostics.md/.json/.png): the verifier, candidate "
+                        "diversity, calibration, convergence per step, CE against ln V")
+    p.add_argument("--samples", type=int, default=5, help="candidates per position for --diagnostics (>= 2)")
     add_inference_arg(p)
 
 
 def thinking(args: argparse.Namespace) -> int:
     """Perplexity vs forward passes from thinking (more steps, best-of-N) on held-out and OOD text."""
     at_least_one(windows=args.windows)
+    if args.diagnostics and args.samples < 2:
+        raise UserError(f"--samples {args.samples}: the diagnostics compare candidates, give at least 2")
     extra = {}
     for item in args.ood:
         if "=" not in item:
@@ -81,6 +88,14 @@ def thinking(args: argparse.Namespace) -> int:
     (out / "thinking.json").write_text(json.dumps(records, indent=1))
     sweep_plot(records, out / "thinking.png")
     print(table)
+    if args.diagnostics:
+        results = {name: thinking_diagnostics(ebt_model, w, samples=args.samples, max_windows=args.windows,
+                                              transformer=tpp_model) for name, w in sets.items()}
+        diag = diagnostics_table(results)
+        (out / "diagnostics.md").write_text(diag)
+        (out / "diagnostics.json").write_text(json.dumps(results, indent=1))
+        diagnostics_plot(results, out / "diagnostics.png")
+        print(diag)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
@@ -135,6 +134,11 @@ class AREnergy(nn.Module):
         return explicit.compiled_or(explicit.energy_and_grad)(self.packed(step), x, rot[offset + 1:offset + 1 + L],
                                                               kv, blocked)
 
+    def train(self, mode: bool = True):
+        if mode:   # packs built for validation or generation do not stay in memory through training
+            explicit.clear_packs(self)
+        return super().train(mode)
+
     def packed(self, step: int) -> explicit.Packed:
         """The weights of step index `step` as the explicit passes use them (cached until a weight changes)."""
         return explicit.cached_pack(self, step, lambda: self._pack(step))
@@ -221,8 +225,6 @@ class ContextEnergy:
 
     def update(self, probs: Tensor, dx: Tensor, alpha: Tensor) -> Tensor:
         """probs - alpha * dE/dp, given dx = dE/dx (B, L, D) (any candidates embedded as probs @ M + b)."""
-        if not torch.is_grad_enabled():   # explicit inference: no Function around the two ops
-            return torch.addcmul(probs, alpha, F.linear(dx, self.model.candidate_matrix()), value=-1)
         return candidate_update(probs, dx, self.model.candidate_matrix(), alpha)
 
     @property

@@ -2,10 +2,15 @@
 
 Inference needs far less than training: the observed stream is only run forward, and thinking needs only the
 first-order gradient of each position's energy w.r.t. its embedded candidate, dE/dx. Through the autograd modules
-one EBT token cost ~4,500 operator calls at batch 1 (tape, Function wrappers, casts); here:
+one EBT token cost ~1,900 operator calls at batch 1, each behind autograd's tape and the custom Functions'
+wrappers; here (docs/performance.md#inference):
 - `observe`: the observed stream's forward for new tokens, written into a preallocated KV cache;
 - `energy_and_grad`: the prediction stream's forward, keeping what its backward needs, then the hand-derived
-  backward to dE/dx (B, L, D): one fixed sequence of ~60 ops per layer and step, no allocation of graph nodes.
+  backward to dE/dx (B, L, D): one fixed sequence of plain ops (~120 calls per layer and step), no graph nodes.
+
+The passes read the modules' weights directly: forward hooks or replaced Linear layers (LoRA, quantised) are not
+seen; run such models with `inference_path("autograd")`. The path is a ContextVar: threads started inside
+`inference_path` do not inherit it.
 
 Both run on `PackedLayer`s, the layer weights as the passes use them, built once per step index (`pack`):
 - the step conditioning folds into them: adaLN's shift becomes a bias of the next projection, its scale and the
@@ -89,16 +94,18 @@ class PackedLayer:
     b13: Optional[Tensor]
     w2: Tensor
     """(D, F), rows scaled by the adaLN FFN gate."""
-    # the same four matrices transposed, contiguous: the forward passes multiply rows by (in, out) matrices, ~35%
-    # faster per call than by a transposed view at batch 1 on CPU (the backward uses the (out, in) originals)
+    # the same four matrices transposed: on CPU contiguous copies, since a row times an (in, out) matrix is ~35%
+    # faster per call than times a transposed view at batch 1 (the backward uses the (out, in) originals); on GPUs,
+    # whose matmuls take either layout at the same speed, views (no second copy of the weights)
     wqkv_t: Tensor = None
     wo_t: Tensor = None
     w13_t: Tensor = None
     w2_t: Tensor = None
 
     def __post_init__(self) -> None:
-        self.wqkv_t, self.wo_t = self.wqkv.t().contiguous(), self.wo.t().contiguous()
-        self.w13_t, self.w2_t = self.w13.t().contiguous(), self.w2.t().contiguous()
+        def t(w: Tensor) -> Tensor:
+            return w.t().contiguous() if w.device.type == "cpu" else w.t()
+        self.wqkv_t, self.wo_t, self.w13_t, self.w2_t = t(self.wqkv), t(self.wo), t(self.w13), t(self.w2)
 
 
 @dataclass
@@ -150,10 +157,22 @@ def pack_backbone(backbone: nn.Module, cond: Optional[Tensor]) -> list[PackedLay
 
 
 def _params_key(module: nn.Module) -> tuple:
-    params = module.__dict__.get("_explicit_params")
-    if params is None:   # listed once: walking the module tree costs more than a whole decode step
-        params = module.__dict__["_explicit_params"] = list(module.parameters())
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+    """Identity, storage and version of every parameter, read afresh through its owning module (replaced parameters
+    and `load_state_dict(assign=True)` are seen); the owners are listed once, since walking the module tree costs
+    more than a decode step. In-place changes through `.data` bump no version the pack can see: call `clear_packs`."""
+    owners = module.__dict__.get("_explicit_owners")
+    if owners is None:
+        owners = module.__dict__["_explicit_owners"] = [
+            (m, name) for m in module.modules() for name in m._parameters]
+    params = [m._parameters[name] for m, name in owners]
+    return tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params if p is not None)
+
+
+def clear_packs(module: nn.Module) -> None:
+    """Drop the packed weights cached on `module` (they are rebuilt on next use). `train()` calls it, so packs built
+    for validation do not stay in memory through training."""
+    for key in ("_explicit_packs", "_explicit_owners", "_explicit_rope"):
+        module.__dict__.pop(key, None)
 
 
 def cached_pack(module: nn.Module, key, build) -> Packed:
@@ -230,10 +249,6 @@ def _rotate(t: Tensor, rot: Tensor, inverse: bool = False) -> Tensor:
     r = torch.view_as_complex(rot)
     return _as(torch.view_as_real(torch.view_as_complex(tf.unflatten(-1, (-1, 2))) * (r.conj() if inverse else r)
                                   ).flatten(-2), t.dtype)
-
-
-def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
-    return F.linear(x, w, b)
 
 
 def observe(layers: list[PackedLayer], heads: int, eps: float, x: Tensor, rot: Tensor,

@@ -29,6 +29,11 @@ class TransformerPP(nn.Module):
             return explicit.extend(self, layers, x, past, self.cfg, final_norm=self.transformer.norm.weight)
         return self.transformer.observe(x, past=past, need_hidden=True)
 
+    def train(self, mode: bool = True):
+        if mode:   # packs built for generation do not stay in memory through training
+            explicit.clear_packs(self)
+        return super().train(mode)
+
     def forward(self, input_ids: Tensor) -> Tensor:
         """Next-token logits (B, S, V)."""
         return self.head(self.observe(input_ids).hidden)

@@ -80,14 +80,15 @@ def evaluate_text(model: nn.Module, windows: PackedWindows, options: Optional[Th
     n = min(len(windows), max_windows)
     mine = list(range(n))[dist.rank()::dist.world()]
     total = torch.zeros(3, dtype=torch.float64)                    # (sum of CE x tokens, tokens, bytes)
-    token_bytes = windows.token_bytes if windows.token_bytes is not None else torch.zeros(1, dtype=torch.long)
+    token_bytes = windows.token_bytes
     nfe = 1
     for i in range(0, len(mine), batch_size):
         index = mine[i:i + batch_size]
         s = token_scores(model, windows.batch(index).to(device), index, options, seed, precision)
         y = s.targets.cpu()
         target = y != PAD_ID
-        total += torch.stack([s.ce.sum().cpu(), target.sum().double(), token_bytes[y[target]].sum().double()])
+        nbytes = token_bytes[y[target]].sum().double() if token_bytes is not None else torch.zeros((), dtype=torch.float64)
+        total += torch.stack([s.ce.sum().cpu(), target.sum().double(), nbytes])
         nfe = s.nfe
     model.train(was_training)
     total = dist.all_reduce_sum(total)

@@ -31,7 +31,8 @@ class ThinkResult:
     nfe: int
     """Energy forward passes per position (all samples together; each descent step adds one input-gradient)."""
     trace: Optional[dict] = None
-    """With think(trace=True): "logits" (steps, B, N, L, V) every sample's candidates after each step,
+    """With think(trace=True): "logits" (steps, B, N, L, V) every sample's candidates after each step, "energies"
+    (steps, B, N, L) every sample's energy before each step,
     "final_energy" (B, N, L) every sample's final energy, "pick" (B, L) the chosen sample (the thinking explorer)."""
 
 
@@ -77,6 +78,7 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     pick = torch.zeros(B, L, dtype=torch.long, device=logits.device)
     steps_trace = torch.stack(out.candidates).view(-1, B, N, L, logits.shape[-1]) if trace else None
     final_trace = final.view(B, N, L) if trace and final is not None else None
+    energies_trace = energies.view(-1, B, N, L) if trace else None
     if N > 1:
         pick = select_samples(energies[0].view(B, N, L), final.view(B, N, L), opts.select)
 
@@ -86,7 +88,8 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
             return t.gather(1, idx).squeeze(1)
         logits, final, steps_used = choose(logits), choose(final), choose(steps_used)
         energies = torch.stack([choose(e) for e in energies])
-    traced = {"logits": steps_trace, "final_energy": final_trace, "pick": pick} if trace else None
+    traced = ({"logits": steps_trace, "energies": energies_trace, "final_energy": final_trace,
+               "pick": pick} if trace else None)
     return ThinkResult(logits.detach(), energies.detach(), final, steps_used, nfe * N, traced)
 
 
