@@ -201,7 +201,7 @@ def diagnostics_plot(results: dict[str, dict], path) -> None:
         steps = range(1, len(conv["ce_after_step"]) + 1)
         ax.plot(steps, conv["ce_after_step"], "o-", label="CE after step")
         ax.axhline(r["ce"]["uniform"], color="gray", ls=":", label="ln V (uniform)")
-        ax.set(xlabel=f"step (alpha {r['alpha']:.3g})", ylabel="cross-entropy (nats)")
+        ax.set(xlabel=f"step (alpha {r['alpha']:.3g})", ylabel="cross-entropy (nats)", xticks=list(steps))
         twin = ax.twinx()
         twin.plot(steps, conv["energy_before_step"], "s--", color="tab:orange", label="energy before step")
         twin.set_ylabel("energy")
