@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
-from ebt.models import explicit
+from ebt.models import explicit, packing
 from ebt.models.attention import causal_prefix_mask
 from ebt.models.backbone import Backbone, Observed, init_weights
 from ebt.models.layers import modulate
@@ -129,34 +129,33 @@ class AREnergy(nn.Module):
         offset = start + self.prefix                       # candidate i sees observed keys 0 .. offset + i
         visible = min(obs.length, offset + L)
         kv = obs.kv if visible == obs.length else [(k[:, :, :visible], v[:, :, :visible]) for k, v in obs.kv]
-        blocked = None if L == 1 else ~causal_prefix_mask(L, visible, offset, x.device)           # (L, S)
-        rot = explicit.rope_table(self, offset + L + 1, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta, x)
+        rot = packing.rope_table(self, offset + L + 1, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta, x)
         return explicit.compiled_or(explicit.energy_and_grad)(self.packed(step), x, rot[offset + 1:offset + 1 + L],
-                                                              kv, blocked)
+                                                              kv, None if L == 1 else offset)
 
     def train(self, mode: bool = True):
         if mode:   # packs built for validation or generation do not stay in memory through training
-            explicit.clear_packs(self)
+            packing.clear_packs(self)
         return super().train(mode)
 
-    def packed(self, step: int) -> explicit.Packed:
+    def packed(self, step: int) -> packing.Packed:
         """The weights of step index `step` as the explicit passes use them (cached until a weight changes)."""
-        return explicit.cached_pack(self, step, lambda: self._pack(step))
+        return packing.cached_pack(self, step, lambda: self._pack(step))
 
     @torch.no_grad()
-    def _pack(self, step: int) -> explicit.Packed:
+    def _pack(self, step: int) -> packing.Packed:
         t, c = self.transformer, self.cfg
         if c.conditioning.startswith("adaln"):   # the step's modulation folds into every layer
             cond = t.time_embeddings.weight[step]
-            layers = explicit.pack_backbone(t, cond)
+            layers = packing.pack_backbone(t, cond)
             head = t.final_layer.linear.weight[0]
             shift, scale = t.final_layer.adaLN_modulation(cond).chunk(2)
             final, bias = t.norm.weight * (1 + scale) * head * c.dim ** 0.5, shift @ head
         else:                                    # one copy of the layers for every step
-            layers = explicit.cached_pack(self, "layers", lambda: explicit.pack_backbone(t, None))
+            layers = packing.cached_pack(self, "layers", lambda: packing.pack_backbone(t, None))
             final, bias = t.norm.weight * t.final_layer.weight[0] * c.dim ** 0.5, None
         add = t.time_embeddings.weight[step] if c.conditioning == "pred_embed" else None
-        return explicit.Packed(layers, c.heads, c.norm_eps, final, bias, add)
+        return packing.Packed(layers, c.heads, c.norm_eps, final, bias, add)
 
 
 class AREnergyModel(AREnergy):

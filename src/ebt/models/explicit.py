@@ -12,13 +12,8 @@ The passes read the modules' weights directly: forward hooks or replaced Linear 
 seen; run such models with `inference_path("autograd")`. The path is a ContextVar: threads started inside
 `inference_path` do not inherit it.
 
-Both run on `PackedLayer`s, the layer weights as the passes use them, built once per step index (`pack`):
-- the step conditioning folds into them: adaLN's shift becomes a bias of the next projection, its scale and the
-  RMSNorm weight scale that projection's input columns, its gate scales the output rows; `pred_embed` is an added
-  vector (x + t_k); `time_embed` only touches the observed stream (the step token);
-- q, k, v come from one (3D, D) matrix and the attention scale 1/sqrt(hd) is folded into the q rows;
-- the energy head is one vector u (e = rmsnorm(h) . u + c).
-Packs are cached on the model and rebuilt when a weight changes (version counters), like `layers.fused_weight`.
+Both run on the layer weights as they use them (`models/packing.py`: conditioning, norms and scales folded in),
+built once per step index and cached on the model until a weight changes.
 
 Backward formulas (per position; r = rsqrt(mean(x^2) + eps), n = x r):
     RMSNorm     dx = r (dn - n mean(n dn))
@@ -32,15 +27,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebt.models.attention import causal_prefix_mask
 from ebt.models.backbone import Observed
-from ebt.models.layers import rope_angles
+from ebt.models.packing import Packed, PackedLayer, rope_table
 from ebt.ops.common import upcast
 from ebt.ops.rope_heads import complex_viewable
 
@@ -78,125 +73,6 @@ def compiled_or(fn):
     if fn not in _COMPILED:
         _COMPILED[fn] = torch.compile(fn, dynamic=True)
     return _COMPILED[fn]
-
-
-@dataclass
-class PackedLayer:
-    """One block's weights for the explicit passes (see the module docstring for the folding)."""
-    wqkv: Tensor
-    """(3D, D): [Wq / sqrt(hd); Wk; Wv] with the attention norm's weight (x (1 + adaLN scale)) in its columns."""
-    bqkv: Optional[Tensor]
-    """(3D,) adaLN shift through wqkv, or None."""
-    wo: Tensor
-    """(D, D), rows scaled by the adaLN attention gate."""
-    w13: Tensor
-    """(2F, D): [W1; W3] with the FFN norm's weight (x (1 + adaLN scale)) in its columns."""
-    b13: Optional[Tensor]
-    w2: Tensor
-    """(D, F), rows scaled by the adaLN FFN gate."""
-    # the same four matrices transposed: on CPU contiguous copies, since a row times an (in, out) matrix is ~35%
-    # faster per call than times a transposed view at batch 1 (the backward uses the (out, in) originals); on GPUs,
-    # whose matmuls take either layout at the same speed, views (no second copy of the weights)
-    wqkv_t: Tensor = None
-    wo_t: Tensor = None
-    w13_t: Tensor = None
-    w2_t: Tensor = None
-
-    def __post_init__(self) -> None:
-        def t(w: Tensor) -> Tensor:
-            return w.t().contiguous() if w.device.type == "cpu" else w.t()
-        self.wqkv_t, self.wo_t, self.w13_t, self.w2_t = t(self.wqkv), t(self.wo), t(self.w13), t(self.w2)
-
-
-@dataclass
-class Packed:
-    """Every layer of one step index, plus the final norm folded into what follows it."""
-    layers: list[PackedLayer]
-    heads: int
-    eps: float
-    final: Tensor
-    """(D,): the energy head u, times sqrt(D) (see `_rms`): E = rmsnorm(h) . u + c."""
-    final_bias: Optional[Tensor] = None
-    """Scalar: the adaLN final shift through the energy head, or None."""
-    add: Optional[Tensor] = None
-    """(D,) added to every embedded candidate (`pred_embed`'s step embedding), or None."""
-
-
-def _chunks(mod: Optional[nn.Module], cond: Optional[Tensor], n: int) -> list[Optional[Tensor]]:
-    if mod is None or cond is None:
-        return [None] * n
-    return list(mod(cond).chunk(n, dim=-1))
-
-
-def _fold_norm(w: Tensor, norm_w: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]):
-    """W (out, in) applied to (n * norm_w (1 + scale) + shift) with n = sqrt(D) n' (see `_rms`): the weight with
-    scaled columns, and the bias W shift."""
-    col = norm_w * w.shape[1] ** 0.5
-    col = col if scale is None else col * (1 + scale)
-    return w * col, (None if shift is None else w @ shift)
-
-
-def _gate_rows(w: Tensor, gate: Optional[Tensor]) -> Tensor:
-    return w if gate is None else w * gate[:, None]
-
-
-@torch.no_grad()
-def pack_backbone(backbone: nn.Module, cond: Optional[Tensor]) -> list[PackedLayer]:
-    """PackedLayers of a `Backbone` under adaLN conditioning vector cond (D,) (None: no adaLN)."""
-    scale = 1.0 / (backbone.head_dim ** 0.5)
-    out = []
-    for layer in backbone.layers:
-        a = layer.attention
-        sh1, sc1, g1, sh2, sc2, g2 = _chunks(getattr(layer, "adaLN_modulation", None), cond, 6)
-        wqkv, bqkv = _fold_norm(torch.cat([a.wq.weight * scale, a.wk.weight, a.wv.weight]),
-                                layer.attention_norm.weight, sc1, sh1)
-        ff = layer.feed_forward
-        w13, b13 = _fold_norm(torch.cat([ff.w1.weight, ff.w3.weight]), layer.ffn_norm.weight, sc2, sh2)
-        out.append(PackedLayer(wqkv, bqkv, _gate_rows(a.wo.weight, g1), w13, b13, _gate_rows(ff.w2.weight, g2)))
-    return out
-
-
-def _params_key(module: nn.Module) -> tuple:
-    """Identity, storage and version of every parameter, read afresh through its owning module (replaced parameters
-    and `load_state_dict(assign=True)` are seen); the owners are listed once, since walking the module tree costs
-    more than a decode step. In-place changes through `.data` bump no version the pack can see: call `clear_packs`."""
-    owners = module.__dict__.get("_explicit_owners")
-    if owners is None:
-        owners = module.__dict__["_explicit_owners"] = [
-            (m, name) for m in module.modules() for name in m._parameters]
-    params = [m._parameters[name] for m, name in owners]
-    return tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params if p is not None)
-
-
-def clear_packs(module: nn.Module) -> None:
-    """Drop the packed weights cached on `module` (they are rebuilt on next use). `train()` calls it, so packs built
-    for validation do not stay in memory through training."""
-    for key in ("_explicit_packs", "_explicit_owners", "_explicit_rope"):
-        module.__dict__.pop(key, None)
-
-
-def cached_pack(module: nn.Module, key, build) -> Packed:
-    """build() cached on `module` under `key`, rebuilt whenever any parameter changed (in place or moved)."""
-    cache = module.__dict__.setdefault("_explicit_packs", {})
-    version = _params_key(module)
-    hit = cache.get(key)
-    if hit is None or hit[0] != version:
-        hit = (version, build())
-        cache[key] = hit
-    return hit[1]
-
-
-def rope_table(module: nn.Module, length: int, head_dim: int, theta: float, like: Tensor) -> Tensor:
-    """(P, 1, hd/2, 2) rotations (cos, sin) for positions 0..P-1 (P >= length), cached on `module` and grown as
-    needed; float64 for float64 inputs, else float32."""
-    table = module.__dict__.get("_explicit_rope")
-    dtype = upcast(like).dtype
-    if table is None or table.shape[0] < length or table.dtype != dtype or table.device != like.device:
-        size = max(length, 2 * (0 if table is None else table.shape[0]))
-        cos, sin = rope_angles(torch.arange(size, device=like.device), head_dim, theta)   # float64 (P, hd/2)
-        table = torch.stack([cos, sin], -1).to(dtype)[:, None]
-        module.__dict__["_explicit_rope"] = table
-    return table
 
 
 # ---- the passes -------------------------------------------------------------------------------------------------
@@ -284,18 +160,65 @@ def observe(layers: list[PackedLayer], heads: int, eps: float, x: Tensor, rot: T
     return x
 
 
+QUERY_BLOCKS = 4
+"""Candidate rows of a causal call (L > 1) run in this many blocks, each against only the observed keys its rows may
+see: under the causal mask the score tensors of the first blocks are short, and the whole is ~40% smaller."""
+MIN_BLOCK = 16
+"""No block has fewer rows than this (short calls run whole)."""
+
+
+def _row_blocks(L: int, S: int, offset: Optional[int], device) -> list[tuple[int, int, int, Optional[Tensor]]]:
+    """(first row, end row, visible keys, blocked (rows, keys) mask or None) per block of candidate rows: candidate
+    i sees observed keys 0 .. offset + i (offset None: every key)."""
+    if offset is None:
+        return [(0, L, S, None)]
+    size = L if L < 2 * MIN_BLOCK else max(MIN_BLOCK, -(-L // QUERY_BLOCKS))
+    out = []
+    for a in range(0, L, size):
+        b = min(L, a + size)
+        end = min(S, offset + b)
+        out.append((a, b, end, ~causal_prefix_mask(b - a, end, offset + a, device)))
+    return out
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, K: Tensor, V: Tensor, blocked: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Candidate rows q, k, v (B, H, l, hd) over observed K, V (B, H, s, hd) and their own key: the output
+    (B, H, l, hd) and the attention weights w (B, H, l, s+1), the own key's last."""
+    s_obs = upcast(q @ K.transpose(-2, -1))                                            # (B, H, l, s), q pre-scaled
+    if blocked is not None:
+        s_obs = s_obs.masked_fill(blocked, float("-inf"))
+    s_self = upcast(torch.linalg.vecdot(q, k)).unsqueeze(-1)                           # (B, H, l, 1)
+    w = _as(torch.cat([s_obs, s_self], -1).softmax(-1), q.dtype)                         # (B, H, l, s+1)
+    S = s_obs.shape[-1]
+    return torch.addcmul(w.narrow(-1, 0, S) @ V, w.narrow(-1, S, 1), v), w
+
+
+def _attend_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, K: Tensor, V: Tensor,
+                     w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. the (rotated) q, the own key k and value v of `_attend`, each (B, H, l, hd), given do."""
+    S = w.shape[-1] - 1
+    dw = torch.cat([do @ V.transpose(-2, -1), torch.linalg.vecdot(do, v).unsqueeze(-1)], -1)  # (B, H, l, s+1)
+    ds = w * (dw - torch.linalg.vecdot(w, dw).unsqueeze(-1))                            # d scores
+    ds_self = ds.narrow(-1, S, 1)
+    return torch.addcmul(ds.narrow(-1, 0, S) @ K, ds_self, k), ds_self * q, w.narrow(-1, S, 1) * do
+
+
+def _cat(parts: list[Tensor], dim: int) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
 def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tensor, Tensor]],
-                    blocked: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+                    offset: Optional[int]) -> tuple[Tensor, Tensor]:
     """Energies (B, L) of embedded candidates x (B, L, D) and their gradient dE/dx (B, L, D).
 
-    kv[i] = (K, V), each (B, H, S, hd): the observed keys/values candidates may attend to; blocked (L, S) bool marks
-    the keys a candidate must not see (None: all visible). rot: (L, 1, hd/2, 2) rotations of the candidates'
-    positions.
+    kv[i] = (K, V), each (B, H, S, hd): the observed keys/values; candidate i sees keys 0 .. offset + i (offset None:
+    all of them). rot: (L, 1, hd/2, 2) rotations of the candidates' positions.
     """
     B, L, D = x.shape
     H = packed.heads
     hd = D // H
     eps = packed.eps
+    blocks = _row_blocks(L, kv[0][0].shape[2], offset, x.device)
     if packed.add is not None:
         x = x + packed.add
     saved = []
@@ -306,44 +229,38 @@ def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tenso
         qk = _rotate(qkv.narrow(2, 0, 2 * H), rot)                                     # (B, L, 2H, hd)
         q, k = qk.narrow(2, 0, H).transpose(1, 2), qk.narrow(2, H, H).transpose(1, 2)   # (B, H, L, hd), q pre-scaled
         v = qkv.narrow(2, 2 * H, H).transpose(1, 2)
-        s_obs = upcast(q @ K.transpose(-2, -1))                                        # (B, H, L, S)
-        if blocked is not None:
-            s_obs = s_obs.masked_fill(blocked, float("-inf"))
-        s_self = upcast(torch.linalg.vecdot(q, k)).unsqueeze(-1)                       # (B, H, L, 1)
-        w = _as(torch.cat([s_obs, s_self], -1).softmax(-1), x.dtype)                     # (B, H, L, S+1)
-        S = s_obs.shape[-1]
-        w_self = w.narrow(-1, S, 1)
-        o = torch.addcmul(w.narrow(-1, 0, S) @ V, w_self, v)                           # (B, H, L, hd)
-        x2 = _residual(x, o.transpose(1, 2), lay.wo_t)
+        outs, ws = [], []
+        for a, b, end, mask in blocks:
+            o, w = _attend(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], K[:, :, :end], V[:, :, :end], mask)
+            outs.append(o)
+            ws.append(w)
+        x2 = _residual(x, _cat(outs, 2).transpose(1, 2), lay.wo_t)
         n2, r2 = _rms(x2, eps)
-        a, b = _project(n2, lay.w13_t, lay.b13).chunk(2, dim=-1)                        # (B, L, F) each
-        sig = torch.sigmoid(a)
-        sa = a * sig                                                                    # silu(a)
-        x = _residual(x2, sa * b, lay.w2_t)
-        saved.append((n1, r1, q, k, v, w, n2, r2, b, sig, sa))
+        a_, b_ = _project(n2, lay.w13_t, lay.b13).chunk(2, dim=-1)                      # (B, L, F) each
+        sig = torch.sigmoid(a_)
+        sa = a_ * sig                                                                   # silu(a)
+        x = _residual(x2, sa * b_, lay.w2_t)
+        saved.append((n1, r1, q, k, v, ws, n2, r2, b_, sig, sa))
     nf, rf = _rms(x, eps)
     e = nf @ packed.final                                                               # (B, L)
     if packed.final_bias is not None:
         e = e + packed.final_bias
     # ---- backward: dE/dx for E summed over positions (each position's energy depends on its own candidate only) --
     dx = _rms_backward(nf, rf, packed.final.expand_as(nf), torch.zeros_like(x))
-    for lay, (K, V), (n1, r1, q, k, v, w, n2, r2, b, sig, sa) in zip(
+    for lay, (K, V), (n1, r1, q, k, v, ws, n2, r2, b_, sig, sa) in zip(
             reversed(packed.layers), reversed(kv), reversed(saved)):
         # SwiGLU branch: x_out = x2 + W2 (silu(a) b), [a; b] = W13 n2' + b13
         dg = dx @ lay.w2                                                                # (B, L, F)
         dsilu = torch.addcmul(sig, sa, 1 - sig)                                         # silu'(a) = s + a s (1 - s)
-        dn2 = torch.cat([dg * b * dsilu, dg * sa], -1) @ lay.w13                        # (B, L, D)
+        dn2 = torch.cat([dg * b_ * dsilu, dg * sa], -1) @ lay.w13                       # (B, L, D)
         dx = _rms_backward(n2, r2, dn2, dx)                                             # d x2
         # attention branch: x2 = x + Wo o
-        S = w.shape[-1] - 1
         do = (dx @ lay.wo).view(B, L, H, hd).transpose(1, 2)                            # (B, H, L, hd)
-        dw = torch.cat([do @ V.transpose(-2, -1), torch.linalg.vecdot(do, v).unsqueeze(-1)], -1)  # (B, H, L, S+1)
-        ds = w * (dw - torch.linalg.vecdot(w, dw).unsqueeze(-1))                        # d scores
-        ds_self = ds.narrow(-1, S, 1)
-        dq = torch.addcmul(ds.narrow(-1, 0, S) @ K, ds_self, k)                         # (B, H, L, hd), rotated
-        dqk = torch.cat([dq, ds_self * q], 1).transpose(1, 2)                           # (B, L, 2H, hd) with d k_self
-        dv = (w.narrow(-1, S, 1) * do).transpose(1, 2)                                  # (B, L, H, hd)
-        dqkv = torch.cat([_rotate(dqk, rot, inverse=True), dv], 2)                      # (B, L, 3H, hd)
+        grads = [_attend_backward(do[:, :, a:b], q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], K[:, :, :end],
+                                  V[:, :, :end], w) for (a, b, end, _), w in zip(blocks, ws)]
+        dq, dk, dv = (_cat(list(g), 2) for g in zip(*grads))                            # (B, H, L, hd) each
+        dqk = torch.cat([dq, dk], 1).transpose(1, 2)                                    # (B, L, 2H, hd), rotated
+        dqkv = torch.cat([_rotate(dqk, rot, inverse=True), dv.transpose(1, 2)], 2)      # (B, L, 3H, hd)
         dn1 = dqkv.view(B, L, 3 * D) @ lay.wqkv                                         # (B, L, D)
         dx = _rms_backward(n1, r1, dn1, dx)
     return e, dx

@@ -6,7 +6,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
-from ebt.models import explicit
+from ebt.models import explicit, packing
 from ebt.models.backbone import Backbone, Observed, init_weights
 from ebt.ops.common import upcast
 from ebt.ops.vocab import vocab_logits
@@ -25,13 +25,13 @@ class TransformerPP(nn.Module):
         """Run input_ids (B, S) after an optional KV cache; `.hidden` holds the normalised states (B, S, D)."""
         x = self.embeddings(input_ids)
         if explicit.can_extend(past, x):   # inference, appending to a preallocated cache (generation)
-            layers = explicit.cached_pack(self, "layers", lambda: explicit.pack_backbone(self.transformer, None))
+            layers = packing.cached_pack(self, "layers", lambda: packing.pack_backbone(self.transformer, None))
             return explicit.extend(self, layers, x, past, self.cfg, final_norm=self.transformer.norm.weight)
         return self.transformer.observe(x, past=past, need_hidden=True)
 
     def train(self, mode: bool = True):
         if mode:   # packs built for generation do not stay in memory through training
-            explicit.clear_packs(self)
+            packing.clear_packs(self)
         return super().train(mode)
 
     def forward(self, input_ids: Tensor) -> Tensor:
