@@ -54,6 +54,13 @@ class ThinkOptions:
     """Accept a step at a position only where it lowers that position's energy (monotone descent)."""
     tol: Optional[float] = None
     """Adaptive compute: stop refining a position once its energy changes by less than tol."""
+    init_scale: float = 1.0
+    """(text) Scale of the starting noise: wider starts keep best-of-N candidates apart."""
+    entropy_weight: float = 0.0
+    """(text) Best-of-N scores a candidate by its final energy + entropy_weight x its entropy (nats)."""
+    alpha_spread: float = 1.0
+    """(text) Best-of-N over step sizes: candidate j of N descends with alpha x s^(2j/(N-1) - 1), from alpha/s to
+    alpha*s (System 2 trains on random step sizes in such a range), and the selection picks per position."""
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -70,6 +77,12 @@ class ThinkOptions:
             raise UserError(f"alpha must be a finite number > 0, got {self.alpha}")
         if not 0 < self.alpha_scale < float("inf"):
             raise UserError(f"alpha scale must be a finite number > 0, got {self.alpha_scale}")
+        if not 0 < self.init_scale < float("inf"):
+            raise UserError(f"init scale must be a finite number > 0, got {self.init_scale}")
+        if not 0 <= self.entropy_weight < float("inf"):
+            raise UserError(f"entropy weight must be a finite number >= 0, got {self.entropy_weight}")
+        if not 1 <= self.alpha_spread < float("inf"):
+            raise UserError(f"alpha spread must be a finite number >= 1, got {self.alpha_spread}")
 
 
 def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:

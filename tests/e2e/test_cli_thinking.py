@@ -34,7 +34,7 @@ def test_energy_and_eval_thinking_cli(tmp_path, capsys):
     assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(out)]) == 2   # refuses to overwrite
     diag = tmp_path / "diagnostics"
     assert main(["eval", "thinking", "--ebt", str(ckpt), "--out", str(diag), "--windows", "1", "--diagnostics",
-                 "--samples", "3", "--no-embedded-ood", "--inference", "autograd"]) == 0
+                 "--samples", "3", "--no-embedded-ood", "--inference", "autograd", "--half", "report"]) == 0
     results = json.loads((diag / "diagnostics.json").read_text())
     assert set(results) == {"held-out"} and results["held-out"]["samples"] == 3
     assert "lowest energy = lowest CE" in (diag / "diagnostics.md").read_text()

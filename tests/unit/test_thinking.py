@@ -76,8 +76,43 @@ def test_adaptive_stopping_stops_early_when_everything_settles():
     assert res.nfe <= 3 and (res.steps_used <= 1).all()
 
 
+def test_entropy_weight_picks_by_energy_plus_entropy():
+    """Each candidate on its own, then best-of-N: the chosen one minimises final energy + w x its entropy."""
+    m = model("time_embed")
+    x = torch.randint(1, 17, (2, 8))
+    N, w = 4, 3.0
+    z0 = torch.randn(2 * N, 8, 17, dtype=torch.float64)
+    singles = [think(m, x, ThinkOptions(), z0=z0.view(2, N, 8, 17)[:, j]) for j in range(N)]
+    score = torch.stack([s.final_energy + w * torch.special.entr(s.logits.softmax(-1)).sum(-1) for s in singles], 1)
+    best = think(m, x, ThinkOptions(samples=N, entropy_weight=w), z0=z0)
+    chosen = torch.stack([s.logits for s in singles], 1).gather(
+        1, score.argmin(1)[:, None, :, None].expand(2, 1, 8, 17)).squeeze(1)
+    torch.testing.assert_close(best.logits, chosen)
+
+
+def test_alpha_spread_gives_each_candidate_its_step_size():
+    m = model("none", steps=1)
+    x = torch.randint(1, 17, (2, 8))
+    N = 3
+    z0 = torch.randn(2 * N, 8, 17, dtype=torch.float64)
+    spread = think(m, x, ThinkOptions(samples=N, alpha_spread=2.0), z0=z0, trace=True)
+    for j, factor in enumerate((0.5, 1.0, 2.0)):
+        single = think(m, x, ThinkOptions(alpha_scale=factor), z0=z0.view(2, N, 8, 17)[:, j])
+        torch.testing.assert_close(spread.trace["logits"][-1][:, j], single.logits)
+
+
+def test_init_scale_scales_the_starting_noise():
+    m = model("none", steps=1)
+    x = torch.randint(1, 17, (1, 8))
+    wide = think(m, x, ThinkOptions(steps=1, init_scale=3.0), generator=torch.Generator().manual_seed(0))
+    z0 = (m.initial_logits(1, 8, generator=torch.Generator().manual_seed(0)) * 3.0).double()   # as think scales it
+    torch.testing.assert_close(wide.logits, think(m, x, ThinkOptions(steps=1), z0=z0).logits)
+
+
 @pytest.mark.parametrize("kwargs", [{"steps": 0}, {"samples": 0}, {"tol": -1.0}, {"langevin_std": -1.0},
-                                    {"select": "median"}, {"alpha": 0.0}])
+                                    {"select": "median"}, {"alpha": 0.0}, {"init_scale": 0.0},
+                                    {"entropy_weight": -1.0}, {"entropy_weight": float("inf")},
+                                    {"alpha_spread": 0.5}])
 def test_bad_thinking_options(kwargs):
     with pytest.raises(UserError):
         ThinkOptions(**kwargs)

@@ -40,6 +40,11 @@ def add_think_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accept-lower", action="store_true", help="accept a step only where it lowers the energy")
     g.add_argument("--alpha", type=float, help="absolute step size (default: the trained one)")
     g.add_argument("--alpha-scale", type=float, help="multiply the step size by this")
+    g.add_argument("--init-scale", type=float, help="text: scale of the starting noise (wider starts for best-of-N)")
+    g.add_argument("--entropy-weight", type=float,
+                   help="text best-of-N: choose by final energy + this x the candidate's entropy (default 0)")
+    g.add_argument("--alpha-spread", type=float,
+                   help="text best-of-N over step sizes: the N candidates use alpha/s .. alpha*s (default 1: none)")
     add_inference_arg(p)
 
 
@@ -54,7 +59,8 @@ def add_inference_arg(p: argparse.ArgumentParser) -> None:
 def think_options(args: argparse.Namespace) -> Optional[ThinkOptions]:
     """The ThinkOptions of the thinking flags, or None when none was given (the trained schedule)."""
     given = {"steps": args.steps, "samples": args.samples, "select": args.select, "tol": args.tol,
-             "langevin_std": args.langevin, "alpha": args.alpha, "alpha_scale": args.alpha_scale}
+             "langevin_std": args.langevin, "alpha": args.alpha, "alpha_scale": args.alpha_scale,
+             "init_scale": args.init_scale, "entropy_weight": args.entropy_weight, "alpha_spread": args.alpha_spread}
     given = {k: v for k, v in given.items() if v is not None}
     flags = {"final_landscape_only": args.final_landscape_only, "langevin_first_only": args.langevin_first_only,
              "accept_lower": args.accept_lower}

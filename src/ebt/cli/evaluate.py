@@ -58,6 +58,9 @@ def thinking_args(p: argparse.ArgumentParser) -> None:
                    help="also measure why thinking helps or not (diagnostics.md/.json/.png): the verifier, candidate "
                         "diversity, calibration, convergence per step, CE against ln V")
     p.add_argument("--samples", type=int, default=5, help="candidates per position for --diagnostics (>= 2)")
+    p.add_argument("--half", choices=["tune", "report"],
+                   help="evaluate only the first (tune) or second (report) half of every set's windows: choose "
+                        "settings on one, report on the other (python_docs: its topics in sorted order)")
     add_inference_arg(p)
 
 
@@ -81,6 +84,8 @@ def thinking(args: argparse.Namespace) -> int:
     sets = {"held-out": heldout_windows(cfg, tok)}
     texts = ood_sets(extra, embedded=not args.no_embedded_ood)
     sets.update({k: windows_for(v, cfg.model.context, tok) for k, v in texts.items()})
+    if args.half:
+        sets = {k: w.half(args.half, args.windows) for k, w in sets.items()}
     out = prepare_output(Path(args.out), args.overwrite)
     records = thinking_sweep(ebt_model, tpp_model, sets, args.windows)
     table = sweep_table(records)

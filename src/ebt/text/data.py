@@ -73,6 +73,17 @@ class PackedWindows:
     def batch(self, indices) -> Tensor:
         return torch.stack([self.window(int(i)) for i in indices])  # (B, length)
 
+    def half(self, which: str, limit: Optional[int] = None) -> "PackedWindows":
+        """The first ("tune") or second ("report") half of the windows, at most `limit` of them: settings chosen on
+        one half are reported on the other. Fewer than two windows cannot be split."""
+        if which not in ("tune", "report"):
+            raise ValueError(f"half must be tune or report, got {which!r}")
+        if self.count < 2:
+            raise UserError(f"{self.count} window cannot be split into tuning and report halves: use more text")
+        lo, hi = (0, self.count // 2) if which == "tune" else (self.count // 2, self.count)
+        hi = hi if limit is None else min(hi, lo + limit)
+        return PackedWindows(self.batch(range(lo, hi)).flatten(), self.length, self.token_bytes)
+
     def batches(self, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tensor]:
         """Endless (B, length) batches of process `rank` of `world`; `start` = samples all processes consumed before
         (exact resume on any world size). The layout is `ebt.training.sharding`'s: W processes with batch b see the

@@ -66,11 +66,19 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
         fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
     if z0 is None:  # rows b*N .. b*N+N-1 are the N candidates of context b
         z0 = model.initial_logits(B * N, L, input_ids.device, generator)
+        if opts.init_scale != 1.0:
+            z0 = z0 * opts.init_scale
         if not torch.is_autocast_enabled(input_ids.device.type):   # under autocast float32 candidates meet bf16
             z0 = z0.to(dtype)                                       # weights in the matmuls, as in training
     schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
+    alpha = None
+    if opts.alpha_spread != 1.0 and N > 1:   # candidate j of every context: alpha x s^(2j/(N-1) - 1)
+        base = thinker.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
+        powers = torch.linspace(-1.0, 1.0, N, device=z0.device, dtype=torch.float64)
+        factors = (opts.alpha_spread ** powers).to(z0.dtype).repeat(B)[:, None, None]      # (B*N, 1, 1)
+        alpha = base.to(z0.dtype) * opts.alpha_scale * factors
     with frozen_weights():   # gradients w.r.t. the candidates only
-        out = thinker.descend(fn, z0, schedule, opts)
+        out = thinker.descend(fn, z0, schedule, opts, alpha)
         final = thinker.final_energy(fn, out.final, schedule[len(out.candidates) - 1]) if final_energy else None
     nfe = out.nfe + (1 if final_energy else 0)
     energies = torch.stack(out.energies)                      # (steps, B*N, L)
@@ -80,7 +88,11 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     final_trace = final.view(B, N, L) if trace and final is not None else None
     energies_trace = energies.view(-1, B, N, L) if trace else None
     if N > 1:
-        pick = select_samples(energies[0].view(B, N, L), final.view(B, N, L), opts.select)
+        score = final
+        if opts.entropy_weight:   # the candidates' own confidence beside their energy
+            p = logits.float().softmax(-1)
+            score = final + opts.entropy_weight * -(p * p.clamp_min(1e-30).log()).sum(-1).to(final.dtype)
+        pick = select_samples(energies[0].view(B, N, L), score.view(B, N, L), opts.select)
 
         def choose(t: Tensor) -> Tensor:                      # (B*N, L, ...) -> (B, L, ...)
             t = t.view(B, N, L, *t.shape[2:])

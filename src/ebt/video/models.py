@@ -125,7 +125,10 @@ class VideoEBT(_VideoModel):
 
     @staticmethod
     def check_options(options: Optional[ThinkOptions]) -> None:
-        """Every thinking option applies to an EBT."""
+        """Every thinking option but the text-only ones applies to an EBT."""
+        if options is not None and (options.init_scale != 1.0 or options.entropy_weight or options.alpha_spread != 1):
+            raise UserError("--init-scale, --entropy-weight and --alpha-spread apply to text EBTs (candidate logits), "
+                            "not to video")
 
     # ---- generation ------------------------------------------------------------------------------------------
     def _cache_keys(self) -> list[int]:
@@ -149,6 +152,7 @@ class VideoEBT(_VideoModel):
                    generator: Optional[torch.Generator] = None) -> FrameStep:
         """The latent after context frames `window` (B, S, F): only the last position's candidate descends, over
         the cached context when `cache` is given; options.samples > 1 keeps the lowest-energy candidate."""
+        self.check_options(options)
         opts = options or ThinkOptions()
         b, s, n = window.shape[0], window.shape[1], opts.samples
         cfg = self.cfg.model   # the samples' copies of the KV cache (per step index) and their candidates
