@@ -37,7 +37,7 @@ def options_of(text: str, model) -> ThinkOptions | None:
         return None
     kw = dict(item.split("=", 1) for item in text.split(","))
     extra = int(kw.pop("steps", "+0"))
-    types = {"samples": int, "accept_lower": lambda v: bool(int(v))}
+    types = {"samples": int, "accept_lower": lambda v: bool(int(v)), "select": str}
     kw = {k: types.get(k, float)(v) for k, v in kw.items()}
     return model.thinker.think_longer(extra, **kw)
 
@@ -55,9 +55,10 @@ def main(argv=None) -> int:
     sets = {"held-out": heldout_windows(cfg, tok), "python_docs": windows_for(python_docs(), cfg.model.context, tok)}
     sets = {k: w.half(args.half, args.windows) for k, w in sets.items()}
     rows, base = [], {}
-    for setting in args.settings.split(";"):
+    settings = [t.strip() for t in args.settings.split(";") if t.strip()]
+    for setting in ["trained"] + [t for t in settings if t != "trained"]:   # the baseline first
         opts = options_of(setting, model)
-        row = {"setting": setting.strip(), "half": args.half}
+        row = {"setting": setting, "half": args.half}
         for name, windows in sets.items():
             res = evaluate_text(model, windows, opts, args.windows, 8, args.seed)
             base.setdefault(name, res["ppl"])

@@ -83,6 +83,10 @@ class ThinkOptions:
             raise UserError(f"entropy weight must be a finite number >= 0, got {self.entropy_weight}")
         if not 1 <= self.alpha_spread < float("inf"):
             raise UserError(f"alpha spread must be a finite number >= 1, got {self.alpha_spread}")
+        if (self.entropy_weight or self.alpha_spread != 1) and self.samples < 2:
+            raise UserError("entropy weight and alpha spread choose among candidates: give --samples 2 or more")
+        if self.entropy_weight and self.select != "min":
+            raise UserError("entropy weight adds to the lowest-energy selection: use it with --select min")
 
 
 def select_samples(initial: Tensor, final: Tensor, how: str) -> Tensor:

@@ -217,3 +217,20 @@ def test_video_rollouts_equal_the_autograd_path(conditioning):
         slow = rollout(model, ctx, 4, opts, torch.Generator().manual_seed(0))
     torch.testing.assert_close(fast.latents, slow.latents, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fast.energies, slow.energies, rtol=1e-10, atol=1e-10)
+
+
+def test_the_compiled_path_traces_whole_windows_and_generation(monkeypatch):
+    """Dynamo traces the explicit passes (the eager backend: tracing without code generation, fast enough for CI)
+    for whole-window calls (query blocks) and generation, with the same results as the eager passes."""
+    from ebt.models import explicit
+
+    monkeypatch.setattr(explicit, "COMPILE_BACKEND", "eager")
+    net = tiny("adaln", dtype=torch.float32, context=24)
+    ids = torch.randint(1, 13, (2, 24))
+    monkeypatch.setattr(explicit, "MIN_BLOCK", 8)
+    eager = think(net, ids, generator=torch.Generator().manual_seed(0))
+    with inference_path("compiled"):
+        compiled = think(net, ids, generator=torch.Generator().manual_seed(0))
+        tokens = generate(net, ids[:1, :4], SampleOptions(max_new_tokens=3, temperature=0, seed=1))
+    torch.testing.assert_close(compiled.logits, eager.logits, rtol=1e-4, atol=1e-3)
+    assert torch.equal(tokens, generate(net, ids[:1, :4], SampleOptions(max_new_tokens=3, temperature=0, seed=1)))

@@ -85,7 +85,11 @@ def thinking(args: argparse.Namespace) -> int:
     texts = ood_sets(extra, embedded=not args.no_embedded_ood)
     sets.update({k: windows_for(v, cfg.model.context, tok) for k, v in texts.items()})
     if args.half:
-        sets = {k: w.half(args.half, args.windows) for k, w in sets.items()}
+        for name, windows in list(sets.items()):
+            if len(windows) < 2:
+                raise UserError(f"set {name!r} has {len(windows)} window: too few to split into tuning and report "
+                                "halves (use more text, or drop --half)")
+            sets[name] = windows.half(args.half, args.windows)
     out = prepare_output(Path(args.out), args.overwrite)
     records = thinking_sweep(ebt_model, tpp_model, sets, args.windows)
     table = sweep_table(records)

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebt.models.attention import causal_prefix_mask
 from ebt.models.backbone import Observed
 from ebt.models.packing import Packed, PackedLayer, rope_table
 from ebt.ops.common import upcast
@@ -63,16 +62,19 @@ def explicit_enabled() -> bool:
 
 
 _COMPILED: dict = {}
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for the compiled path (the tests trace with "eager": Dynamo without code generation)."""
 
 
 def compiled_or(fn):
-    """fn, or its torch.compile'd version under inference_path("compiled") (one per function and process; shapes
-    are dynamic, so the growing cache length of generation does not recompile)."""
+    """fn, or its torch.compile'd version under inference_path("compiled") (one per function, backend and process;
+    shapes are dynamic, so the growing cache length of generation does not recompile)."""
     if _PATH.get() != "compiled":
         return fn
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn]
+    key = (fn, COMPILE_BACKEND)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, dynamic=True, backend=COMPILE_BACKEND)
+    return _COMPILED[key]
 
 
 # ---- the passes -------------------------------------------------------------------------------------------------
@@ -176,8 +178,9 @@ def _row_blocks(L: int, S: int, offset: Optional[int], device) -> list[tuple[int
     out = []
     for a in range(0, L, size):
         b = min(L, a + size)
-        end = min(S, offset + b)
-        out.append((a, b, end, ~causal_prefix_mask(b - a, end, offset + a, device)))
+        end = min(S, offset + b)   # row b - 1 sees keys 0 .. offset + b - 1
+        blocked = torch.arange(end, device=device)[None, :] > torch.arange(offset + a, offset + b, device=device)[:, None]
+        out.append((a, b, end, blocked))                                               # blocked (rows, end)
     return out
 
 

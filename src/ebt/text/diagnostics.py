@@ -2,11 +2,13 @@
 (`ebt eval thinking --diagnostics`, `ebt.thinking_diagnostics`).
 
 For every scored position, N candidates descend from their own noise (the trained schedule, or the given options):
-- verifier: how often the lowest final energy picks the candidate with the lowest cross-entropy (chance: 1/N), and
-  the Spearman rank correlation of final energy and cross-entropy across the N (mean over positions);
-- diversity: the mean total-variation distance between the N final distributions and the mean spread (max - min) of
-  their cross-entropies: selection cannot help candidates that all reach one point;
-- calibration (the first candidate, i.e. what the model predicts without best-of-N): AUROC of a per-token score for
+- verifier: how often the lowest final energy picks a candidate with the lowest cross-entropy (chance: 1/N when the
+  candidates differ; ties count as hits), and the tie-aware Spearman rank correlation of final energy and
+  cross-entropy across the N (mean over positions where neither is constant);
+- diversity: the mean total-variation distance between the N final distributions, the mean spread (max - min) of
+  their cross-entropies and the share of positions whose candidates all reach the same cross-entropy: selection
+  cannot help candidates that all reach one point;
+- calibration (the first candidate: a plain descent, though from other noise than `ebt eval`'s): AUROC of a per-token score for
   predicting a wrong argmax: the final energy, the prediction's entropy, 1 - its top probability, and the
   Transformer++'s entropy and 1 - top probability when one is given; reliability bins (confidence vs accuracy)
   and the expected calibration error;
@@ -34,17 +36,21 @@ RELIABILITY_BINS = 10
 
 
 def _ce(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-token cross-entropy: logits (..., L, V), targets broadcast to (..., L) -> (..., L) float64."""
-    logp = torch.log_softmax(logits.double(), -1)
-    return -logp.gather(-1, y.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    """Per-token cross-entropy: logits (..., L, V), targets broadcast to (..., L) -> (..., L) float64 (the log-softmax
+    in float32, on the logits' device: one (..., L, V) temporary)."""
+    logp = torch.log_softmax(logits.float(), -1)
+    return -logp.gather(-1, y.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1).double()
 
 
 def _ranks(t: Tensor, dim: int) -> Tensor:
-    return t.argsort(dim).argsort(dim).double()
+    """Average ranks along `dim` (tied values share their mean rank: candidates that collapsed onto one point tie)."""
+    from scipy.stats import rankdata   # scipy comes with scikit-learn, a core dependency
+
+    return torch.from_numpy(rankdata(t.double().numpy(), axis=dim)).double()
 
 
 def _spearman(a: Tensor, b: Tensor, dim: int) -> Tensor:
-    """Rank correlation of a and b along `dim` (float ties are rare; NaN where either is constant)."""
+    """Rank correlation of a and b along `dim`, tie-aware; NaN where either is constant."""
     ra, rb = _ranks(a, dim), _ranks(b, dim)
     ra, rb = ra - ra.mean(dim, keepdim=True), rb - rb.mean(dim, keepdim=True)
     return (ra * rb).sum(dim) / (ra.square().sum(dim) * rb.square().sum(dim)).sqrt()
@@ -89,12 +95,14 @@ def thinking_diagnostics(model: nn.Module, windows: PackedWindows, options: Opti
     """The measurements of the module docstring over the first `max_windows` windows of an EBT `model`."""
     if samples < 2:
         raise ValueError("the verifier needs at least 2 samples per position")
+    if options is not None and options.tol is not None:
+        raise ValueError("diagnostics compare steps across positions: adaptive stopping (tol) is not supported")
     opts = replace(options or ThinkOptions(), samples=samples)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    keys = ("hit", "spearman", "tv", "spread", "energy", "ce0", "ce_pick", "entropy", "max_prob", "correct",
-            "tpp_entropy", "tpp_max_prob")
+    keys = ("hit", "spearman", "tv", "spread", "collapsed", "energy", "ce0", "ce_pick", "entropy", "max_prob",
+            "correct", "tpp_entropy", "tpp_max_prob")
     col: dict[str, list[Tensor]] = {k: [] for k in keys}
     step_energy, step_ce, tokens = None, None, 0
     n = min(len(windows), max_windows)
@@ -106,17 +114,20 @@ def thinking_diagnostics(model: nn.Module, windows: PackedWindows, options: Opti
         with noise.per_sample(seed, rows, key=0):
             res = think(model, x, opts, final_energy=True, trace=True)
         keep = (y != PAD_ID).cpu()                                          # (B, L)
-        trace = {k: v.cpu() for k, v in res.trace.items()}
+        ce_steps = torch.stack([_ce(z, y[:, None]) for z in res.trace["logits"]]).cpu()   # (steps, B, N, L)
+        trace = {k: res.trace[k].cpu() for k in ("energies", "final_energy", "pick")}
+        trace["final_logits"] = res.trace["logits"][-1].cpu()             # (B, N, L, V)
         y = y.cpu()
-        ce_steps = _ce(trace["logits"].double(), y[:, None])                # (steps, B, N, L)
         ce = ce_steps[-1]                                                   # (B, N, L) final, per candidate
         energy = trace["final_energy"].double()                             # (B, N, L)
-        probs = trace["logits"][-1].double().softmax(-1)                    # (B, N, L, V)
-        col["hit"].append((energy.argmin(1) == ce.argmin(1))[keep])
+        probs = trace["final_logits"].float().softmax(-1)                   # (B, N, L, V)
+        chosen = ce.gather(1, energy.argmin(1, keepdim=True)).squeeze(1)   # CE of the lowest-energy candidate
+        col["hit"].append((chosen <= ce.amin(1))[keep])
         col["spearman"].append(_spearman(energy, ce, 1)[keep])
-        col["tv"].append(_mean_tv(probs)[keep])
+        col["tv"].append(_mean_tv(probs).double()[keep])
         col["spread"].append((ce.amax(1) - ce.amin(1))[keep])
-        p0 = probs[:, 0]                                                    # (B, L, V) the first candidate
+        col["collapsed"].append((ce.amax(1) == ce.amin(1))[keep])
+        p0 = probs[:, 0].double()                                           # (B, L, V) the first candidate
         col["energy"].append(energy[:, 0][keep])
         col["ce0"].append(ce[:, 0][keep])
         col["ce_pick"].append(ce.gather(1, trace["pick"][:, None]).squeeze(1)[keep])
@@ -148,7 +159,8 @@ def thinking_diagnostics(model: nn.Module, windows: PackedWindows, options: Opti
         if opts.alpha is None else opts.alpha * opts.alpha_scale,
         "verifier": {"hit_rate": cat["hit"].double().mean().item(), "chance": 1 / samples,
                      "spearman": spearman.mean().item() if len(spearman) else float("nan")},
-        "diversity": {"total_variation": cat["tv"].mean().item(), "ce_spread": cat["spread"].mean().item()},
+        "diversity": {"total_variation": cat["tv"].mean().item(), "ce_spread": cat["spread"].mean().item(),
+                      "collapsed": cat["collapsed"].double().mean().item()},
         "calibration": {"accuracy": cat["correct"].double().mean().item(),
                         "auroc_wrong": {k: auroc(v, wrong) for k, v in scores.items()},
                         "ece": ece, "reliability": rows_},
@@ -163,9 +175,9 @@ def thinking_diagnostics(model: nn.Module, windows: PackedWindows, options: Opti
 def diagnostics_table(results: dict[str, dict]) -> str:
     """One row per data set: the verifier, diversity, calibration and pathology numbers."""
     head = ("| set | tokens | lowest energy = lowest CE (chance) | Spearman(E, CE) | TV between candidates | "
-            "CE spread | AUROC wrong: energy / entropy / 1-max p | T++ AUROC: entropy / 1-max p | ECE | "
-            "CE: first / best-of-N / ln V | worst token CE |")
-    lines = [head, "|" + "---|" * 11]
+            "CE spread | all candidates tie | AUROC wrong: energy / entropy / 1-max p | T++ AUROC: entropy / 1-max p | "
+            "ECE | CE: first / best-of-N / ln V | worst token CE |")
+    lines = [head, "|" + "---|" * 12]
 
     def f(v) -> str:
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
@@ -174,7 +186,7 @@ def diagnostics_table(results: dict[str, dict]) -> str:
         lines.append(
             f"| {name} | {r['tokens']} | {f(r['verifier']['hit_rate'])} ({f(r['verifier']['chance'])}) | "
             f"{f(r['verifier']['spearman'])} | {f(r['diversity']['total_variation'])} | "
-            f"{f(r['diversity']['ce_spread'])} | {f(a['energy'])} / {f(a['entropy'])} / "
+            f"{f(r['diversity']['ce_spread'])} | {f(r['diversity']['collapsed'])} | {f(a['energy'])} / {f(a['entropy'])} / "
             f"{f(a['one_minus_max_prob'])} | {f(a.get('tpp_entropy'))} / {f(a.get('tpp_one_minus_max_prob'))} | "
             f"{f(r['calibration']['ece'])} | {f(r['ce']['first_candidate'])} / {f(r['ce']['best_of_n'])} / "
             f"{f(r['ce']['uniform'])} | {f(r['ce']['max_token'])} |")
@@ -205,7 +217,8 @@ def diagnostics_plot(results: dict[str, dict], path) -> None:
         twin = ax.twinx()
         twin.plot(steps, conv["energy_before_step"], "s--", color="tab:orange", label="energy before step")
         twin.set_ylabel("energy")
-        ax.legend(fontsize=7, loc="upper right")
+        lines = ax.get_lines() + twin.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -43,7 +43,8 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     """Predict next-token logits for contexts input_ids (B, S) by descending the energy.
 
     By default every position 0..S-1 is predicted (as in training). With a KV cache `obs` ({step key: Observed}
-    for the whole context) and `start`, only positions start..start+length-1 are predicted.
+    for the whole context) and `start`, only positions start..start+length-1 are predicted. A given start z0
+    (B * samples, L, V) is used as it is (options.init_scale scales only the drawn one).
     """
     opts = opts or ThinkOptions()
     B = input_ids.shape[0]
