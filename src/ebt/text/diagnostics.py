@@ -23,7 +23,6 @@ from dataclasses import replace
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebt import noise
