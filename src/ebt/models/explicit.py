@@ -210,6 +210,11 @@ def _cat(parts: list[Tensor], dim: int) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
+def _span(t: Tensor, a: int, b: int) -> Tensor:
+    """t[:, :, a:b] of a (B, H, n, hd) tensor, or t itself when that is all of it (generation: no view op per call)."""
+    return t if a == 0 and b == t.shape[2] else t[:, :, a:b]
+
+
 def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tensor, Tensor]],
                     offset: Optional[int]) -> tuple[Tensor, Tensor]:
     """Energies (B, L) of embedded candidates x (B, L, D) and their gradient dE/dx (B, L, D).
@@ -234,7 +239,7 @@ def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tenso
         v = qkv.narrow(2, 2 * H, H).transpose(1, 2)
         outs, ws = [], []
         for a, b, end, mask in blocks:
-            o, w = _attend(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], K[:, :, :end], V[:, :, :end], mask)
+            o, w = _attend(_span(q, a, b), _span(k, a, b), _span(v, a, b), _span(K, 0, end), _span(V, 0, end), mask)
             outs.append(o)
             ws.append(w)
         x2 = _residual(x, _cat(outs, 2).transpose(1, 2), lay.wo_t)
@@ -259,8 +264,8 @@ def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tenso
         dx = _rms_backward(n2, r2, dn2, dx)                                             # d x2
         # attention branch: x2 = x + Wo o
         do = (dx @ lay.wo).view(B, L, H, hd).transpose(1, 2)                            # (B, H, L, hd)
-        grads = [_attend_backward(do[:, :, a:b], q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], K[:, :, :end],
-                                  V[:, :, :end], w) for (a, b, end, _), w in zip(blocks, ws)]
+        grads = [_attend_backward(_span(do, a, b), _span(q, a, b), _span(k, a, b), _span(v, a, b), _span(K, 0, end),
+                                  _span(V, 0, end), w) for (a, b, end, _), w in zip(blocks, ws)]
         dq, dk, dv = (_cat(list(g), 2) for g in zip(*grads))                            # (B, H, L, hd) each
         dqk = torch.cat([dq, dk], 1).transpose(1, 2)                                    # (B, L, 2H, hd), rotated
         dqkv = torch.cat([_rotate(dqk, rot, inverse=True), dv.transpose(1, 2)], 2)      # (B, L, 3H, hd)
