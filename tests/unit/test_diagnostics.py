@@ -56,6 +56,3 @@ def test_diagnostics_of_a_tiny_ebt_agree_with_the_evaluator():
     # the best-of-3 choice is what the evaluator scores with samples=3 (same noise keying, lowest final energy)
     best = evaluate_text(ebt, windows, ThinkOptions(samples=3), max_windows=5, batch_size=5)
     assert r["ce"]["best_of_n"] == pytest.approx(best["ce"], rel=1e-6)
-    # the last step's mean CE over every candidate bounds the chosen ones' from neither side in general, but the
-    # first candidate's CE is one of those candidates': it lies within their range
-    assert r["ce"]["first_candidate"] >= 0

@@ -229,7 +229,7 @@ class ContextEnergy:
     @property
     def explicit(self) -> bool:
         """Whether the thinking loop may call `energy_and_grad` (explicit inference passes, models/explicit.py)."""
-        return explicit.explicit_enabled() and not torch.is_autocast_enabled(self.input_ids.device.type)
+        return explicit.enabled_for(self.input_ids)
 
     def energy_and_grad(self, candidates: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """Energies (B, L) of constant candidates (B, L, ...) and dE/dx (B, L, D) at their embedding x, without

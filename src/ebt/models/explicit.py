@@ -15,8 +15,8 @@ seen; run such models with `inference_path("autograd")`. The path is a ContextVa
 Both run on the layer weights as they use them (`models/packing.py`: conditioning, norms and scales folded in),
 built once per step index and cached on the model until a weight changes.
 
-Backward formulas (per position; r = rsqrt(mean(x^2) + eps), n = x r):
-    RMSNorm     dx = r (dn - n mean(n dn))
+Backward formulas (per position; r' = rsqrt(x.x + D eps), n' = x r', the sqrt(D) of RMSNorm being in the weights):
+    RMSNorm     dx = r' (dn' - n' (n'.dn'))
     attention   s = q.k_j (q pre-scaled), w = softmax(s), o = sum_j w_j v_j over allowed observed keys and the
                 position's own key:  ds = w (do.v_j - sum_j w_j do.v_j);  dq = sum_j ds_j k_j;
                 dk_self = ds_self q;  dv_self = w_self do;  RoPE's rotation is undone by its conjugate
@@ -57,8 +57,10 @@ def inference_path(path: str) -> Iterator[None]:
         _PATH.reset(token)
 
 
-def explicit_enabled() -> bool:
-    return _PATH.get() != "autograd"
+def enabled_for(t: Tensor) -> bool:
+    """Whether the explicit passes may run on t: not under inference_path("autograd"), and no autocast on t's device
+    (whose per-op casting rules they do not replicate; weights cast to a half precision work)."""
+    return _PATH.get() != "autograd" and not torch.is_autocast_enabled(t.device.type)
 
 
 _COMPILED: dict = {}
@@ -275,16 +277,10 @@ def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tenso
 
 
 # ---- entry points used by the models ----------------------------------------------------------------------------
-def applies(x: Tensor) -> bool:
-    """Whether inference on x may take the explicit passes: not under `autograd_inference`, no gradient asked for
-    (training and System 2 chains differentiate through the modules), and no autocast (whose per-op casting rules
-    the explicit passes do not replicate; weights cast to a half precision work)."""
-    return explicit_enabled() and not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
-
-
 def can_extend(past: Optional[Observed], x: Tensor) -> bool:
-    """Whether new observed tokens x (B, T, D) can be appended to `past` by `extend` (preallocated room left)."""
-    return (past is not None and past.buffers is not None and applies(x)
+    """Whether new observed tokens x (B, T, D) can be appended to `past` by `extend`: the explicit passes are enabled,
+    no gradient is asked for (training differentiates through the modules), and the preallocated cache has room."""
+    return (past is not None and past.buffers is not None and enabled_for(x) and not torch.is_grad_enabled()
             and past.length + x.shape[1] <= past.buffers[0][0].shape[2])
 
 
@@ -295,7 +291,7 @@ def extend(module: nn.Module, layers: list[PackedLayer], x: Tensor, past: Observ
     start, T = past.length, x.shape[1]
     rot = rope_table(module, start + T, cfg.dim // cfg.heads, cfg.rope_theta, x)[start:start + T]
     out = compiled_or(observe)(layers, cfg.heads, cfg.norm_eps, x, rot, past.buffers, start,
-                                   need_output=final_norm is not None)
+                               need_output=final_norm is not None)
     kv = [(K.narrow(2, 0, start + T), V.narrow(2, 0, start + T)) for K, V in past.buffers]
     hidden = None if final_norm is None else _rms(out, cfg.norm_eps)[0] * (final_norm * cfg.dim ** 0.5)
     return Observed(kv, hidden, past.buffers)

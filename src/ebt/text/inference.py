@@ -92,7 +92,7 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
         score = final
         if opts.entropy_weight:   # the candidates' own confidence beside their energy
             p = logits.float().softmax(-1)
-            score = final + opts.entropy_weight * -(p * p.clamp_min(1e-30).log()).sum(-1).to(final.dtype)
+            score = final + opts.entropy_weight * torch.special.entr(p).sum(-1).to(final.dtype)
         pick = select_samples(energies[0].view(B, N, L), score.view(B, N, L), opts.select)
 
         def choose(t: Tensor) -> Tensor:                      # (B*N, L, ...) -> (B, L, ...)
