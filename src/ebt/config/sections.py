@@ -146,6 +146,15 @@ class ThinkConfig:
     replay_topk: int = 0
     """> 0: store only each position's top-k logits (plus the mean of the rest, which fills the other entries on
     replay) instead of all V; see docs/s2.md for what this approximation costs. 0 stores all V logits."""
+    verify_weight: float = 0.0
+    """> 0: add this times the verifier loss (ebt/text/verifier.py) in training: the energy learns to rank sharpness
+    variants of the final candidates by their likelihood of the target, for best-of-N selection. 0 turns it off."""
+    verify_scales: tuple = (0.5, 1.0, 2.0)
+    """The sharpness variants s * z of the final logits z that the verifier loss ranks (at least 2)."""
+    verify_temperature: float = 0.02
+    """Energies are compared as softmax(-E / T) in the verifier loss. Candidates' energies differ by ~0.04 in a
+    trained lm-tiny-s2, so T = 1 leaves the loss at ln(S), and making the energies themselves differ by O(1) would
+    scale dE/dp and with it the fixed step size of the descent."""
 
     def __post_init__(self) -> None:
         check(self.landscapes >= 1, f"think.landscapes must be >= 1, got {self.landscapes}")
@@ -161,6 +170,13 @@ class ThinkConfig:
         check(self.replay_size >= 0, f"think.replay_size must be >= 0, got {self.replay_size}")
         check(0 < self.replay_frac <= 1, f"think.replay_frac must be in (0, 1], got {self.replay_frac}")
         check(self.replay_topk >= 0, f"think.replay_topk must be >= 0, got {self.replay_topk}")
+        check(math.isfinite(self.verify_weight) and self.verify_weight >= 0,
+              f"think.verify_weight must be a finite number >= 0, got {self.verify_weight}")
+        check(math.isfinite(self.verify_temperature) and self.verify_temperature > 0,
+              f"think.verify_temperature must be a finite number > 0, got {self.verify_temperature}")
+        self.verify_scales = tuple(float(v) for v in self.verify_scales)
+        check(len(self.verify_scales) >= 2 and all(math.isfinite(v) and v > 0 for v in self.verify_scales),
+              f"think.verify_scales must be 2 or more finite numbers > 0, got {self.verify_scales}")
         check(self.replay_dtype in ("float32", "bfloat16", "float16"),
                f"think.replay_dtype={self.replay_dtype!r}: use float32, bfloat16 or float16")
 

@@ -30,6 +30,7 @@ from ebt.ops.vocab import candidate_cross_entropy
 from ebt.text.inference import ThinkResult, build_cache, extend_cache, think
 from ebt.text.replay import ReplayBuffer
 from ebt.text.stepwise import StepwiseGradients
+from ebt.text.verifier import verifier_loss
 from ebt.thinking import Thinker, ThinkOptions, Thought
 from ebt.training.optim import adamw_groups
 from ebt.training.pretrained import HubMixin
@@ -127,6 +128,13 @@ class TextEBT(HubMixin, nn.Module):
                 loss = ces[-1] if self.think_cfg.truncate else torch.stack(ces).mean()
             else:
                 ces, loss = stepwise.ces, stepwise.loss()
+        verify = None
+        if training and randomize and self.think_cfg.verify_weight > 0:   # the energy learns to rank candidates
+            with torch.enable_grad():
+                verify = verifier_loss(energy if stepwise is None else self.context_energy(x), thought.final, y,
+                                       self.think_cfg.verify_scales, self.think_cfg.verify_temperature,
+                                       thought.schedule[-1], PAD_ID)
+            loss = loss + self.think_cfg.verify_weight * verify[0]
         if replay is not None:
             replay.push(input_ids[:fresh], thought.final[:fresh])
         gap = (thought.energies[0].mean() - thought.energies[-1].mean()).item()
@@ -134,6 +142,8 @@ class TextEBT(HubMixin, nn.Module):
                    "alpha": self.thinker.step_size().item(), "steps": len(thought.candidates),
                    **({f"ce_step{k + 1}": c.item() for k, c in enumerate(ces)}   # the loss after each step, when
                       if self.think_cfg.rand_steps == 0 else {})}                   # every batch has the same steps
+        if verify is not None:
+            metrics["verify_loss"], metrics["verify_hit"] = verify[0].item(), verify[1].item()
         if replay is not None:
             metrics["replayed"] = 0 if replayed is None else replayed[0].shape[0]
         return LMOutput(loss, ces[-1].detach(), int((y != PAD_ID).sum()), metrics, thought)
