@@ -1,24 +1,28 @@
-"""A search over inference-time thinking settings of a trained text EBT, on the tuning halves only (issue 18's
-protocol: choose settings on the first half of the held-out windows and of the Python-docs windows, report the chosen
-few on the second halves with several training seeds).
+"""A search over inference-time thinking settings of trained text EBTs (issue 18's protocol: choose settings on the
+first, "tune", half of the held-out windows and of the Python-docs windows; report the chosen few on the second,
+"report", halves with several training seeds).
 
-Every setting is scored by perplexity against the trained schedule on the same windows and noise; one JSON object
-per line, then a markdown table.
+Every setting is scored by perplexity against the trained schedule of the same model on the same windows and noise;
+one JSON object per line, then a markdown table. With several runs (`--ebt a,b,c`, e.g. training seeds) each cell
+is the mean change over the runs with a 95% t-interval. `--ood` adds the Dyck and arithmetic sets, whose mean
+cross-entropy is printed against ln V (a uniform guess); `--tpp` adds Transformer++ runs as the flat reference line.
 
     python bench/thinking_search.py --ebt runs/s2 --windows 32                  # the default grid, tuning halves
-    python bench/thinking_search.py --ebt runs/s2 --half report --settings "trained;steps=+1,samples=5"
+    python bench/thinking_search.py --ebt runs/s2-0,runs/s2-1,runs/s2-2 --half report --ood \
+        --tpp runs/tpp-0,runs/tpp-1,runs/tpp-2 --settings "trained;steps=+3;samples=5,alpha_spread=2"
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ebt.text.evaluate import evaluate_text  # noqa: E402
-from ebt.text.ood import python_docs  # noqa: E402
+from ebt.text.ood import arithmetic, dyck, python_docs  # noqa: E402
 from ebt.text.splits import heldout_windows, windows_for  # noqa: E402
 from ebt.text.task import load_model, load_tokenizer_of  # noqa: E402
 from ebt.thinking import ThinkOptions  # noqa: E402
@@ -42,35 +46,85 @@ def options_of(text: str, model) -> ThinkOptions | None:
     return model.thinker.think_longer(extra, **kw)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ebt", required=True, help="a text EBT run or checkpoint folder")
-    p.add_argument("--half", choices=["tune", "report"], default="tune")
-    p.add_argument("--windows", type=int, default=32, help="windows per set (from the chosen half)")
-    p.add_argument("--settings", default=GRID, help="';'-separated settings (see options_of)")
-    p.add_argument("--seed", type=int, default=1234, help="noise seed of the evaluation")
-    args = p.parse_args(argv)
-    model, cfg = load_model(args.ebt, kind="ebt")
-    tok = load_tokenizer_of(args.ebt)
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of values (one per run); the interval is the mean itself for one run."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    from scipy import stats
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def evaluation_sets(cfg, tok, half: str, windows: int, ood: bool) -> dict:
     sets = {"held-out": heldout_windows(cfg, tok), "python_docs": windows_for(python_docs(), cfg.model.context, tok)}
-    sets = {k: w.half(args.half, args.windows) for k, w in sets.items()}
+    if ood:
+        sets.update(dyck=windows_for(dyck(), cfg.model.context, tok),
+                    arithmetic=windows_for(arithmetic(), cfg.model.context, tok))
+    return {k: w.half(half, windows) for k, w in sets.items()}
+
+
+def score_run(run: str, settings: list[str], args) -> list[dict]:
+    """One row per setting of one run: per set its ppl, CE and % change against the run's trained schedule."""
+    model, cfg = load_model(run, kind="ebt")
+    sets = evaluation_sets(cfg, load_tokenizer_of(run), args.half, args.windows, args.ood)
     rows, base = [], {}
-    settings = [t.strip() for t in args.settings.split(";") if t.strip()]
-    for setting in ["trained"] + [t for t in settings if t != "trained"]:   # the baseline first
+    for setting in settings:
         opts = options_of(setting, model)
-        row = {"setting": setting, "half": args.half}
+        row = {"run": run, "setting": setting, "half": args.half}
         for name, windows in sets.items():
             res = evaluate_text(model, windows, opts, args.windows, 8, args.seed)
             base.setdefault(name, res["ppl"])
-            row[name] = {"ppl": res["ppl"], "change_pct": 100 * (res["ppl"] / base[name] - 1),
+            row[name] = {"ppl": res["ppl"], "ce": res["ce"], "change_pct": 100 * (res["ppl"] / base[name] - 1),
                          "nfe": res["nfe_per_token"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| setting | NFE | " + " | ".join(f"{k} ppl (Δ%)" for k in sets) + " |")
-    print("|---|---|" + "---|" * len(sets))
-    for r in rows:
-        cells = " | ".join(f"{r[k]['ppl']:.3f} ({r[k]['change_pct']:+.1f}%)" for k in sets)
-        print(f"| {r['setting']} | {r['held-out']['nfe']} | {cells} |")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ebt", required=True, help="text EBT run or checkpoint folders, comma-separated (e.g. seeds)")
+    p.add_argument("--tpp", default="", help="Transformer++ runs, comma-separated: their perplexity, for reference")
+    p.add_argument("--half", choices=["tune", "report"], default="tune")
+    p.add_argument("--windows", type=int, default=32, help="windows per set (from the chosen half)")
+    p.add_argument("--settings", default=GRID, help="';'-separated settings (see options_of)")
+    p.add_argument("--ood", action="store_true", help="also the Dyck and arithmetic sets")
+    p.add_argument("--seed", type=int, default=1234, help="noise seed of the evaluation")
+    args = p.parse_args(argv)
+    settings = [t.strip() for t in args.settings.split(";") if t.strip()]
+    settings = ["trained"] + [t for t in settings if t != "trained"]   # the baseline first
+    runs = [r for r in args.ebt.split(",") if r]
+    per_run = [score_run(r, settings, args) for r in runs]
+    names = [k for k in per_run[0][0] if isinstance(per_run[0][0][k], dict)]
+    for run in [r for r in args.tpp.split(",") if r]:
+        model, cfg = load_model(run, kind="transformer")
+        sets = evaluation_sets(cfg, load_tokenizer_of(run), args.half, args.windows, args.ood)
+        row = {"run": run, "setting": "Transformer++",
+               **{k: evaluate_text(model, w, None, args.windows, 8, args.seed) for k, w in sets.items()}}
+        print(json.dumps(row), flush=True)
+        per_run.append([row])
+    log_v = math.log(load_model(runs[0], kind="ebt")[1].model.vocab_size)
+    print(f"\n{len(runs)} run(s), {args.half} halves, {args.windows} windows per set; ln V = {log_v:.2f} "
+          "(a uniform guess's CE)\n")
+    print("| setting | NFE | " + " | ".join(f"{k} ppl | Δ% [95% CI]" for k in names) + " |")
+    print("|---|---|" + "---|---|" * len(names))
+    for i, setting in enumerate(settings):
+        cells = []
+        for k in names:
+            ppl = sum(r[i][k]["ppl"] for r in per_run[:len(runs)]) / len(runs)
+            mean, lo, hi = t_interval([r[i][k]["change_pct"] for r in per_run[:len(runs)]])
+            cells.append(f"{ppl:.3f} | {mean:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if len(runs) > 1 else ""))
+        print(f"| {setting} | {per_run[0][i]['held-out']['nfe']} | " + " | ".join(cells) + " |")
+    for rows in per_run[len(runs):]:   # the Transformer++ reference line: no thinking knob
+        cells = [f"{rows[0][k]['ppl']:.3f} | –" for k in names]
+        print(f"| Transformer++ ({rows[0]['run']}) | 1 | " + " | ".join(cells) + " |")
+    if args.ood:
+        print("\nMean CE (nats per token) of the trained schedule, each run, against ln V:")
+        for k in names:
+            print(f"- {k}: " + ", ".join(f"{r[0][k]['ce']:.2f}" for r in per_run[:len(runs)]))
     return 0
 
 

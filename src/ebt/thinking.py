@@ -288,7 +288,8 @@ class Thinker(nn.Module):
         if not chain.detach and chain.create_graph and not z.requires_grad:
             z = z.detach().requires_grad_(True)  # System 2: the chain starts at a differentiable leaf
         # whether z is read again after its distribution is formed (kept, compared, or needed as is)
-        hold = chain.keep_all or not self.softmax or opts.accept_lower or opts.tol is not None
+        from_logits = self.softmax and self.cfg.step_from == "logits"   # z' = z - alpha dE/dp (else p - alpha dE/dp)
+        hold = chain.keep_all or not self.softmax or opts.accept_lower or opts.tol is not None or from_logits
         steps_used, every = None, 0   # (B, L) steps of positions that refused some, plus steps every position took
         settled = _Settling(opts.tol)
         inference = not torch.is_grad_enabled() and not chain.create_graph
@@ -306,9 +307,10 @@ class Thinker(nn.Module):
                         z0.untyped_storage().resize_(0)   # the caller's scratch start, never read again
                 graph = chain.create_graph and (i == len(schedule) - 1 or not chain.truncate)
                 s = self.step(energy, p, k, alpha, create_graph=graph, inference=inference)
+                update = s.candidates - p + z if from_logits else s.candidates    # (B, L, V)
                 p = None       # (B, L, V): not needed again, free before on_step's backward
                 out.nfe += 1
-                new_z = s.candidates if chain.create_graph else s.candidates.detach()
+                new_z = update if chain.create_graph else update.detach()
                 moved = None   # positions that take the step (None: all)
                 if inference and moved_by_energy and not torch.isfinite(s.candidates).all():
                     raise NonFinite(NON_FINITE)   # before accept-lower or settling could put back the old candidates
@@ -324,7 +326,7 @@ class Thinker(nn.Module):
                 else:
                     steps_used = moved.long() if steps_used is None else steps_used + moved.long()
                 z, e = new_z, s.energy
-                new_z = s = None   # one reference: the next step frees z as soon as its distribution exists
+                new_z = s = update = None   # one reference: the next step frees z as soon as its distribution exists
                 if on_step is not None:
                     z, e = on_step(i, z, e, alpha)
                 out.candidates.append(z)

@@ -9,6 +9,7 @@ from ebt.config import ThinkConfig
 from ebt.errors import UserError
 from ebt.text.models import PAD_ID, TextEBT
 from ebt.text.verifier import verifier_loss
+from ebt.thinking import ThinkOptions
 from tests.unit.test_s2 import ids_batch, s2_think
 
 
@@ -93,3 +94,73 @@ def test_minimising_it_teaches_the_energy_to_rank(tiny_cfg):
 def test_bad_settings_are_refused(kw, needle):
     with pytest.raises(UserError, match=needle):
         ThinkConfig(**kw)
+
+
+# ---- descent in logit space (think.step_from="logits") ------------------------------------------------------------
+def logit_space_model(dtype=torch.float64):
+    from tests.conftest import tiny_text_ebt
+
+    model = tiny_text_ebt("time_embed", dtype=dtype)
+    model.think_cfg.step_from = "logits"   # the Thinker shares the config object
+    return model
+
+
+def test_logit_space_descent_accumulates_the_gradients():
+    """z_K = z_0 - alpha sum_k dE/dp at p_k = softmax(z_k), against autograd on the energy directly (float64)."""
+    model = logit_space_model()
+    ids = torch.randint(1, 13, (2, 6))
+    z0 = torch.randn(2, 6, 13, dtype=torch.float64)
+    fn = model.context_energy(ids)
+    schedule = [0, 1, 1]
+    with torch.no_grad():
+        out = model.thinker.descend(fn, z0, schedule)
+    z = z0.clone()
+    alpha = model.thinker.step_size().detach()
+    for k in schedule:
+        p = z.softmax(-1).requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(p, k).sum(), p)
+        z = z - alpha * g
+    torch.testing.assert_close(out.final, z, rtol=1e-10, atol=1e-10)
+    reference = model.thinker.cfg.step_from = "probs"
+    with torch.no_grad():
+        assert not torch.allclose(model.thinker.descend(fn, z0, schedule).final, z), reference
+
+
+@pytest.mark.parametrize("options", [None, ThinkOptions(steps=3, samples=2, accept_lower=True)])
+def test_logit_space_descent_is_the_same_on_every_inference_path(options):
+    from ebt.models.explicit import inference_path
+    from ebt.text.inference import think
+
+    model = logit_space_model()
+    ids = torch.randint(1, 13, (2, 6))
+    runs = []
+    for path in ("explicit", "autograd"):
+        with inference_path(path):
+            runs.append(think(model, ids, options, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(runs[0].logits, runs[1].logits, rtol=1e-10, atol=1e-10)
+
+
+def test_logit_space_training_gradient_matches_finite_differences():
+    """The S2 chain in logit space: d(loss)/d(alpha) by autograd against a central difference (float64)."""
+    from ebt.thinking import Thinker
+
+    model = logit_space_model()
+    think = s2_think(replay_size=0, langevin_std=0.0, rand_alpha_scale=1.0, rand_steps=2, rand_steps_min=3,
+                     learn_alpha=True, alpha=2.0, step_from="logits", truncate=False)   # 3 steps, nothing random;
+    # no truncation: the exact gradient through every step, which a finite difference checks
+    model.think_cfg, model.thinker = think, Thinker(think).to(torch.float64)
+    ids = torch.randint(1, 13, (2, 7))
+    z0 = torch.randn(2, 6, 13, dtype=torch.float64)
+    out = model(ids, z0=z0, training=True)
+    loss = out.loss
+    assert out.metrics["steps"] == 3
+    (grad,) = torch.autograd.grad(loss, model.thinker.alpha)
+    h = 1e-6
+    with torch.no_grad():
+        model.thinker.alpha += h
+        up = model(ids, z0=z0, training=False).loss
+        model.thinker.alpha -= 2 * h
+        down = model(ids, z0=z0, training=False).loss
+        model.thinker.alpha += h
+        assert model(ids, z0=z0, training=False).loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    assert grad.item() == pytest.approx(((up - down) / (2 * h)).item(), rel=1e-5)

@@ -117,6 +117,10 @@ class ThinkConfig:
     """α's learning rate = alpha_lr_mult * optim.lr (no weight decay on α)."""
     init_std: float = 1.0
     """Initial logits z0 ~ N(0, init_std^2)."""
+    step_from: str = "probs"
+    """(text) Where each update starts: "probs", the reference's z' = softmax(z) - alpha dE/dp (each step's logits
+    are rebuilt from the gradient), or "logits", z' = z - alpha dE/dp (a descent in logit space that accumulates
+    every step's gradient, so the predictions settle only where dE/dp vanishes)."""
     detach: bool = True
     """Detach candidates between steps (System 1). False keeps the chain (System 2, with truncate)."""
     truncate: bool = False
@@ -162,6 +166,7 @@ class ThinkConfig:
               f"think.alpha must be a finite number > 0, got {self.alpha}: the step size is positive")
         check(self.alpha_lr_mult >= 0, f"think.alpha_lr_mult must be >= 0, got {self.alpha_lr_mult}")
         check(self.init_std >= 0, f"think.init_std must be >= 0, got {self.init_std}")
+        check(self.step_from in ("probs", "logits"), f"think.step_from={self.step_from!r}: use probs or logits")
         check(self.langevin_std >= 0, f"think.langevin_std must be >= 0, got {self.langevin_std}")
         check(self.rand_alpha_scale >= 1, f"think.rand_alpha_scale must be >= 1, got {self.rand_alpha_scale}")
         check(self.rand_steps >= 0 and self.rand_steps_min >= 0, "think.rand_steps and rand_steps_min must be >= 0")
