@@ -208,8 +208,9 @@ class Thinker(nn.Module):
         return z.softmax(-1) if self.softmax else z
 
     def step(self, energy: EnergyFn, p: Tensor, landscape: int, alpha: Tensor,
-             create_graph: bool = False, inference: bool = False) -> StepOutput:
-        """One update z' = p - alpha dE/dp of candidates with distribution p (from `distribution`).
+             create_graph: bool = False, inference: bool = False, base: Optional[Tensor] = None) -> StepOutput:
+        """One update z' = base - alpha dE/dp of candidates with distribution p (from `distribution`); base is p
+        itself (the reference) or, for a descent in logit space (think.step_from=logits), the logits z.
 
         create_graph=True keeps the second-order graph (training). The energy is detached otherwise.
         inference=True: nothing will be differentiated through this step (the caller runs without grad), and the
@@ -220,7 +221,7 @@ class Thinker(nn.Module):
             #    non-finite from here on, so one check at the end of the descent finds it (a host sync per step saved)
             with torch.no_grad():
                 e, dx = energy.energy_and_grad(p, landscape)
-                return StepOutput(energy.update(p, dx, alpha), e)
+                return StepOutput(energy.update(p if base is None else base, dx, alpha), e)
         with torch.enable_grad():
             if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
                 # 1. constant candidates (System 1, inference): differentiate w.r.t. the (B, L, D) embedding
@@ -232,7 +233,7 @@ class Thinker(nn.Module):
                 e = energy.from_embedding(x, landscape)                                   # (B, L)
                 (dx,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)       # (B, L, D)
                 finite = torch.isfinite(dx).all()   # dE/dp = dx M^T: checking the (B, L, D) factor is enough
-                z = energy.update(p, dx, alpha)
+                z = energy.update(p if base is None else base, dx, alpha)
             else:
                 # 1. differentiable candidates (System 2 chains) or continuous ones: the gradient w.r.t. p itself
                 if not p.requires_grad:
@@ -240,7 +241,7 @@ class Thinker(nn.Module):
                 e = energy(p, landscape)                                                  # (B, L)
                 (g,) = torch.autograd.grad(e.sum(), p, create_graph=create_graph)        # like p
                 finite = torch.isfinite(g).all()
-                z = p - alpha * g
+                z = (p if base is None else base) - alpha * g
         # 2. a diverged model or step size gives non-finite gradients: stop with the fix rather than descend on NaN
         if not finite:
             raise NonFinite(NON_FINITE)
@@ -288,7 +289,7 @@ class Thinker(nn.Module):
         if not chain.detach and chain.create_graph and not z.requires_grad:
             z = z.detach().requires_grad_(True)  # System 2: the chain starts at a differentiable leaf
         # whether z is read again after its distribution is formed (kept, compared, or needed as is)
-        from_logits = self.softmax and self.cfg.step_from == "logits"   # z' = z - alpha dE/dp (else p - alpha dE/dp)
+        from_logits = self.softmax and self.cfg.step_from == "logits"   # z' = z - alpha dE/dp, not p - alpha dE/dp
         hold = chain.keep_all or not self.softmax or opts.accept_lower or opts.tol is not None or from_logits
         steps_used, every = None, 0   # (B, L) steps of positions that refused some, plus steps every position took
         settled = _Settling(opts.tol)
@@ -306,11 +307,11 @@ class Thinker(nn.Module):
                     if i == 0 and chain.release_start and chain.detach:
                         z0.untyped_storage().resize_(0)   # the caller's scratch start, never read again
                 graph = chain.create_graph and (i == len(schedule) - 1 or not chain.truncate)
-                s = self.step(energy, p, k, alpha, create_graph=graph, inference=inference)
-                update = s.candidates - p + z if from_logits else s.candidates    # (B, L, V)
+                s = self.step(energy, p, k, alpha, create_graph=graph, inference=inference,
+                              base=z if from_logits else None)
                 p = None       # (B, L, V): not needed again, free before on_step's backward
                 out.nfe += 1
-                new_z = update if chain.create_graph else update.detach()
+                new_z = s.candidates if chain.create_graph else s.candidates.detach()
                 moved = None   # positions that take the step (None: all)
                 if inference and moved_by_energy and not torch.isfinite(s.candidates).all():
                     raise NonFinite(NON_FINITE)   # before accept-lower or settling could put back the old candidates
@@ -326,7 +327,7 @@ class Thinker(nn.Module):
                 else:
                     steps_used = moved.long() if steps_used is None else steps_used + moved.long()
                 z, e = new_z, s.energy
-                new_z = s = update = None   # one reference: the next step frees z as soon as its distribution exists
+                new_z = s = None   # one reference: the next step frees z as soon as its distribution exists
                 if on_step is not None:
                     z, e = on_step(i, z, e, alpha)
                 out.candidates.append(z)

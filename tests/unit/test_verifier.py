@@ -96,6 +96,23 @@ def test_bad_settings_are_refused(kw, needle):
         ThinkConfig(**kw)
 
 
+def test_text_only_settings_are_refused_for_images_and_video():
+    import dataclasses
+
+    from ebt.config.parsing import from_dict
+    from ebt.images.config import denoise_tiny
+    from ebt.video.config import video_tiny
+
+    assert from_dict(ThinkConfig, {"verify_scales": "0.5,1,2"}).verify_scales == (0.5, 1.0, 2.0)   # the CLI form
+    with pytest.raises(UserError, match="verify_scales"):
+        ThinkConfig(verify_scales=["a", 1])                                                       # a YAML list
+    for preset in (denoise_tiny, video_tiny):
+        for kw in ({"verify_weight": 1.0}, {"step_from": "logits"}):
+            cfg = preset()
+            with pytest.raises(UserError, match=f"think.{next(iter(kw))}: text models only"):
+                dataclasses.replace(cfg, think=dataclasses.replace(cfg.think, **kw))
+
+
 # ---- descent in logit space (think.step_from="logits") ------------------------------------------------------------
 def logit_space_model(dtype=torch.float64):
     from tests.conftest import tiny_text_ebt
@@ -138,6 +155,9 @@ def test_logit_space_descent_is_the_same_on_every_inference_path(options):
         with inference_path(path):
             runs.append(think(model, ids, options, generator=torch.Generator().manual_seed(3)))
     torch.testing.assert_close(runs[0].logits, runs[1].logits, rtol=1e-10, atol=1e-10)
+    model.think_cfg.step_from = "probs"   # and it is a different descent from the reference's
+    reference = think(model, ids, options, generator=torch.Generator().manual_seed(3))
+    assert (reference.logits - runs[0].logits).abs().max() > 1e-3
 
 
 def test_logit_space_training_gradient_matches_finite_differences():

@@ -120,7 +120,8 @@ class ThinkConfig:
     step_from: str = "probs"
     """(text) Where each update starts: "probs", the reference's z' = softmax(z) - alpha dE/dp (each step's logits
     are rebuilt from the gradient), or "logits", z' = z - alpha dE/dp (a descent in logit space that accumulates
-    every step's gradient, so the predictions settle only where dE/dp vanishes)."""
+    every step's gradient, so the predictions settle only where dE/dp vanishes). Langevin noise then moves where the
+    gradient is taken, p = softmax(z + noise), but is not added to the accumulated logits."""
     detach: bool = True
     """Detach candidates between steps (System 1). False keeps the chain (System 2, with truncate)."""
     truncate: bool = False
@@ -160,6 +161,12 @@ class ThinkConfig:
     trained lm-tiny-s2, so T = 1 leaves the loss at ln(S), and making the energies themselves differ by O(1) would
     scale dE/dp and with it the fixed step size of the descent."""
 
+    def text_only_settings(self) -> list[str]:
+        """The settings in use here that act only on text candidates (distributions over a vocabulary)."""
+        used = {"replay_size": self.replay_size > 0, "verify_weight": self.verify_weight > 0,
+                "step_from": self.step_from != "probs"}
+        return [name for name, on in used.items() if on]
+
     def __post_init__(self) -> None:
         check(self.landscapes >= 1, f"think.landscapes must be >= 1, got {self.landscapes}")
         check(math.isfinite(self.alpha) and self.alpha > 0,
@@ -179,9 +186,13 @@ class ThinkConfig:
               f"think.verify_weight must be a finite number >= 0, got {self.verify_weight}")
         check(math.isfinite(self.verify_temperature) and self.verify_temperature > 0,
               f"think.verify_temperature must be a finite number > 0, got {self.verify_temperature}")
-        self.verify_scales = tuple(float(v) for v in self.verify_scales)
+        bad_scales = f"think.verify_scales must be 2 or more finite numbers > 0, got {self.verify_scales!r}"
+        try:
+            self.verify_scales = tuple(float(v) for v in self.verify_scales)
+        except (TypeError, ValueError):
+            raise UserError(bad_scales) from None
         check(len(self.verify_scales) >= 2 and all(math.isfinite(v) and v > 0 for v in self.verify_scales),
-              f"think.verify_scales must be 2 or more finite numbers > 0, got {self.verify_scales}")
+              bad_scales)
         check(self.replay_dtype in ("float32", "bfloat16", "float16"),
                f"think.replay_dtype={self.replay_dtype!r}: use float32, bfloat16 or float16")
 

@@ -125,7 +125,8 @@ class ImageRunConfig:
 
     def __post_init__(self) -> None:
         check(self.task == "denoise", f"task={self.task!r}: image runs have task=denoise")
-        check(self.think.replay_size == 0, "think.replay_size: the replay buffer is not implemented for images")
+        text_only = self.think.text_only_settings()
+        check(not text_only, f"think.{', think.'.join(text_only)}: text models only; remove it for images")
 
 
 # ---- presets (registered in ebt.presets) ------------------------------------------------------------------------

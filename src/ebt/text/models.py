@@ -41,7 +41,8 @@ PAD_ID = 0  # the reference's pad = eos = 0; with the byte tokenizer 0 is the NU
 @dataclass
 class LMOutput:
     loss: Tensor
-    """Training objective (mean CE over steps for S1, final-step CE for S2)."""
+    """Training objective: mean CE over steps (S1) or final-step CE (S2), plus think.verify_weight x the verifier
+    loss when that is on (`metrics["verify_loss"]`; `final_ce` stays the cross-entropy alone)."""
     final_ce: Tensor
     """Cross-entropy of the final prediction (mean over non-pad targets)."""
     tokens: int

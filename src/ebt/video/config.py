@@ -112,7 +112,8 @@ class VideoRunConfig:
 
     def __post_init__(self) -> None:
         check(self.task == "video", f"task={self.task!r}: video runs have task=video")
-        check(self.think.replay_size == 0, "think.replay_size: the replay buffer is not implemented for video")
+        text_only = self.think.text_only_settings()
+        check(not text_only, f"think.{', think.'.join(text_only)}: text models only; remove it for video")
         check(self.video.context_frames <= self.model.context,
               f"video.context_frames={self.video.context_frames} must be <= model.context={self.model.context} "
               "(clips hold model.context + 1 frames)")
