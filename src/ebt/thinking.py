@@ -215,13 +215,14 @@ class Thinker(nn.Module):
         create_graph=True keeps the second-order graph (training). The energy is detached otherwise.
         inference=True: nothing will be differentiated through this step (the caller runs without grad), and the
         caller checks the final candidates for non-finite values (`descend` does) instead of every step's gradient."""
+        base = p if base is None else base
         if inference and not p.requires_grad and getattr(energy, "explicit", False):
             # 0. the model's explicit forward and hand-derived backward give E and dE/dx (B, L, D) at x = p M (+ b) without
             #    an autograd tape (models/explicit.py); the same update as 1. A non-finite gradient makes the candidates
             #    non-finite from here on, so one check at the end of the descent finds it (a host sync per step saved)
             with torch.no_grad():
                 e, dx = energy.energy_and_grad(p, landscape)
-                return StepOutput(energy.update(p if base is None else base, dx, alpha), e)
+                return StepOutput(energy.update(base, dx, alpha), e)
         with torch.enable_grad():
             if self.softmax and not p.requires_grad and hasattr(energy, "from_embedding"):
                 # 1. constant candidates (System 1, inference): differentiate w.r.t. the (B, L, D) embedding
@@ -233,7 +234,7 @@ class Thinker(nn.Module):
                 e = energy.from_embedding(x, landscape)                                   # (B, L)
                 (dx,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)       # (B, L, D)
                 finite = torch.isfinite(dx).all()   # dE/dp = dx M^T: checking the (B, L, D) factor is enough
-                z = energy.update(p if base is None else base, dx, alpha)
+                z = energy.update(base, dx, alpha)
             else:
                 # 1. differentiable candidates (System 2 chains) or continuous ones: the gradient w.r.t. p itself
                 if not p.requires_grad:
@@ -241,7 +242,7 @@ class Thinker(nn.Module):
                 e = energy(p, landscape)                                                  # (B, L)
                 (g,) = torch.autograd.grad(e.sum(), p, create_graph=create_graph)        # like p
                 finite = torch.isfinite(g).all()
-                z = (p if base is None else base) - alpha * g
+                z = base - alpha * g
         # 2. a diverged model or step size gives non-finite gradients: stop with the fix rather than descend on NaN
         if not finite:
             raise NonFinite(NON_FINITE)

@@ -12,8 +12,8 @@ best-of-N over step sizes (`ThinkOptions.alpha_spread`) chooses among. The loss 
 
 so the energies learn to order candidates as their likelihoods do. The temperature T (`think.verify_temperature`)
 lets energies that differ by a few hundredths rank confidently without rescaling the energy, whose gradient is the
-descent's step. The candidates are constants: only the energy
-function's parameters learn from this loss, and the descent itself is trained by the cross-entropy as before.
+descent's step. The candidates are constants: only the energy function's parameters learn from this loss, and the
+descent itself is trained by the cross-entropy as before.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def verifier_loss(energy: Callable[[Tensor, int], Tensor], final: Tensor, target
         logp.append(zs.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1))  # (B, L) log p_s(y)
     e, lp = torch.stack(energies, -1), torch.stack(logp, -1)                       # (B, L, S)
     target = lp.softmax(-1)                                                          # q_s
-    per_pos = -(target * torch.log_softmax(-e / temperature, -1)).sum(-1)                          # (B, L)
+    per_pos = -(target * torch.log_softmax(-e / temperature, -1)).sum(-1)            # (B, L)
     keep = (targets != pad_id).float()
     n = keep.sum().clamp(min=1.0)
     hits = (e.argmin(-1) == lp.argmax(-1)).float()
