@@ -66,10 +66,10 @@ def evaluation_sets(cfg, tok, half: str, windows: int, ood: bool) -> dict:
     return {k: w.half(half, windows) for k, w in sets.items()}
 
 
-def score_run(run: str, settings: list[str], args) -> list[dict]:
-    """One row per setting of one run: per set its ppl, CE and % change against the run's trained schedule."""
+def score_run(run: str, settings: list[str], args) -> tuple[list[dict], int]:
+    """One row per setting of one run (per set its ppl, CE and % change against the run's trained schedule), and
+    the run's vocabulary size."""
     model, cfg = load_model(run, kind="ebt")
-    args.vocab_size = cfg.model.vocab_size
     sets = evaluation_sets(cfg, load_tokenizer_of(run), args.half, args.windows, args.ood)
     rows, base = [], {}
     for setting in settings:
@@ -82,7 +82,7 @@ def score_run(run: str, settings: list[str], args) -> list[dict]:
                          "nfe": res["nfe_per_token"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return rows
+    return rows, cfg.model.vocab_size
 
 
 def main(argv=None) -> int:
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     runs = [r for r in args.ebt.split(",") if r]
     if not runs:
         p.error("--ebt needs at least one run folder")
-    per_run = [score_run(r, settings, args) for r in runs]
+    scored = [score_run(r, settings, args) for r in runs]
+    per_run = [rows for rows, _ in scored]
     names = [k for k in per_run[0][0] if isinstance(per_run[0][0][k], dict)]
     for run in [r for r in args.tpp.split(",") if r]:
         model, cfg = load_model(run, kind="transformer")
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
                **{k: evaluate_text(model, w, None, args.windows, 8, args.seed) for k, w in sets.items()}}
         print(json.dumps(row), flush=True)
         per_run.append([row])
-    log_v = math.log(args.vocab_size)
+    log_v = math.log(scored[0][1])
     print(f"\n{len(runs)} run(s), {args.half} halves, {args.windows} windows per set; ln V = {log_v:.2f} "
           "(a uniform guess's CE)\n")
     print("| setting | NFE | " + " | ".join(f"{k} ppl | Δ% [95% CI]" for k in names) + " |")

@@ -33,9 +33,9 @@ def verifier_loss(energy: Callable[[Tensor, int], Tensor], final: Tensor, target
     z = final.detach().float()
     energies, logp = [], []
     for s in scales:
-        zs = z * s                                                                   # (B, L, V)
-        energies.append(energy(zs.softmax(-1).to(final.dtype), landscape).float())    # (B, L)
-        logp.append(zs.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1))  # (B, L) log p_s(y)
+        log_probs = (z * s).log_softmax(-1)                                          # (B, L, V)
+        energies.append(energy(log_probs.exp().to(final.dtype), landscape).float())  # (B, L)
+        logp.append(log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1))         # (B, L) log p_s(y)
     e, lp = torch.stack(energies, -1), torch.stack(logp, -1)                       # (B, L, S)
     target = lp.softmax(-1)                                                          # q_s
     per_pos = -(target * torch.log_softmax(-e / temperature, -1)).sum(-1)            # (B, L)
