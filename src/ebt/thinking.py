@@ -194,6 +194,17 @@ class Thinker(nn.Module):
             return list(range(n - 1)) + [n - 1] * steps
         return [k for k in range(n) for _ in range(steps)]
 
+    def options_alpha(self, opts: "ThinkOptions", device) -> Tensor:
+        """The step size of inference options: the trained alpha (or opts.alpha) times opts.alpha_scale."""
+        alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=device)
+        return alpha * opts.alpha_scale
+
+    @property
+    def steps_from_logits(self) -> bool:
+        """Whether a step updates the logits z (think.step_from=logits: z' = z - alpha dE/dp) rather than the
+        distribution (the reference: z' = p - alpha dE/dp)."""
+        return self.softmax and self.cfg.step_from == "logits"
+
     def random_alpha(self, shape: tuple[int, ...], device) -> Tensor:
         """alpha ~ U(alpha/s, alpha*s) per (sample, position), shape (B, L, 1); keeps alpha's gradient."""
         s = self.cfg.rand_alpha_scale
@@ -283,14 +294,13 @@ class Thinker(nn.Module):
         before it is recorded and may replace it (ebt.text.stepwise takes the step's gradient there)."""
         opts = options or ThinkOptions()
         if alpha is None:
-            alpha = self.step_size() if opts.alpha is None else torch.tensor(opts.alpha, device=z0.device)
-            alpha = alpha * opts.alpha_scale
+            alpha = self.options_alpha(opts, z0.device)
         out = Thought(candidates=[], energies=[], schedule=list(schedule))
         z = z0
         if not chain.detach and chain.create_graph and not z.requires_grad:
             z = z.detach().requires_grad_(True)  # System 2: the chain starts at a differentiable leaf
         # whether z is read again after its distribution is formed (kept, compared, or needed as is)
-        from_logits = self.softmax and self.cfg.step_from == "logits"   # z' = z - alpha dE/dp, not p - alpha dE/dp
+        from_logits = self.steps_from_logits
         hold = chain.keep_all or not self.softmax or opts.accept_lower or opts.tol is not None or from_logits
         steps_used, every = None, 0   # (B, L) steps of positions that refused some, plus steps every position took
         settled = _Settling(opts.tol)

@@ -58,7 +58,9 @@ def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: i
                    uncached: bool = False, reps: int = 3, threads: int = 0, device: str = "auto",
                    count_ops: bool = True) -> dict:
     """Tokens/s of greedy generation (random weights; EBT: the trained schedule of `landscapes` steps) through each
-    of `paths` with the KV cache, and (uncached) the first path recomputing the context for every token."""
+    of `paths` with the KV cache, and (uncached) the first path recomputing the context for every token.
+    tokens_per_s: the prompt's prefill and `new` tokens, end to end; decode_tokens_per_s: the tokens after the
+    first, from the difference with a run of one new token (the prefill cancels)."""
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -83,21 +85,29 @@ def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: i
         sync(dev)
         compile_s = round(time.perf_counter() - t0, 1)
     times = {m: [] for m in modes}
+    firsts = {m: [] for m in modes}   # the prompt and the first token alone: what decoding adds is the difference
     tokens = {}
     for rep in range(reps + 1):  # the first round is warm-up
         for mode, (path, cached) in modes.items():
-            sync(dev)
-            t0 = time.perf_counter()
-            tokens[mode] = _greedy(net, ids, new, path, cached)
-            sync(dev)
-            if rep:
-                times[mode].append(time.perf_counter() - t0)
+            for n, into in ((new, times), (1, firsts)):
+                sync(dev)
+                t0 = time.perf_counter()
+                out_tokens = _greedy(net, ids, n, path, cached)
+                sync(dev)
+                if rep:
+                    into[mode].append(time.perf_counter() - t0)
+                if n == new:
+                    tokens[mode] = out_tokens
     tps = {m: round(batch * new / statistics.median(t), 1) for m, t in times.items()}
+    decode_tps = {m: round(batch * (new - 1) / max(1e-9, statistics.median(times[m]) - statistics.median(firsts[m])), 1)
+                  for m in modes} if new > 1 else {}
     base = paths[0]
     out = {"model": model, "conditioning": conditioning if model != "transformer" else None, "device": str(dev),
            "batch": batch, "context": prompt + new, "new_tokens": new, "dim": dim, "layers": layers,
            "threads": torch.get_num_threads(), "reps": reps, "tokens_per_s": tps,
            f"speedup_vs_{base}": {m: round(v / tps[base], 2) for m, v in tps.items()},
+           "decode_tokens_per_s": decode_tps,
+           f"decode_speedup_vs_{base}": {m: round(v / decode_tps[base], 2) for m, v in decode_tps.items()},
            "identical_tokens": all(torch.equal(t, tokens[base]) for t in tokens.values())}
     if compile_s is not None:
         out["compile_s"] = compile_s

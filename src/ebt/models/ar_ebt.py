@@ -94,7 +94,7 @@ class AREnergy(nn.Module):
     # ---- the two streams -------------------------------------------------------------------------------------
     def observe_embedded(self, x: Tensor, step: int = 0, past: Optional[Observed] = None) -> Observed:
         """Observed stream of embedded context items x (B, S, D), appended to `past` if given (KV cache)."""
-        if self.prefix and past is None:
+        if self.prefix and (past is None or past.length == 0):
             x = torch.cat([self._step_token(step, x.shape[0]), x], dim=1)
         if explicit.can_extend(past, x):   # inference, appending to a preallocated cache (generation)
             return explicit.extend(self, self.packed(step).layers, x, past, self.cfg)

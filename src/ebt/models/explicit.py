@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -68,14 +68,22 @@ COMPILE_BACKEND = "inductor"
 """torch.compile's backend for the compiled path (the tests trace with "eager": Dynamo without code generation)."""
 
 
-def compiled_or(fn):
-    """fn, or its torch.compile'd version under inference_path("compiled") (one per function, backend and process;
-    shapes are dynamic, so the growing cache length of generation does not recompile)."""
+STATIC_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
+"""Inductor's settings for static graphs: on CPU, matmuls with one row (batch-1 decoding) become fused element-wise
+products and sums rather than library calls (~10 us of dispatch each on a busy CPU); it needs static shapes."""
+
+
+def compiled_or(fn, static: bool = False):
+    """fn, or its torch.compile'd version under inference_path("compiled") (one per function, backend and process).
+    Shapes are dynamic, so calls on growing lengths do not recompile; static=True: fn's shapes never change (a
+    decoding step on static buffers, `text/decoding.py`), so it is captured whole as one graph of fixed shapes."""
     if _PATH.get() != "compiled":
         return fn
     key = (fn, COMPILE_BACKEND)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(fn, dynamic=True, backend=COMPILE_BACKEND)
+        options = STATIC_OPTIONS if static and COMPILE_BACKEND == "inductor" else None
+        _COMPILED[key] = torch.compile(fn, dynamic=not static, fullgraph=static, backend=COMPILE_BACKEND,
+                                       options=options)
     return _COMPILED[key]
 
 
@@ -132,31 +140,43 @@ def _rotate(t: Tensor, rot: Tensor, inverse: bool = False) -> Tensor:
 
 
 def observe(layers: list[PackedLayer], heads: int, eps: float, x: Tensor, rot: Tensor,
-            kv: list[tuple[Tensor, Tensor]], start: int, need_output: bool) -> Tensor:
+            kv: list[tuple[Tensor, Tensor]], start: Union[int, Tensor], need_output: bool,
+            blocked: Optional[Tensor] = None) -> Tensor:
     """Run new observed tokens x (B, T, D) at positions start..start+T-1 through `layers`, writing their keys and
     values into the caches kv[i] = (K, V), each (B, H, capacity, hd), at those positions (earlier positions hold
     the context). rot: (T, 1, hd/2, 2) rotations of the new positions. Returns the last layer's output (B, T, D)
-    when need_output, else the last layer's input (its output is never read by an EBT)."""
+    when need_output, else the last layer's input (its output is never read by an EBT).
+
+    Static shapes (a compiled decoding step, `text/decoding.py`): start a (1,) long tensor for one token (T = 1)
+    and blocked (capacity,) True at the positions after it; attention then runs over the whole buffers."""
     B, T, D = x.shape
     hd = D // heads
-    end = start + T
-    # the new tokens see every cached position and, among themselves, causally
-    blocked = None if T == 1 else (torch.arange(end, device=x.device)[None, :]
-                                   > torch.arange(start, end, device=x.device)[:, None])        # (T, end)
+    static = isinstance(start, Tensor)
+    if not static:
+        end = start + T
+        # the new tokens see every cached position and, among themselves, causally
+        blocked = None if T == 1 else (torch.arange(end, device=x.device)[None, :]
+                                       > torch.arange(start, end, device=x.device)[:, None])    # (T, end)
     for i, lay in enumerate(layers):
         n, _ = _rms(x, eps)
         qkv = _project(n, lay.wqkv_t, lay.bqkv).view(B, T, 3 * heads, hd)
         qk = _rotate(qkv.narrow(2, 0, 2 * heads), rot)                                 # (B, T, 2H, hd)
+        k_new, v_new = qk.narrow(2, heads, heads).transpose(1, 2), qkv.narrow(2, 2 * heads, heads).transpose(1, 2)
         K, V = kv[i]
-        K.narrow(2, start, T).copy_(qk.narrow(2, heads, heads).transpose(1, 2))
-        V.narrow(2, start, T).copy_(qkv.narrow(2, 2 * heads, heads).transpose(1, 2))
+        if static:
+            K.index_copy_(2, start, k_new)
+            V.index_copy_(2, start, v_new)
+        else:
+            K.narrow(2, start, T).copy_(k_new)
+            V.narrow(2, start, T).copy_(v_new)
+            K, V = K.narrow(2, 0, end), V.narrow(2, 0, end)                            # (B, H, end, hd)
         if i == len(layers) - 1 and not need_output:
             return x
         q = qk.narrow(2, 0, heads).transpose(1, 2)                                     # (B, H, T, hd), pre-scaled
-        s = upcast(q @ K.narrow(2, 0, end).transpose(-2, -1))                          # (B, H, T, end)
+        s = upcast(q @ K.transpose(-2, -1))                                            # (B, H, T, keys)
         if blocked is not None:
             s = s.masked_fill(blocked, float("-inf"))
-        o = _as(s.softmax(-1), x.dtype) @ V.narrow(2, 0, end)                            # (B, H, T, hd)
+        o = _as(s.softmax(-1), x.dtype) @ V                                            # (B, H, T, hd)
         x = _residual(x, o.transpose(1, 2), lay.wo_t)
         n, _ = _rms(x, eps)
         a, b = _project(n, lay.w13_t, lay.b13).chunk(2, dim=-1)
@@ -171,11 +191,12 @@ MIN_BLOCK = 16
 """No block has fewer rows than this (short calls run whole)."""
 
 
-def _row_blocks(L: int, S: int, offset: Optional[int], device) -> list[tuple[int, int, int, Optional[Tensor]]]:
+def _row_blocks(L: int, S: int, offset: Optional[int], device,
+                blocked: Optional[Tensor] = None) -> list[tuple[int, int, int, Optional[Tensor]]]:
     """(first row, end row, visible keys, blocked (rows, keys) mask or None) per block of candidate rows: candidate
-    i sees observed keys 0 .. offset + i (offset None: every key)."""
+    i sees observed keys 0 .. offset + i (offset None: every key not `blocked`)."""
     if offset is None:
-        return [(0, L, S, None)]
+        return [(0, L, S, blocked)]
     size = L if L < 2 * MIN_BLOCK else max(MIN_BLOCK, -(-L // QUERY_BLOCKS))
     out = []
     for a in range(0, L, size):
@@ -218,17 +239,18 @@ def _span(t: Tensor, a: int, b: int) -> Tensor:
 
 
 def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tensor, Tensor]],
-                    offset: Optional[int]) -> tuple[Tensor, Tensor]:
+                    offset: Optional[int], blocked: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Energies (B, L) of embedded candidates x (B, L, D) and their gradient dE/dx (B, L, D).
 
     kv[i] = (K, V), each (B, H, S, hd): the observed keys/values; candidate i sees keys 0 .. offset + i (offset None:
-    all of them). rot: (L, 1, hd/2, 2) rotations of the candidates' positions.
+    all of them but those `blocked` (S,), the static buffers of a compiled decoding step). rot: (L, 1, hd/2, 2)
+    rotations of the candidates' positions.
     """
     B, L, D = x.shape
     H = packed.heads
     hd = D // H
     eps = packed.eps
-    blocks = _row_blocks(L, kv[0][0].shape[2], offset, x.device)
+    blocks = _row_blocks(L, kv[0][0].shape[2], offset, x.device, blocked)
     if packed.add is not None:
         x = x + packed.add
     saved = []
@@ -290,8 +312,14 @@ def extend(module: nn.Module, layers: list[PackedLayer], x: Tensor, past: Observ
     final_norm (D,): also return the normalised final states (`Observed.hidden`, the Transformer++'s)."""
     start, T = past.length, x.shape[1]
     rot = rope_table(module, start + T, cfg.dim // cfg.heads, cfg.rope_theta, x)[start:start + T]
-    out = compiled_or(observe)(layers, cfg.heads, cfg.norm_eps, x, rot, past.buffers, start,
-                               need_output=final_norm is not None)
+    # a prefill (T > 1) runs eagerly: its work is arithmetic, and a graph of its own would cost one more compile
+    fn = compiled_or(observe) if T == 1 else observe
+    out = fn(layers, cfg.heads, cfg.norm_eps, x, rot, past.buffers, start, need_output=final_norm is not None)
     kv = [(K.narrow(2, 0, start + T), V.narrow(2, 0, start + T)) for K, V in past.buffers]
-    hidden = None if final_norm is None else _rms(out, cfg.norm_eps)[0] * (final_norm * cfg.dim ** 0.5)
+    hidden = None if final_norm is None else normalised(out, cfg.norm_eps, final_norm)
     return Observed(kv, hidden, past.buffers)
+
+
+def normalised(x: Tensor, eps: float, norm_weight: Tensor) -> Tensor:
+    """RMSNorm(x) with weight norm_weight (D,): the Transformer++'s final states from the last layer's output."""
+    return _rms(x, eps)[0] * (norm_weight * x.shape[-1] ** 0.5)

@@ -25,8 +25,7 @@ class TransformerPP(nn.Module):
         """Run input_ids (B, S) after an optional KV cache; `.hidden` holds the normalised states (B, S, D)."""
         x = self.embeddings(input_ids)
         if explicit.can_extend(past, x):   # inference, appending to a preallocated cache (generation)
-            layers = packing.cached_pack(self, "layers", lambda: packing.pack_backbone(self.transformer, None))
-            return explicit.extend(self, layers, x, past, self.cfg, final_norm=self.transformer.norm.weight)
+            return explicit.extend(self, self.packed_layers(), x, past, self.cfg, final_norm=self.transformer.norm.weight)
         return self.transformer.observe(x, past=past, need_hidden=True)
 
     def train(self, mode: bool = True):
@@ -40,5 +39,13 @@ class TransformerPP(nn.Module):
 
     def head(self, hidden: Tensor) -> Tensor:
         """Normalised states (..., D) -> float logits (..., V) (the matmul at an aligned width on CUDA)."""
-        logits = vocab_logits(hidden, self.output.weight)
-        return upcast(logits)
+        return head_logits(hidden, self.output.weight)
+
+    def packed_layers(self) -> list[packing.PackedLayer]:
+        """The layers as the explicit passes use them (cached until a weight changes)."""
+        return packing.cached_pack(self, "layers", lambda: packing.pack_backbone(self.transformer, None))
+
+
+def head_logits(hidden: Tensor, weight: Tensor) -> Tensor:
+    """The output head: normalised states (..., D) @ weight (V, D)^T -> float logits (..., V)."""
+    return upcast(vocab_logits(hidden, weight))

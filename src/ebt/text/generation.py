@@ -61,23 +61,24 @@ def decode(model, prompt: Tensor, max_new: int, think_opts: Optional[ThinkOption
            pick, generator=None, final_energy: bool = False):
     """Yield a DecodeStep per new token; `pick` maps logits (B, V) to token ids (B,).
 
-    use_cache: keep the context's KV cache and extend it by each new token (rebuilt when the window slides);
-    otherwise the context is recomputed for every token. final_energy: also report each token's final energy
-    (one more forward pass per token).
+    use_cache: the model's decoder (`text/decoding.py`) keeps the context's KV cache and appends each new token
+    (started afresh when the window slides); otherwise the context is recomputed for every token. final_energy:
+    also report each token's final energy (one more forward pass per token).
     """
-    ids, ctx, cache = prompt, model.cfg.context, None
+    ids, ctx, decoder, token = prompt, model.cfg.context, None, None
     for _ in range(max_new):
-        window = ids[:, -ctx:]
-        if use_cache and cache is None:
-            cache = model.start_cache(window)
-        pred = model.next_logits(window, cache, think_opts, generator, final_energy)
+        if not use_cache:
+            pred = model.next_logits(ids[:, -ctx:], None, think_opts, generator, final_energy)
+        elif decoder is None:   # start on the last `ctx` tokens
+            decoder = model.decoder(ids[:, -ctx:], think_opts, generator, final_energy)
+            pred = decoder.first()
+        else:
+            pred = decoder.advance(token)
         token = pick(pred.logits)[:, None]                                         # (B, 1)
         yield DecodeStep(token[:, 0], pred.logits, pred.thought)
         ids = torch.cat([ids, token], dim=1)
-        if use_cache and ids.shape[1] <= ctx:
-            cache = model.extend_cache(cache, token)
-        else:
-            cache = None  # the window slid (or no cache): rebuild from the last `ctx` tokens
+        if ids.shape[1] > ctx:
+            decoder = None   # the window slid: start again from the last `ctx` tokens
 
 
 def generate(model, prompt: Tensor, opts: Optional[SampleOptions] = None,

@@ -36,6 +36,29 @@ class ThinkResult:
     "final_energy" (B, N, L) every sample's final energy, "pick" (B, L) the chosen sample (the thinking explorer)."""
 
 
+@dataclass
+class Prediction:
+    """Next-token logits from a model's `predict` / `next_logits` or a decoder (`text/decoding.py`), with what they
+    cost."""
+    logits: Tensor
+    """(B, S, V) from `predict`, (B, V) from `next_logits` and decoders."""
+    nfe: int = 1
+    """Forward passes per predicted position (an EBT's thinking costs several)."""
+    thought: Optional[ThinkResult] = None
+    """The EBT's energies, steps used and chosen samples; None for the Transformer++."""
+
+
+def start_logits(model, rows: int, length: int, opts: ThinkOptions, device, generator=None) -> Tensor:
+    """The descent's random start (rows, length, V): the model's initial logits times opts.init_scale, in the
+    weights' dtype (float32 under autocast, where float32 candidates meet half-precision weights as in training)."""
+    z0 = model.initial_logits(rows, length, device, generator)
+    if opts.init_scale != 1.0:
+        z0 = z0 * opts.init_scale
+    if not torch.is_autocast_enabled(z0.device.type):
+        z0 = z0.to(model.energy.embeddings.weight.dtype)
+    return z0
+
+
 @torch.no_grad()
 def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Optional[dict] = None,
           start: int = 0, length: Optional[int] = None, generator: Optional[torch.Generator] = None,
@@ -66,11 +89,7 @@ def think(model, input_ids: Tensor, opts: Optional[ThinkOptions] = None, obs: Op
     if N > 1:
         fn.cache = {k: o.repeat(N) for k, o in fn.cache.items()}
     if z0 is None:  # rows b*N .. b*N+N-1 are the N candidates of context b
-        z0 = model.initial_logits(B * N, L, input_ids.device, generator)
-        if opts.init_scale != 1.0:
-            z0 = z0 * opts.init_scale
-        if not torch.is_autocast_enabled(input_ids.device.type):   # under autocast float32 candidates meet bf16
-            z0 = z0.to(dtype)                                       # weights in the matmuls, as in training
+        z0 = start_logits(model, B * N, L, opts, input_ids.device, generator)
     schedule = thinker.inference_schedule(opts.steps, opts.final_landscape_only)
     alpha = None
     if opts.alpha_spread != 1.0 and N > 1:   # candidate j of every context: alpha x s^(2j/(N-1) - 1)

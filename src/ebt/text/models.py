@@ -27,7 +27,9 @@ from ebt.models.layers import frozen_weights
 from ebt.models.transformer_pp import TransformerPP
 from ebt.ops.common import upcast
 from ebt.ops.vocab import candidate_cross_entropy
-from ebt.text.inference import ThinkResult, build_cache, extend_cache, think
+from ebt.models import explicit
+from ebt.text.decoding import CacheDecoder, EBTStaticDecoder, TransformerStaticDecoder, plain_options
+from ebt.text.inference import Prediction, build_cache, extend_cache, think
 from ebt.text.replay import ReplayBuffer
 from ebt.text.stepwise import StepwiseGradients
 from ebt.text.verifier import verifier_loss
@@ -49,17 +51,6 @@ class LMOutput:
     """Number of non-pad targets."""
     metrics: dict = field(default_factory=dict)
     thought: Optional[Thought] = None
-
-
-@dataclass
-class Prediction:
-    """Next-token logits from `predict` / `next_logits`, with what they cost."""
-    logits: Tensor
-    """(B, S, V) from `predict`, (B, V) from `next_logits`."""
-    nfe: int = 1
-    """Forward passes per predicted position (an EBT's thinking costs several)."""
-    thought: Optional[ThinkResult] = None
-    """The EBT's energies, steps used and chosen samples; None for the Transformer++."""
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -180,6 +171,14 @@ class TextEBT(HubMixin, nn.Module):
     def extend_cache(self, cache: dict, tokens: Tensor) -> dict:
         return extend_cache(self, cache, tokens)
 
+    def decoder(self, window: Tensor, options: Optional[ThinkOptions] = None,
+                generator: Optional[torch.Generator] = None, final_energy: bool = False):
+        """Generation's decoder for contexts `window` (B, S) (`text/decoding.py`): static buffers and one
+        fixed-shape function per token where the explicit passes run and the options are plain, else the cache."""
+        if explicit.enabled_for(window) and not torch.is_grad_enabled() and plain_options(options, final_energy):
+            return EBTStaticDecoder(self, window, options, generator)
+        return CacheDecoder(self, window, options, generator, final_energy)
+
     def next_logits(self, window: Tensor, cache: Optional[dict] = None, options: Optional[ThinkOptions] = None,
                     generator: Optional[torch.Generator] = None, final_energy: bool = False) -> Prediction:
         """Logits (B, V) of the token after `window` (B, S): only the last position's candidate is descended,
@@ -233,6 +232,14 @@ class TextTransformer(HubMixin, nn.Module):
     def extend_cache(self, cache: Observed, tokens: Tensor) -> Observed:
         with frozen_weights():
             return self.net.observe(tokens, past=cache)
+
+    def decoder(self, window: Tensor, options: Optional[ThinkOptions] = None,
+                generator: Optional[torch.Generator] = None, final_energy: bool = False):
+        """Generation's decoder (`text/decoding.py`): static buffers where the explicit passes run, else the cache."""
+        self.check_options(options)
+        if explicit.enabled_for(window) and not torch.is_grad_enabled():
+            return TransformerStaticDecoder(self, window)
+        return CacheDecoder(self, window, options, generator, final_energy)
 
     def next_logits(self, window: Tensor, cache: Optional[Observed] = None, options: Optional[ThinkOptions] = None,
                     generator: Optional[torch.Generator] = None, final_energy: bool = False) -> Prediction:
