@@ -173,10 +173,14 @@ def observe(layers: list[PackedLayer], heads: int, eps: float, x: Tensor, rot: T
         if i == len(layers) - 1 and not need_output:
             return x
         q = qk.narrow(2, 0, heads).transpose(1, 2)                                     # (B, H, T, hd), pre-scaled
-        s = upcast(q @ K.transpose(-2, -1))                                            # (B, H, T, keys)
-        if blocked is not None:
-            s = s.masked_fill(blocked, float("-inf"))
-        o = _as(s.softmax(-1), x.dtype) @ V                                            # (B, H, T, hd)
+        if T > 1:   # a prefill: the fused attention kernel, in its causal form on an empty cache
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=None if start == 0 else ~blocked,
+                                               is_causal=start == 0, scale=1.0)        # (B, H, T, hd)
+        else:
+            s = upcast(q @ K.transpose(-2, -1))                                        # (B, H, 1, keys)
+            if blocked is not None:
+                s = s.masked_fill(blocked, float("-inf"))
+            o = _as(s.softmax(-1), x.dtype) @ V                                        # (B, H, 1, hd)
         x = _residual(x, o.transpose(1, 2), lay.wo_t)
         n, _ = _rms(x, eps)
         a, b = _project(n, lay.w13_t, lay.b13).chunk(2, dim=-1)
