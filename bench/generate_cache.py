@@ -11,6 +11,7 @@ Repetitions are interleaved and the median is reported, so machine noise hits ev
     python bench/generate_cache.py --ctx 64 --new 8 --reps 1 --json   # smoke test
     python bench/generate_cache.py --dim 384 --layers 6 --heads 6 --new 16 --reps 5 --weight-cache --json
     python bench/generate_cache.py --path autograd --json     # every mode through the autograd modules (before)
+    python bench/generate_cache.py --cached-compiled --json   # + the cached mode compiled (one graph per token)
 """
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ def run(args) -> dict:
     if args.weight_cache:   # the autograd modules' fused weights (the explicit passes pack theirs once)
         modes = {"cached": greedy(True), "cached_no_weight_cache": without_weight_cache}
     modes = {m: on_path(fn) for m, fn in modes.items()}
+    if args.cached_compiled:   # the cached mode also as one compiled graph per token (its compile is in the warm-up)
+        def compiled():
+            with inference_path("compiled"):
+                greedy(True)()
+        modes["cached_compiled"] = compiled
     if args.skip_reference:
         modes.pop("reference", None)
     times = {m: [] for m in modes}
@@ -86,9 +92,10 @@ def run(args) -> dict:
         out["speedup_weight_cache"] = round(statistics.median(
             b / a for a, b in zip(times["cached"], times["cached_no_weight_cache"])), 3)
         return out
-    out["speedup_cached_vs_uncached"] = round(tps["cached"] / tps["uncached"], 2)
-    if "reference" in tps:
-        out["speedup_cached_vs_reference"] = round(tps["cached"] / tps["reference"], 2)
+    for cached in [m for m in tps if m.startswith("cached")]:
+        out[f"speedup_{cached}_vs_uncached"] = round(tps[cached] / tps["uncached"], 2)
+        if "reference" in tps:
+            out[f"speedup_{cached}_vs_reference"] = round(tps[cached] / tps["reference"], 2)
     return out
 
 
@@ -105,6 +112,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--path", choices=PATHS, default="explicit", help="the inference path of every mode")
+    p.add_argument("--cached-compiled", action="store_true",
+                   help="add the cached mode through the compiled path (one graph per token) beside the others")
     p.add_argument("--weight-cache", action="store_true",
                    help="instead: cached generation with vs without reusing the fused projection weights")
     p.add_argument("--json", action="store_true")

@@ -57,6 +57,11 @@ def inference_path(path: str) -> Iterator[None]:
         _PATH.reset(token)
 
 
+def compiling() -> bool:
+    """Whether inference runs under inference_path("compiled")."""
+    return _PATH.get() == "compiled"
+
+
 def enabled_for(t: Tensor) -> bool:
     """Whether the explicit passes may run on t: not under inference_path("autograd"), and no autocast on t's device
     (whose per-op casting rules they do not replicate; weights cast to a half precision work)."""
@@ -77,7 +82,7 @@ def compiled_or(fn, static: bool = False):
     """fn, or its torch.compile'd version under inference_path("compiled") (one per function, backend and process).
     Shapes are dynamic, so calls on growing lengths do not recompile; static=True: fn's shapes never change (a
     decoding step on static buffers, `text/decoding.py`), so it is captured whole as one graph of fixed shapes."""
-    if _PATH.get() != "compiled":
+    if not compiling():
         return fn
     key = (fn, COMPILE_BACKEND)
     if key not in _COMPILED:

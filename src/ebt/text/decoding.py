@@ -141,9 +141,12 @@ class EBTStaticDecoder(StaticDecoder):
             step = 0 if key is None else key
             self.cache[key] = (energy.observe(window[:, :-1], step, past=empty)
                                if window.shape[1] > 1 or energy.prefix else empty)
-        self.observers = [(energy.packed(0 if k is None else k).layers, o.buffers) for k, o in self.cache.items()]
+        packs = {k: energy.packed(k) for k in range(energy.num_landscapes)}
+        if explicit.compiling():   # one copy of each weight (PackedLayer.with_views)
+            packs = {k: p.with_views() for k, p in packs.items()}
+        self.observers = [(packs[0 if k is None else k].layers, o.buffers) for k, o in self.cache.items()]
         schedule = thinker.inference_schedule(self.opts.steps, self.opts.final_landscape_only)
-        self.steps = [(energy.packed(k), self.cache[k if keyed else None].buffers) for k in schedule]
+        self.steps = [(packs[k], self.cache[k if keyed else None].buffers) for k in schedule]
         self.table = rope_table(energy, capacity + 1, hd, cfg.rope_theta, self.emb)
         self.alpha = thinker.options_alpha(self.opts, window.device)
         self.from_logits = thinker.steps_from_logits
@@ -170,6 +173,8 @@ class TransformerStaticDecoder(StaticDecoder):
         if window.shape[1] > 1:
             self.cache = net.observe(window[:, :-1], past=self.cache)
         self.net, self.layers, self.heads, self.eps = net, net.packed_layers(), cfg.heads, cfg.norm_eps
+        if explicit.compiling():   # one copy of each weight (PackedLayer.with_views)
+            self.layers = [lay.with_views() for lay in self.layers]
         self.table = rope_table(net, cfg.context, hd, cfg.rope_theta, net.embeddings.weight)
         self.fn = explicit.compiled_or(transformer_token, static=True)
 
