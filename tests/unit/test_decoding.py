@@ -94,9 +94,12 @@ def test_non_finite_weights_stop_static_decoding_with_the_fix():
 
 
 @pytest.mark.parametrize("kind,conditioning", [("ebt", "time_embed"), ("ebt", "pred_embed"), ("transformer", "none")])
-def test_compiled_decoding_is_one_graph_for_the_whole_generation(kind, conditioning, monkeypatch):
-    """Dynamo captures each token's function whole (fullgraph) once: the growing window changes no shape. Traced
-    with a counting backend that runs the graph eagerly (no code generation, fast enough for CI)."""
+@pytest.mark.parametrize("prompt_length,dtype", [(1, torch.long), (2, torch.int32), (3, torch.long)])
+def test_compiled_decoding_is_one_graph_for_the_whole_generation(kind, conditioning, prompt_length, dtype,
+                                                                  monkeypatch):
+    """Dynamo captures each token's function whole (fullgraph) once: the growing window changes no shape, one-token
+    prefills stay eager and an int32 prompt does not recompile. Traced with a counting backend that runs the graph
+    eagerly (no code generation, fast enough for CI)."""
     graphs = []
 
     def counting(gm, example_inputs):
@@ -106,7 +109,7 @@ def test_compiled_decoding_is_one_graph_for_the_whole_generation(kind, condition
     torch._dynamo.reset()
     monkeypatch.setattr(explicit, "COMPILE_BACKEND", counting)
     net = tiny(conditioning, kind=kind, dtype=torch.float32, context=12)
-    prompt = torch.randint(1, 13, (1, 3))
+    prompt = torch.randint(1, 13, (1, prompt_length), dtype=dtype)
     logits, _, tokens = run(net, prompt, 8, path="compiled")
     ref_logits, _, ref_tokens = run(net, prompt, 8)
     assert len(graphs) == 1

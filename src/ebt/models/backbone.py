@@ -39,19 +39,19 @@ class Observed:
 
     @staticmethod
     def allocate(batch: int, layers: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> "Observed":
-        """An empty cache (length 0) with zeroed buffers of `capacity` positions, in like's dtype and device: the
-        explicit passes append to it (`explicit.extend`)."""
+        """An empty cache (length 0) with buffers of `capacity` positions, in like's dtype and device: the explicit
+        passes append to it (`explicit.extend`). Zeros, not uninitialised memory: static decoding
+        (`text/decoding.py`) attends over whole buffers with zero weights on the free slots, and 0 x NaN is NaN."""
         buffers = [tuple(like.new_zeros(batch, heads, capacity, head_dim) for _ in range(2)) for _ in range(layers)]
         return Observed([(k[:, :, :0], v[:, :, :0]) for k, v in buffers], None, buffers)
 
     def with_capacity(self, capacity: int) -> "Observed":
-        """Copy the cache into buffers that can grow to `capacity` positions without reallocating. The free slots
-        are zeros, not uninitialised memory: static decoding (`text/decoding.py`) multiplies them by zero attention
-        weights, and 0 x NaN garbage would be NaN."""
+        """Copy the cache into buffers that can grow to `capacity` positions without reallocating (the free slots are
+        never read: `kv` are views of the filled ones)."""
         buffers, kv = [], []
         for k, v in self.kv:
-            kb = k.new_zeros(*k.shape[:2], max(capacity, k.shape[2]), k.shape[3])
-            vb = v.new_zeros(*v.shape[:2], max(capacity, v.shape[2]), v.shape[3])
+            kb = k.new_empty(*k.shape[:2], max(capacity, k.shape[2]), k.shape[3])
+            vb = v.new_empty(*v.shape[:2], max(capacity, v.shape[2]), v.shape[3])
             kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]] = k, v
             buffers.append((kb, vb))
             kv.append((kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]]))

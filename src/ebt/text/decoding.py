@@ -10,7 +10,8 @@
   buffer, masked past the newest position, and positions are tensors, so the shapes never change while the window
   grows: under `inference_path("compiled")` torch.compile captures each token as one graph (one guard check, a
   fixed sequence of fused kernels) instead of ~1,300 operator calls from Python (docs/performance.md#inference).
-The weights are read when the decoder starts: a decoder lives for one `generate` call, under no_grad.
+The weights are read when the decoder starts (a decoder lives for one `generate` call, under no_grad), directly, as
+the explicit passes read them: hooks or replaced modules are not seen (run such models with --inference autograd).
 """
 from __future__ import annotations
 
@@ -100,13 +101,22 @@ def transformer_token(token: Tensor, pos: Tensor, layers: list[PackedLayer], buf
 
 
 # ---- the decoders ------------------------------------------------------------------------------------------------
+def _eager():
+    """Prefills run on the eager explicit passes: their work is arithmetic, and a graph of their own (a one-token
+    prefill would take the compiled `observe`) would cost one more compile."""
+    return explicit.inference_path("explicit")
+
+
 class StaticDecoder:
     """Static buffers and the position of the newest observed token. The window but its last token is observed
     when the decoder starts; `first()` appends that last token like any other (every token costs one call of the
     same function); subclasses give `_token`."""
 
     def __init__(self, window: Tensor, length: int, capacity: int):
+        if length + 1 > capacity:
+            raise ValueError(f"a window of {window.shape[1]} tokens does not fit the model's context: shorten it")
         self.window, self.length, self.capacity = window, length, capacity   # observed positions filled, room
+        self.pos = torch.tensor([length], device=window.device)   # the same, on the device (no copy per token)
 
     def first(self) -> Prediction:
         return self.advance(self.window[:, -1:])
@@ -115,10 +125,12 @@ class StaticDecoder:
         """token (B, 1) appended; the prediction after it."""
         if self.length >= self.capacity:
             raise ValueError(f"the decoder's buffers hold {self.capacity} positions: start a new one")
-        # a fresh (B, 1) copy: a slice of the window and a sampled token then share strides (no recompiling)
-        token = token.new_empty(token.shape).copy_(token)
-        out = self._token(token, torch.tensor([self.length], device=token.device))
+        # a fresh (B, 1) int64 copy: a slice of the window and a sampled token then share strides and dtype (no
+        # recompiling)
+        token = torch.empty(token.shape, dtype=torch.long, device=token.device).copy_(token)
+        out = self._token(token, self.pos)
         self.length += 1
+        self.pos.add_(1)
         return out
 
     def _token(self, token: Tensor, pos: Tensor) -> Prediction:
@@ -139,15 +151,16 @@ class EBTStaticDecoder(StaticDecoder):
         for key in (range(energy.num_landscapes) if keyed else [None]):
             empty = Observed.allocate(window.shape[0], cfg.layers, cfg.heads, capacity, hd, self.emb)
             step = 0 if key is None else key
-            self.cache[key] = (energy.observe(window[:, :-1], step, past=empty)
-                               if window.shape[1] > 1 or energy.prefix else empty)
+            with _eager():
+                self.cache[key] = (energy.observe(window[:, :-1], step, past=empty)
+                                   if window.shape[1] > 1 or energy.prefix else empty)
         packs = {k: energy.packed(k) for k in range(energy.num_landscapes)}
         if explicit.compiling():   # one copy of each weight (PackedLayer.with_views)
             packs = {k: p.with_views() for k, p in packs.items()}
         self.observers = [(packs[0 if k is None else k].layers, o.buffers) for k, o in self.cache.items()]
         schedule = thinker.inference_schedule(self.opts.steps, self.opts.final_landscape_only)
         self.steps = [(packs[k], self.cache[k if keyed else None].buffers) for k in schedule]
-        self.table = rope_table(energy, capacity + 1, hd, cfg.rope_theta, self.emb)
+        self.table = rope_table(energy, capacity + 1, hd, cfg.rope_theta, self.emb)[:capacity + 1]   # fixed shape
         self.alpha = thinker.options_alpha(self.opts, window.device)
         self.from_logits = thinker.steps_from_logits
         self.fn = explicit.compiled_or(ebt_token, static=True)
@@ -171,11 +184,12 @@ class TransformerStaticDecoder(StaticDecoder):
         self.cache = Observed.allocate(window.shape[0], cfg.layers, cfg.heads, cfg.context, hd,
                                        net.embeddings.weight)
         if window.shape[1] > 1:
-            self.cache = net.observe(window[:, :-1], past=self.cache)
+            with _eager():
+                self.cache = net.observe(window[:, :-1], past=self.cache)
         self.net, self.layers, self.heads, self.eps = net, net.packed_layers(), cfg.heads, cfg.norm_eps
         if explicit.compiling():   # one copy of each weight (PackedLayer.with_views)
             self.layers = [lay.with_views() for lay in self.layers]
-        self.table = rope_table(net, cfg.context, hd, cfg.rope_theta, net.embeddings.weight)
+        self.table = rope_table(net, cfg.context, hd, cfg.rope_theta, net.embeddings.weight)[:cfg.context]
         self.fn = explicit.compiled_or(transformer_token, static=True)
 
     def _token(self, token: Tensor, pos: Tensor) -> Prediction:

@@ -1,4 +1,5 @@
-"""Text generation for both models through their shared interface (`start_cache`, `extend_cache`, `next_logits`).
+"""Text generation for both models through their shared interface: `decoder(window, ...)` (`text/decoding.py`), whose
+`first()` and `advance(token)` give each next token's logits, or `next_logits` without a cache.
 
 For the EBT each new token costs only the candidate position's descent: the context's keys/values are cached
 (per step index when the conditioning lets the context see the step) and extended by one token at a time.

@@ -4,8 +4,9 @@ Both share one interface, so the trainer, evaluation and generation never ask wh
     forward(input_ids (B, L+1))           -> LMOutput(loss, ...)    training objective; targets input_ids[:, 1:]
     param_groups(optim_cfg)               -> AdamW parameter groups
     predict(contexts (B, S), options)     -> Prediction: next-token logits (B, S, V) for every position
-    start_cache(window) / extend_cache(cache, tokens)               the KV cache of the context (generation)
+    start_cache(window) / extend_cache(cache, tokens)               the KV cache of the context
     next_logits(window, cache, options)   -> Prediction: logits (B, V) of the token after the window
+    decoder(window, options, ...)         -> generation's decoder: first() / advance(token) -> Prediction
     target_energy(contexts, targets)      -> energies (B, S) of given next tokens (None: no energy)
 Thinking options (`ebt.thinking.ThinkOptions`) are refused by the Transformer++ with a clear message.
 """
@@ -21,13 +22,13 @@ from torch import Tensor, nn
 from ebt import noise
 from ebt.config import ModelConfig, OptimConfig, RunConfig, ThinkConfig
 from ebt.errors import UserError
+from ebt.models import explicit
 from ebt.models.ar_ebt import AREnergyModel, ContextEnergy
 from ebt.models.backbone import Observed
 from ebt.models.layers import frozen_weights
 from ebt.models.transformer_pp import TransformerPP
 from ebt.ops.common import upcast
 from ebt.ops.vocab import candidate_cross_entropy
-from ebt.models import explicit
 from ebt.text.decoding import CacheDecoder, EBTStaticDecoder, TransformerStaticDecoder, plain_options
 from ebt.text.inference import Prediction, build_cache, extend_cache, think
 from ebt.text.replay import ReplayBuffer
