@@ -99,8 +99,8 @@ def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: i
                 if n == new:
                     tokens[mode] = out_tokens
     tps = {m: round(batch * new / statistics.median(t), 1) for m, t in times.items()}
-    decode_tps = {m: round(batch * (new - 1) / max(1e-9, statistics.median(times[m]) - statistics.median(firsts[m])), 1)
-                  for m in modes} if new > 1 else {}
+    decode_s = {m: max(1e-9, statistics.median(times[m]) - statistics.median(firsts[m])) for m in modes}
+    decode_tps = {m: round(batch * (new - 1) / s, 1) for m, s in decode_s.items()} if new > 1 else {}
     base = paths[0]
     out = {"model": model, "conditioning": conditioning if model != "transformer" else None, "device": str(dev),
            "batch": batch, "context": prompt + new, "new_tokens": new, "dim": dim, "layers": layers,

@@ -25,7 +25,8 @@ class TransformerPP(nn.Module):
         """Run input_ids (B, S) after an optional KV cache; `.hidden` holds the normalised states (B, S, D)."""
         x = self.embeddings(input_ids)
         if explicit.can_extend(past, x):   # inference, appending to a preallocated cache (generation)
-            return explicit.extend(self, self.packed_layers(), x, past, self.cfg, final_norm=self.transformer.norm.weight)
+            return explicit.extend(self, self.packed_layers(), x, past, self.cfg,
+                                   final_norm=self.transformer.norm.weight)
         return self.transformer.observe(x, past=past, need_hidden=True)
 
     def train(self, mode: bool = True):
