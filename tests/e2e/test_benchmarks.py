@@ -43,6 +43,8 @@ def test_bench_generate(capsys, model):
     res = json.loads(capsys.readouterr().out)
     assert set(res["tokens_per_s"]) == {"autograd", "explicit", "autograd_uncached"}
     assert all(v > 0 for v in res["tokens_per_s"].values()) and res["identical_tokens"]
+    assert set(res["decode_tokens_per_s"]) == set(res["tokens_per_s"])   # the tokens after the first, per mode
+    assert all(v > 0 for v in res["decode_tokens_per_s"].values())
     ops = res["ops_per_token"]
     assert 0 < ops["explicit"] < ops["autograd"]
 
