@@ -67,7 +67,8 @@ def bench(args: argparse.Namespace) -> int:
                              conditioning=args.conditioning, paths=tuple(args.paths.split(",")),
                              uncached=args.uncached, reps=args.steps, threads=args.threads, device=args.device,
                              **size)
-        print(json.dumps(res) if args.json else f"{res['model']}: {res['tokens_per_s']} tokens/s")
+        print(json.dumps(res) if args.json else f"{res['model']}: {res['tokens_per_s']} tokens/s end to end, "
+                                                 f"{res['decode_tokens_per_s']} decoding")
         return 0
     base = spec_from_args(args, args.device, size)
     specs = [base]
