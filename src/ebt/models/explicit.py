@@ -321,9 +321,8 @@ def extend(module: nn.Module, layers: list[PackedLayer], x: Tensor, past: Observ
     final_norm (D,): also return the normalised final states (`Observed.hidden`, the Transformer++'s)."""
     start, T = past.length, x.shape[1]
     rot = rope_table(module, start + T, cfg.dim // cfg.heads, cfg.rope_theta, x)[start:start + T]
-    # a prefill (T > 1) runs eagerly: its work is arithmetic, and a graph of its own would cost one more compile
-    fn = compiled_or(observe) if T == 1 else observe
-    out = fn(layers, cfg.heads, cfg.norm_eps, x, rot, past.buffers, start, need_output=final_norm is not None)
+    out = compiled_or(observe)(layers, cfg.heads, cfg.norm_eps, x, rot, past.buffers, start,
+                               need_output=final_norm is not None)
     kv = [(K.narrow(2, 0, start + T), V.narrow(2, 0, start + T)) for K, V in past.buffers]
     hidden = None if final_norm is None else normalised(out, cfg.norm_eps, final_norm)
     return Observed(kv, hidden, past.buffers)
