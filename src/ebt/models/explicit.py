@@ -76,17 +76,24 @@ COMPILE_BACKEND = "inductor"
 STATIC_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 """Inductor's settings for static graphs: on CPU, matmuls with one row (batch-1 decoding) become fused element-wise
 products and sums rather than library calls (~10 us of dispatch each on a busy CPU); it needs static shapes."""
+CPU_STATIC_OPTIONS = {**STATIC_OPTIONS, "cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False}
+"""On CPU, a static graph's wrapper is C++ too: a decoding step allocates ~400 intermediate buffers, ~18% of an EBT
+token when Python does it (measured side by side, docs/performance.md#inference). Dynamo's guards already check
+every input's shape and strides, so inductor's own checks of them are dropped."""
 
 
-def compiled_or(fn, static: bool = False):
-    """fn, or its torch.compile'd version under inference_path("compiled") (one per function, backend and process).
-    Shapes are dynamic, so calls on growing lengths do not recompile; static=True: fn's shapes never change (a
-    decoding step on static buffers, `text/decoding.py`), so it is captured whole as one graph of fixed shapes."""
+def compiled_or(fn, static: bool = False, device_type: str = "cpu"):
+    """fn, or its torch.compile'd version under inference_path("compiled") (one per function, backend, kind of
+    graph and device type, per process). Shapes are dynamic, so calls on growing lengths do not recompile;
+    static=True: fn's shapes never change (a decoding step on static buffers, `text/decoding.py`), so it is
+    captured whole as one graph of fixed shapes."""
     if not compiling():
         return fn
-    key = (fn, COMPILE_BACKEND)
+    key = (fn, COMPILE_BACKEND, static, device_type)
     if key not in _COMPILED:
-        options = STATIC_OPTIONS if static and COMPILE_BACKEND == "inductor" else None
+        options = None
+        if static and COMPILE_BACKEND == "inductor":
+            options = CPU_STATIC_OPTIONS if device_type == "cpu" else STATIC_OPTIONS
         _COMPILED[key] = torch.compile(fn, dynamic=not static, fullgraph=static, backend=COMPILE_BACKEND,
                                        options=options)
     return _COMPILED[key]

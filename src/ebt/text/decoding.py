@@ -68,27 +68,31 @@ def _static_mask(buffers: KV, pos: Tensor) -> Tensor:
     return torch.arange(buffers[0][0].shape[2], device=pos.device) > pos
 
 
-def ebt_token(token: Tensor, pos: Tensor, z0: Tensor, observers: list[tuple[list[PackedLayer], KV]],
-              steps: list[tuple[Packed, KV]], emb: Tensor, M: Tensor, table: Tensor, alpha: Tensor,
-              from_logits: bool) -> tuple[Tensor, Tensor]:
-    """One EBT token: token (B, 1) is observed at position pos (1,) in every cache (observers: each cache's layers
-    and buffers), then the candidate for the next token descends from z0 (B, 1, V) through `steps` (each step's
-    packed weights and the cache it reads). Returns the final logits (B, 1, V) and the energy before each step
-    (steps, B, 1). The update is the thinking loop's (`Thinker.step`'s explicit branch): z' = base - alpha dE/dp."""
-    first = observers[0][1]
-    blocked = _static_mask(first, pos)                                                   # (capacity,)
+def ebt_token(token: Tensor, pos: Tensor, z0: Tensor, packs: list[Packed], caches: list[KV],
+              plan: tuple[tuple[int, ...], tuple[tuple[int, int], ...]], emb: Tensor, M: Tensor, table: Tensor,
+              alpha: Tensor, from_logits: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One EBT token: token (B, 1) is observed at position pos (1,) in every cache, then the candidate for the next
+    token descends from z0 (B, 1, V). plan = (observers, steps): cache i is written by the layers of
+    packs[observers[i]]; each step is (pack, cache) indices. (Every object is passed once and the plan as integers:
+    an object passed twice would make torch.compile check their identities in Python on every call.)
+    Returns the final logits (B, 1, V), the energy before each step (steps, B, 1) and whether the logits are all
+    finite (the thinking loop's final check, inside the graph). The update is the thinking loop's (`Thinker.step`'s
+    explicit branch): z' = base - alpha dE/dp."""
+    observers, steps = plan
+    heads, eps = packs[0].heads, packs[0].eps
+    blocked = _static_mask(caches[0], pos)                                               # (capacity,)
     x = F.embedding(token, emb)                                                          # (B, 1, D)
     rot = table.index_select(0, pos)                                                     # (1, 1, hd/2, 2)
-    for layers, buffers in observers:
-        explicit.observe(layers, steps[0][0].heads, steps[0][0].eps, x, rot, buffers, pos, False, blocked)
+    for buffers, k in zip(caches, observers):
+        explicit.observe(packs[k].layers, heads, eps, x, rot, buffers, pos, False, blocked)
     rot = table.index_select(0, pos + 1)          # the candidate sits one position after the newest token
     z, energies = z0, []
-    for packed, buffers in steps:
+    for k, c in steps:
         p = z.softmax(-1)                                                                # (B, 1, V)
-        e, dx = explicit.energy_and_grad(packed, embed_probs(p, M), rot, buffers, None, blocked)
+        e, dx = explicit.energy_and_grad(packs[k], embed_probs(p, M), rot, caches[c], None, blocked)
         z = candidate_update(z if from_logits else p, dx, M, alpha)
         energies.append(e)
-    return z, torch.stack(energies)
+    return z, torch.stack(energies), torch.isfinite(z).all()
 
 
 def transformer_token(token: Tensor, pos: Tensor, layers: list[PackedLayer], buffers: KV, heads: int, eps: float,
@@ -154,24 +158,26 @@ class EBTStaticDecoder(StaticDecoder):
             with _eager():
                 self.cache[key] = (energy.observe(window[:, :-1], step, past=empty)
                                    if window.shape[1] > 1 or energy.prefix else empty)
-        packs = {k: energy.packed(k) for k in range(energy.num_landscapes)}
+        self.packs = [energy.packed(k) for k in range(energy.num_landscapes)]
         if explicit.compiling():   # one copy of each weight (PackedLayer.with_views)
-            packs = {k: p.with_views() for k, p in packs.items()}
-        self.observers = [(packs[0 if k is None else k].layers, o.buffers) for k, o in self.cache.items()]
+            self.packs = [p.with_views() for p in self.packs]
+        self.caches = [o.buffers for o in self.cache.values()]
         schedule = thinker.inference_schedule(self.opts.steps, self.opts.final_landscape_only)
-        self.steps = [(packs[k], self.cache[k if keyed else None].buffers) for k in schedule]
+        keys = list(self.cache)
+        self.plan = (tuple(0 if k is None else k for k in keys),
+                     tuple((k, keys.index(k if keyed else None)) for k in schedule))
         self.table = rope_table(energy, capacity + 1, hd, cfg.rope_theta, self.emb)[:capacity + 1]   # fixed shape
         self.alpha = thinker.options_alpha(self.opts, window.device)
         self.from_logits = thinker.steps_from_logits
-        self.fn = explicit.compiled_or(ebt_token, static=True)
+        self.fn = explicit.compiled_or(ebt_token, static=True, device_type=window.device.type)
 
     def _token(self, token: Tensor, pos: Tensor) -> Prediction:
         z0 = start_logits(self.model, token.shape[0], 1, self.opts, token.device, self.generator)   # (B, 1, V)
-        z, energies = self.fn(token, pos, z0, self.observers, self.steps, self.emb, self.M, self.table,
-                              self.alpha, self.from_logits)
-        if not torch.isfinite(z).all():   # the thinking loop's final check (a diverged model or step size)
+        z, energies, finite = self.fn(token, pos, z0, self.packs, self.caches, self.plan, self.emb, self.M,
+                                      self.table, self.alpha, self.from_logits)
+        if not finite:   # a diverged model or step size
             raise NonFinite(NON_FINITE)
-        n = len(self.steps)
+        n = len(self.plan[1])
         used = torch.full(z.shape[:-1], n, dtype=torch.long, device=z.device)
         return Prediction(z[:, -1], n, ThinkResult(z, energies, None, used, n))
 
@@ -190,7 +196,7 @@ class TransformerStaticDecoder(StaticDecoder):
         if explicit.compiling():   # one copy of each weight (PackedLayer.with_views)
             self.layers = [lay.with_views() for lay in self.layers]
         self.table = rope_table(net, cfg.context, hd, cfg.rope_theta, net.embeddings.weight)[:cfg.context]
-        self.fn = explicit.compiled_or(transformer_token, static=True)
+        self.fn = explicit.compiled_or(transformer_token, static=True, device_type=window.device.type)
 
     def _token(self, token: Tensor, pos: Tensor) -> Prediction:
         n = self.net
