@@ -7,6 +7,10 @@ best-of-2/5/10 (text/thinking_sweep.py). A random-weight EBT of lm-tiny's shape 
     python bench/thinking_sweep.py --json                          # lm-tiny shape, context 256, 16 windows
     python bench/thinking_sweep.py --ebt runs/lm-tiny --json       # a trained EBT on its held-out windows
     python bench/thinking_sweep.py --windows 2 --ctx 32 --json     # smoke test
+
+The process runs with the `ebt` command's settings (ebt/_entry.py: huge pages, freed memory kept for reuse), as
+`ebt eval thinking` does; `THP_MEM_ALLOC_ENABLE=0 MALLOC_TRIM_THRESHOLD_=131072` in the environment measures
+without them.
 """
 from __future__ import annotations
 
@@ -16,9 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ebt._entry import configure_process  # noqa: E402
+
+configure_process()   # before torch's first allocation, as the `ebt` command does
+
+import torch  # noqa: E402
 
 from ebt.config import ModelConfig, ThinkConfig  # noqa: E402
 from ebt.models.explicit import PATHS, inference_path  # noqa: E402

@@ -21,13 +21,14 @@ class TransformerPP(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         init_weights(self)
 
-    def observe(self, input_ids: Tensor, past: Optional[Observed] = None) -> Observed:
-        """Run input_ids (B, S) after an optional KV cache; `.hidden` holds the normalised states (B, S, D)."""
+    def observe(self, input_ids: Tensor, past: Optional[Observed] = None, need_hidden: bool = True) -> Observed:
+        """Run input_ids (B, S) after an optional KV cache; `.hidden` holds the normalised states (B, S, D), or is
+        None without need_hidden (a prefill that only fills the cache skips the last layer's attention and MLP)."""
         x = self.embeddings(input_ids)
         if explicit.can_extend(past, x):   # inference, appending to a preallocated cache (generation)
             return explicit.extend(self, self.packed_layers(), x, past, self.cfg,
-                                   final_norm=self.transformer.norm.weight)
-        return self.transformer.observe(x, past=past, need_hidden=True)
+                                   final_norm=self.transformer.norm.weight if need_hidden else None)
+        return self.transformer.observe(x, past=past, need_hidden=need_hidden)
 
     def train(self, mode: bool = True):
         if mode:   # packs built for generation do not stay in memory through training

@@ -191,7 +191,7 @@ class TransformerStaticDecoder(StaticDecoder):
                                        net.embeddings.weight)
         if window.shape[1] > 1:
             with _eager():
-                self.cache = net.observe(window[:, :-1], past=self.cache)
+                self.cache = net.observe(window[:, :-1], past=self.cache, need_hidden=False)
         self.net, self.layers, self.heads, self.eps = net, net.packed_layers(), cfg.heads, cfg.norm_eps
         if explicit.compiling():   # one copy of each weight (PackedLayer.with_views)
             self.layers = [lay.with_views() for lay in self.layers]
