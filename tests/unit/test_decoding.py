@@ -114,4 +114,6 @@ def test_compiled_decoding_is_one_graph_for_the_whole_generation(kind, condition
     ref_logits, _, ref_tokens = run(net, prompt, 8)
     assert len(graphs) == 1
     assert torch.equal(tokens, ref_tokens)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    # float32 round-off of two weight layouts (the graph reads views, eager code transposed copies), grown by the
+    # descent: the bound scales with the logits (float64 equality is test_static_decoding_equals_the_autograd_path_in_float64's)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=5e-5 * ref_logits.abs().max().item())

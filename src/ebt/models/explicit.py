@@ -228,21 +228,24 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, K: Tensor, V: Tensor, blocked: Opti
     (B, H, l, hd) and the attention weights w (B, H, l, s+1), the own key's last."""
     s_obs = upcast(q @ K.transpose(-2, -1))                                            # (B, H, l, s), q pre-scaled
     if blocked is not None:
-        s_obs = s_obs.masked_fill(blocked, float("-inf"))
+        s_obs.masked_fill_(blocked, float("-inf"))   # a fresh tensor (or upcast copy): no second (l, s) one
     s_self = upcast(torch.linalg.vecdot(q, k)).unsqueeze(-1)                           # (B, H, l, 1)
     w = _as(torch.cat([s_obs, s_self], -1).softmax(-1), q.dtype)                         # (B, H, l, s+1)
     S = s_obs.shape[-1]
     return torch.addcmul(w.narrow(-1, 0, S) @ V, w.narrow(-1, S, 1), v), w
 
 
-def _attend_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, K: Tensor, V: Tensor,
+def _attend_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, K: Tensor, V: Tensor,
                      w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients w.r.t. the (rotated) q, the own key k and value v of `_attend`, each (B, H, l, hd), given do."""
+    """Gradients w.r.t. the (rotated) q, the own key k and value v of `_attend`, each (B, H, l, hd), given do and
+    the output o. The softmax's sum_j w_j (do . v_j) over every key, the own one included, is do . o: no pass over
+    the (l, s+1) weights for it, and the observed keys' score gradients are formed in place."""
     S = w.shape[-1] - 1
-    dw = torch.cat([do @ V.transpose(-2, -1), torch.linalg.vecdot(do, v).unsqueeze(-1)], -1)  # (B, H, l, s+1)
-    ds = w * (dw - torch.linalg.vecdot(w, dw).unsqueeze(-1))                            # d scores
-    ds_self = ds.narrow(-1, S, 1)
-    return torch.addcmul(ds.narrow(-1, 0, S) @ K, ds_self, k), ds_self * q, w.narrow(-1, S, 1) * do
+    w_self = w.narrow(-1, S, 1)                                                        # (B, H, l, 1)
+    mean = torch.linalg.vecdot(do, o).unsqueeze(-1)                                    # (B, H, l, 1)
+    ds_obs = (do @ V.transpose(-2, -1)).sub_(mean).mul_(w.narrow(-1, 0, S))            # (B, H, l, s) d scores
+    ds_self = w_self * (torch.linalg.vecdot(do, v).unsqueeze(-1) - mean)               # (B, H, l, 1)
+    return torch.addcmul(ds_obs @ K, ds_self, k), ds_self * q, w_self * do
 
 
 def _cat(parts: list[Tensor], dim: int) -> Tensor:
@@ -288,14 +291,14 @@ def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tenso
         sig = torch.sigmoid(a_)
         sa = a_ * sig                                                                   # silu(a)
         x = _residual(x2, sa * b_, lay.w2_t)
-        saved.append((n1, r1, q, k, v, ws, n2, r2, b_, sig, sa))
+        saved.append((n1, r1, q, k, v, outs, ws, n2, r2, b_, sig, sa))
     nf, rf = _rms(x, eps)
     e = nf @ packed.final                                                               # (B, L)
     if packed.final_bias is not None:
         e = e + packed.final_bias
     # ---- backward: dE/dx for E summed over positions (each position's energy depends on its own candidate only) --
     dx = _rms_backward(nf, rf, packed.final.expand_as(nf), torch.zeros_like(x))
-    for lay, (K, V), (n1, r1, q, k, v, ws, n2, r2, b_, sig, sa) in zip(
+    for lay, (K, V), (n1, r1, q, k, v, outs, ws, n2, r2, b_, sig, sa) in zip(
             reversed(packed.layers), reversed(kv), reversed(saved)):
         # SwiGLU branch: x_out = x2 + W2 (silu(a) b), [a; b] = W13 n2' + b13
         dg = dx @ lay.w2                                                                # (B, L, F)
@@ -304,8 +307,8 @@ def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tenso
         dx = _rms_backward(n2, r2, dn2, dx)                                             # d x2
         # attention branch: x2 = x + Wo o
         do = (dx @ lay.wo).view(B, L, H, hd).transpose(1, 2)                            # (B, H, L, hd)
-        grads = [_attend_backward(_span(do, a, b), _span(q, a, b), _span(k, a, b), _span(v, a, b), _span(K, 0, end),
-                                  _span(V, 0, end), w) for (a, b, end, _), w in zip(blocks, ws)]
+        grads = [_attend_backward(_span(do, a, b), _span(q, a, b), _span(k, a, b), _span(v, a, b), o,
+                                  _span(K, 0, end), _span(V, 0, end), w) for (a, b, end, _), o, w in zip(blocks, outs, ws)]
         dq, dk, dv = (_cat(list(g), 2) for g in zip(*grads))                            # (B, H, L, hd) each
         dqk = torch.cat([dq, dk], 1).transpose(1, 2)                                    # (B, L, 2H, hd), rotated
         dqkv = torch.cat([_rotate(dqk, rot, inverse=True), dv.transpose(1, 2)], 2)      # (B, L, 3H, hd)
