@@ -1,8 +1,11 @@
-"""Page faults and kernel time per CPU training step, with and without transparent huge pages for large tensors.
+"""Page faults and kernel time per CPU training step with transparent huge pages for large tensors (what the `ebt`
+command sets, ebt/_entry.py), with huge pages and freed memory kept for reuse (`keep_freed_memory`, which the
+evaluation commands add), and with neither.
 
-The `ebt` command sets PyTorch's THP_MEM_ALLOC_ENABLE=1 before torch loads (ebt/_entry.py). torch reads it once,
-so each setting runs in its own subprocess; page faults and system time are counted with getrusage over timed
-steps (they do not depend on the machine's load the way wall time does).
+The `ebt` command sets PyTorch's THP_MEM_ALLOC_ENABLE=1 before torch loads; torch reads it once, so each setting
+runs in its own subprocess. Page faults and system time are counted with getrusage over timed steps (they do not
+depend on the machine's load the way wall time does); the process's peak resident memory shows what keeping freed
+memory costs.
 
     python bench/page_faults.py --vocab 8192 --json
 """
@@ -22,12 +25,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = dict(dim=32, layers=2, heads=2, ctx=16, batch=2)   # smoke test size
 
 
-def measure(model: str, vocab: int, steps: int, tiny: bool = False) -> dict:
-    """In this process: minor page faults, system and user CPU seconds per training step (after 2 warm-up steps)."""
+def measure(model: str, vocab: int, steps: int, tiny: bool = False, retain: bool = False) -> dict:
+    """In this process: minor page faults, system and user CPU seconds per training step (after 2 warm-up steps),
+    and the process's peak resident memory."""
     sys.path.insert(0, str(SRC))
     import torch
 
     from ebt.benchmarks.train_step import TrainSpec, build, resolve_device, train_step
+    from ebt.training.devices import keep_freed_memory
+
+    if retain:
+        keep_freed_memory()
 
     torch.set_num_threads(1)
     spec = TrainSpec(model=model, vocab=vocab, device="cpu", **(TINY if tiny else {}))
@@ -41,7 +49,8 @@ def measure(model: str, vocab: int, steps: int, tiny: bool = False) -> dict:
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"page_faults": (r1.ru_minflt - r0.ru_minflt) / steps,
             "sys_ms": round((r1.ru_stime - r0.ru_stime) / steps * 1e3, 1),
-            "user_ms": round((r1.ru_utime - r0.ru_utime) / steps * 1e3, 1)}
+            "user_ms": round((r1.ru_utime - r0.ru_utime) / steps * 1e3, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}   # Linux: KiB
 
 
 def main(argv=None) -> int:
@@ -52,18 +61,20 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "VOCAB"), help=argparse.SUPPRESS)
+    p.add_argument("--retain", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.steps, args.tiny)))
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.steps, args.tiny, args.retain)))
         return 0
     rows = []
     for model in args.models.split(","):
-        for thp in ("1", "0"):
+        for thp, retain in (("1", True), ("1", False), ("0", False)):
             env = {**os.environ, "THP_MEM_ALLOC_ENABLE": thp, "OMP_NUM_THREADS": "1"}
             cmd = [sys.executable, __file__, "--worker", model, str(args.vocab), "--steps", str(args.steps)]
-            out = subprocess.run(cmd + (["--tiny"] if args.tiny else []), env=env, capture_output=True, text=True,
-                                 check=True).stdout
-            rows.append({"model": model, "huge_pages": thp == "1", "vocab": args.vocab, **json.loads(out)})
+            cmd += (["--tiny"] if args.tiny else []) + (["--retain"] if retain else [])
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            rows.append({"model": model, "huge_pages": thp == "1", "freed_memory_kept": retain, "vocab": args.vocab,
+                         **json.loads(out)})
     if args.json:
         print(json.dumps(rows))
     else:

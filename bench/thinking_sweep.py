@@ -8,14 +8,15 @@ best-of-2/5/10 (text/thinking_sweep.py). A random-weight EBT of lm-tiny's shape 
     python bench/thinking_sweep.py --ebt runs/lm-tiny --json       # a trained EBT on its held-out windows
     python bench/thinking_sweep.py --windows 2 --ctx 32 --json     # smoke test
 
-The process runs with the `ebt` command's settings (ebt/_entry.py: huge pages, freed memory kept for reuse), as
-`ebt eval thinking` does; `THP_MEM_ALLOC_ENABLE=0 MALLOC_TRIM_THRESHOLD_=131072` in the environment measures
-without them.
+The process runs with `ebt eval thinking`'s settings: huge pages for large tensors (ebt/_entry.py) and freed memory
+kept for reuse (`keep_freed_memory`); `EBT_KEEP_FREED_MEMORY=0` measures glibc's default, `THP_MEM_ALLOC_ENABLE=0`
+without huge pages. peak_rss_mib is the process's peak resident memory (every path's).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from ebt.models.explicit import PATHS, inference_path  # noqa: E402
 from ebt.text.data import PackedWindows  # noqa: E402
 from ebt.text.models import TextEBT  # noqa: E402
 from ebt.text.thinking_sweep import thinking_sweep  # noqa: E402
+from ebt.training.devices import keep_freed_memory  # noqa: E402
 
 
 def windows_of(args) -> tuple:
@@ -62,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()   # as `ebt eval thinking` does
     model, windows = windows_of(args)
     seconds, records, warmup = {}, {}, {}
     for path in args.paths.split(","):
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
     base = args.paths.split(",")[0]
     ppl = {path: [r["ppl"] for r in rs] for path, rs in records.items()}
     out = {"windows": args.windows, "context": model.cfg.context, "threads": args.threads, "seconds": seconds,
-           "warmup_seconds": warmup,
+           "warmup_seconds": warmup, "freed_memory_kept": kept,
+           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),   # Linux: KiB
            f"speedup_vs_{base}": {k: round(seconds[base] / v, 2) for k, v in seconds.items()},
            "max_ppl_relative_difference": max(abs(a - b) / b for v in ppl.values() for a, b in zip(v, ppl[base]))}
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))

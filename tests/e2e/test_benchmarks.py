@@ -108,7 +108,8 @@ def test_page_faults_script_smoke(capsys, monkeypatch):
     tool = runpy.run_path(str(ROOT / "bench" / "page_faults.py"))
     assert tool["main"](["--tiny", "--vocab", "64", "--steps", "1", "--models", "ebt", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["huge_pages"] for r in rows] == [True, False] and all(r["user_ms"] > 0 for r in rows)
+    assert [(r["huge_pages"], r["freed_memory_kept"]) for r in rows] == [(True, True), (True, False), (False, False)]
+    assert all(r["user_ms"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
 
 
 def test_alloc_peak_extrapolates_the_batch_exactly(capsys, monkeypatch):

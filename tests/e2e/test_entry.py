@@ -40,27 +40,3 @@ def test_entry_backs_large_cpu_tensors_with_huge_pages():
     if "[madvise]" in HUGE.read_text():   # under [always] the kernel uses huge pages whatever torch advises
         assert int(run_python(PROBE, THP_MEM_ALLOC_ENABLE="0")) < 16 * 1024  # an explicit opt-out is kept
 
-
-REUSE = """import resource
-import ebt._entry as e
-e.retain_freed_memory()
-import torch
-torch.ones(16 << 20)   # 64 MB, touched and freed
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(8 << 20)    # 32 MB: fits in the freed space
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)"""
-
-
-def test_entry_keeps_freed_memory_for_the_next_allocation():
-    """A 32 MB tensor reuses the freed pages of an earlier 64 MB one (no page faults) once the entry point has set
-    glibc's thresholds; by default glibc unmaps the first on free and every 4 KB page of the second faults. A user's
-    own setting wins."""
-    try:
-        glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (ValueError, OSError):
-        glibc = False
-    if not glibc:
-        pytest.skip("not glibc")
-    kept = int(run_python(REUSE, THP_MEM_ALLOC_ENABLE="0"))
-    plain = int(run_python(REUSE, THP_MEM_ALLOC_ENABLE="0", MALLOC_TRIM_THRESHOLD_="131072"))
-    assert kept < 1_000 < 4_000 < plain, (kept, plain)                  # 32 MB is 8,192 pages of 4 KB

@@ -19,6 +19,7 @@ from ebt.text.task import load_model, load_tokenizer_of
 from ebt.text.diagnostics import diagnostics_plot, diagnostics_table, thinking_diagnostics
 from ebt.text.thinking_sweep import sweep_plot, sweep_table, thinking_sweep
 from ebt.training import distributed as dist
+from ebt.training.devices import keep_freed_memory
 from ebt.training.rundir import prepare_output
 
 
@@ -35,6 +36,7 @@ def text_args(p: argparse.ArgumentParser) -> None:
 def text(args: argparse.Namespace) -> int:
     """Cross-entropy, perplexity, bits per byte and forward passes per token on held-out text (also `ebt eval CKPT`)."""
     at_least_one(windows=args.windows, batch_size=args.batch_size)
+    keep_freed_memory()   # whole-window thinking allocates large attention tensors on every step
     model, cfg = load_model(args.checkpoint)
     windows = heldout_windows(cfg, load_tokenizer_of(args.checkpoint), args.data)
     res = evaluate_text(model, windows, think_options(args), args.windows, args.batch_size, args.seed)
@@ -69,6 +71,7 @@ def thinking(args: argparse.Namespace) -> int:
     at_least_one(windows=args.windows)
     if args.diagnostics and args.samples < 2:
         raise UserError(f"--samples {args.samples}: the diagnostics compare candidates, give at least 2")
+    keep_freed_memory()
     extra = {}
     for item in args.ood:
         if "=" not in item:
