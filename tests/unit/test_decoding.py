@@ -115,5 +115,5 @@ def test_compiled_decoding_is_one_graph_for_the_whole_generation(kind, condition
     assert len(graphs) == 1
     assert torch.equal(tokens, ref_tokens)
     # float32 round-off of two weight layouts (the graph reads views, eager code transposed copies), grown by the
-    # descent: the bound scales with the logits (float64 equality is test_static_decoding_equals_the_autograd_path_in_float64's)
+    # descent: the bound scales with the logits (float64 equality is the first test's)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=5e-5 * ref_logits.abs().max().item())

@@ -78,15 +78,16 @@ STATIC_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 products and sums rather than library calls (~10 us of dispatch each on a busy CPU); it needs static shapes."""
 CPU_STATIC_OPTIONS = {**STATIC_OPTIONS, "cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False}
 """On CPU, a static graph's wrapper is C++ too: a decoding step allocates ~400 intermediate buffers, ~18% of an EBT
-token when Python does it (measured side by side, docs/performance.md#inference). Dynamo's guards already check
-every input's shape and strides, so inductor's own checks of them are dropped."""
+token when Python does it (measured side by side, docs/performance.md#inference). Inductor's size and alignment
+checks are dropped: Dynamo's guards already check every input's shape and strides, and the fused decoding graphs
+call almost no library kernels whose outputs those checks would also cover."""
 
 
-def compiled_or(fn, static: bool = False, device_type: str = "cpu"):
+def compiled_or(fn, static: bool = False, device_type: Optional[str] = None):
     """fn, or its torch.compile'd version under inference_path("compiled") (one per function, backend, kind of
     graph and device type, per process). Shapes are dynamic, so calls on growing lengths do not recompile;
     static=True: fn's shapes never change (a decoding step on static buffers, `text/decoding.py`), so it is
-    captured whole as one graph of fixed shapes."""
+    captured whole as one graph of fixed shapes, with CPU_STATIC_OPTIONS when device_type is "cpu"."""
     if not compiling():
         return fn
     key = (fn, COMPILE_BACKEND, static, device_type)
@@ -308,7 +309,8 @@ def energy_and_grad(packed: Packed, x: Tensor, rot: Tensor, kv: list[tuple[Tenso
         # attention branch: x2 = x + Wo o
         do = (dx @ lay.wo).view(B, L, H, hd).transpose(1, 2)                            # (B, H, L, hd)
         grads = [_attend_backward(_span(do, a, b), _span(q, a, b), _span(k, a, b), _span(v, a, b), o,
-                                  _span(K, 0, end), _span(V, 0, end), w) for (a, b, end, _), o, w in zip(blocks, outs, ws)]
+                                  _span(K, 0, end), _span(V, 0, end), w)
+                 for (a, b, end, _), o, w in zip(blocks, outs, ws)]
         dq, dk, dv = (_cat(list(g), 2) for g in zip(*grads))                            # (B, H, L, hd) each
         dqk = torch.cat([dq, dk], 1).transpose(1, 2)                                    # (B, L, 2H, hd), rotated
         dqkv = torch.cat([_rotate(dqk, rot, inverse=True), dv.transpose(1, 2)], 2)      # (B, L, 3H, hd)
