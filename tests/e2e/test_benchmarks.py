@@ -1,5 +1,6 @@
 """`ebt bench` and the scripts in bench/: they run, report ratios, and measure what they claim."""
 import json
+import os
 import runpy
 import sys
 
@@ -146,3 +147,17 @@ def test_generate_cache_benchmark_runs(capsys, monkeypatch):
     result = json.loads(capsys.readouterr().out)
     assert set(result["tokens_per_s"]) == {"cached", "uncached", "reference"}
     assert all(v > 0 for v in result["tokens_per_s"].values())
+
+
+@pytest.mark.skipif(not os.environ.get("EBT_SLOW_TESTS"), reason="compiles with inductor (~30 s): set EBT_SLOW_TESTS=1")
+def test_decode_options_script_compares_wrappers_side_by_side(capsys, monkeypatch):
+    """bench/decode_options.py: two compiled copies of the token function (Python and C++ wrapper) decode the same
+    tokens with the same logits, each timed."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    tool = runpy.run_path(str(ROOT / "bench" / "decode_options.py"))
+    args = ["--dim", "16", "--layers", "1", "--heads", "2", "--vocab", "32", "--ctx", "12", "--prompt", "6",
+            "--rounds", "1", "--variants", "python:;cpp:cpp_wrapper=1", "--json"]
+    assert tool["main"](args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["identical_logits"] and res["tokens_timed_per_variant"] == 5
+    assert set(res["ms_per_token"]) == {"python", "cpp"} and min(res["ms_per_token"].values()) > 0
