@@ -39,4 +39,3 @@ def test_entry_backs_large_cpu_tensors_with_huge_pages():
     assert int(run_python(PROBE)) >= 16 * 1024                                # kB of huge pages under the tensor
     if "[madvise]" in HUGE.read_text():   # under [always] the kernel uses huge pages whatever torch advises
         assert int(run_python(PROBE, THP_MEM_ALLOC_ENABLE="0")) < 16 * 1024  # an explicit opt-out is kept
-

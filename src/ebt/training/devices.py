@@ -52,7 +52,7 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory that CPU tensors free for the next allocation, for the rest of the process
     (the evaluation commands call it). By default glibc maps large allocations afresh and unmaps them on free, so the
     (B, heads, L, S) attention tensors of whole-window thinking are faulted in 4 KB at a time on every call; kept,
-    the thinking sweep's explicit passes take ~21% less time (docs/performance.md#inference). Not for training,
+    the thinking sweep's explicit passes took 12-21% less time (docs/performance.md#inference). Not for training,
     where it cost +40% peak memory (fragmentation) and huge pages remove most of the same faults.
     Returns whether it did: not off glibc, and not when EBT_KEEP_FREED_MEMORY=0 or the user set glibc's malloc
     tunables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES)."""
