@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.ctx - args.prompt < 2:
+        p.error(f"--prompt {args.prompt} leaves no token to time within --ctx {args.ctx}: give a shorter prompt")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     mc = ModelConfig(kind=args.model, vocab_size=args.vocab, dim=args.dim, layers=args.layers, heads=args.heads,
