@@ -11,6 +11,13 @@ best-of-2/5/10 (text/thinking_sweep.py). A random-weight EBT of lm-tiny's shape 
 The process runs with `ebt eval thinking`'s settings: huge pages for large tensors (ebt/_entry.py) and freed memory
 kept for reuse (`keep_freed_memory`); `EBT_KEEP_FREED_MEMORY=0` measures glibc's default, `THP_MEM_ALLOC_ENABLE=0`
 without huge pages. peak_rss_mib is the process's peak resident memory (every path's).
+
+--floor also counts the matrix-product FLOPs one sweep runs through the last path (ebt.training.flops.matmul_flops),
+row by row, and times the sweep's linear-layer products in the same process: matmul_floor_s is those FLOPs at the
+best rate measured, the time the sweep would take if every product ran at that rate and nothing else cost anything,
+and floor_speedup_vs_<first path> the largest speedup that work could give over the first path.
+
+    python bench/thinking_sweep.py --floor --json
 """
 from __future__ import annotations
 
@@ -33,8 +40,9 @@ from ebt.config import ModelConfig, ThinkConfig  # noqa: E402
 from ebt.models.explicit import PATHS, inference_path  # noqa: E402
 from ebt.text.data import PackedWindows  # noqa: E402
 from ebt.text.models import TextEBT  # noqa: E402
-from ebt.text.thinking_sweep import thinking_sweep  # noqa: E402
+from ebt.text.thinking_sweep import SWEEP, thinking_sweep  # noqa: E402
 from ebt.training.devices import keep_freed_memory  # noqa: E402
+from ebt.training.flops import matmul_flops  # noqa: E402
 
 
 def windows_of(args) -> tuple:
@@ -50,6 +58,22 @@ def windows_of(args) -> tuple:
     return model, PackedWindows(stream, args.ctx + 1, token_bytes=torch.ones(256, dtype=torch.long))
 
 
+def best_matmul_rate(tokens: int, dim: int, repeats: int = 20) -> float:
+    """GFLOP/s: the highest of the best-of-`repeats` rates of the sweep's linear-layer products (the packed
+    query-key-value and gate-up projections and their transposes) at `tokens` rows and at fewer (256, 1,024), whose
+    operands stay in cache: a generous peak for this core."""
+    best = 0.0
+    for rows in sorted({min(256, tokens), min(1024, tokens), tokens}):
+        for k, n in ((dim, 3 * dim), (dim, 2 * dim), (2 * dim, dim), (3 * dim, dim)):
+            a, b = torch.randn(rows, k), torch.randn(k, n)
+            a @ b   # warm-up
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                a @ b
+                best = max(best, 2.0 * rows * k * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ebt", help="an EBT run or checkpoint folder (default: random weights of lm-tiny's shape)")
@@ -61,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=16)
     p.add_argument("--paths", default="autograd,explicit", help=f"comma-separated, from {', '.join(PATHS)}")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--floor", action="store_true",
+                   help="also count the sweep's matmul FLOPs and time them at this core's best measured rate")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -82,6 +108,20 @@ def main(argv=None) -> int:
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),   # Linux: KiB
            f"speedup_vs_{base}": {k: round(seconds[base] / v, 2) for k, v in seconds.items()},
            "max_ppl_relative_difference": max(abs(a - b) / b for v in ppl.values() for a, b in zip(v, ppl[base]))}
+    if args.floor:   # counted on the last path, whose work it is; the fastest rate measured after the timings
+        by_row = {}
+        with inference_path(path):
+            for row in SWEEP:
+                by_row[row[0]] = matmul_flops(lambda: thinking_sweep(model, None, {"set": windows}, args.windows,
+                                                                     rows=[row]))
+        flops = sum(by_row.values())
+        rate = best_matmul_rate(min(args.windows, 8) * model.cfg.context, model.cfg.dim)
+        floor = flops / rate / 1e9
+        out.update(floor_path=path, matmul_gflop=float(f"{flops / 1e9:.5g}"),
+                   matmul_gflop_by_row={k: float(f"{v / 1e9:.5g}") for k, v in by_row.items()},
+                   best_matmul_gflops=float(f"{rate:.4g}"),
+                   matmul_floor_s=float(f"{floor:.4g}"),
+                   **{f"floor_speedup_vs_{base}": round(seconds[base] / floor, 2)})
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))
     return 0
 

@@ -2,6 +2,7 @@
 import json
 import os
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -111,6 +112,25 @@ def test_page_faults_script_smoke(capsys, monkeypatch):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["huge_pages"], r["freed_memory_kept"]) for r in rows] == [(True, True), (True, False), (False, False)]
     assert all(r["user_ms"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
+
+
+def test_thinking_sweep_floor_counts_every_row():
+    """bench/thinking_sweep.py --floor (a subprocess: it sets the process's malloc thresholds): both paths give the
+    same perplexities, every extra descent step of the N=1 rows is counted at the same FLOPs, and the floor is the
+    count at the measured rate."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "thinking_sweep.py"), "--windows", "2", "--ctx", "16",
+                          "--dim", "16", "--layers", "1", "--heads", "2", "--floor", "--json"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["max_ppl_relative_difference"] == 0.0
+    rows = res["matmul_gflop_by_row"]
+    one_step = rows["think longer (+1 step)"] - rows["trained steps"]
+    assert one_step > 0
+    assert rows["think longer (+3 steps)"] - rows["think longer (+1 step)"] == pytest.approx(2 * one_step, rel=1e-3)
+    assert sum(rows.values()) == pytest.approx(res["matmul_gflop"], rel=1e-3)
+    assert res["matmul_floor_s"] == pytest.approx(res["matmul_gflop"] / res["best_matmul_gflops"], rel=0.01)
+    assert res["matmul_floor_s"] < res["seconds"]["explicit"]
 
 
 def test_alloc_peak_extrapolates_the_batch_exactly(capsys, monkeypatch):
