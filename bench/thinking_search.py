@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ebt.text.evaluate import evaluate_text  # noqa: E402
+from ebt.text.evaluate import evaluate_text, ppl_change_pct  # noqa: E402
 from ebt.text.ood import arithmetic, dyck, python_docs  # noqa: E402
 from ebt.text.splits import heldout_windows, windows_for  # noqa: E402
 from ebt.text.task import load_model, load_tokenizer_of  # noqa: E402
@@ -77,8 +77,8 @@ def score_run(run: str, settings: list[str], args) -> tuple[list[dict], int]:
         row = {"run": run, "setting": setting, "half": args.half}
         for name, windows in sets.items():
             res = evaluate_text(model, windows, opts, args.windows, 8, args.seed)
-            base.setdefault(name, res["ppl"])
-            row[name] = {"ppl": res["ppl"], "ce": res["ce"], "change_pct": 100 * (res["ppl"] / base[name] - 1),
+            base.setdefault(name, res["ce"])
+            row[name] = {"ppl": res["ppl"], "ce": res["ce"], "change_pct": ppl_change_pct(res["ce"], base[name]),
                          "nfe": res["nfe_per_token"]}
         rows.append(row)
         print(json.dumps(row), flush=True)

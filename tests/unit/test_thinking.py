@@ -1,9 +1,12 @@
 """System 2 thinking at inference: accept-lower, best-of-N selection, adaptive stopping, options."""
+import math
+
 import pytest
 import torch
 
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import NonFinite, UserError
+from ebt.text.evaluate import perplexity, ppl_change_pct
 from ebt.text.inference import think
 from ebt.thinking import select_samples
 from ebt.text.models import TextEBT
@@ -199,3 +202,11 @@ def test_think_longer_adds_steps_to_the_trained_schedule():
         longer = thinker.think_longer(1, samples=2)
         assert thinker.inference_schedule(longer.steps, longer.final_landscape_only) == trained + [trained[-1]]
         assert longer.samples == 2
+
+
+def test_perplexity_change_comes_from_cross_entropies():
+    """The sweep's % change of perplexity is the ratio of perplexities, and stays right for a diverged model whose
+    perplexities are both capped (where comparing them gives 0%)."""
+    assert ppl_change_pct(math.log(12.0), math.log(10.0)) == pytest.approx(20.0)
+    assert perplexity(3339.5) == perplexity(3339.4)
+    assert ppl_change_pct(3339.5, 3339.4) == pytest.approx(100 * (math.exp(0.1) - 1))

@@ -21,12 +21,13 @@ from ebt.text.generation import decode
 from ebt.text.models import TextEBT, TextTransformer
 
 
-def _greedy(net, ids: torch.Tensor, new: int, path: str, use_cache: bool = True) -> torch.Tensor:
-    """Greedy tokens (B, new); the EBT's starting noise comes from one seed, the same for every path."""
+def _greedy(net, ids: torch.Tensor, new: int, path: str, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens (B, new) and the logits they were chosen from (B, new, V); the EBT's starting noise comes from
+    one seed, the same for every path."""
     gen = torch.Generator(ids.device).manual_seed(0)
     with inference_path(path):
-        steps = decode(net, ids, new, None, use_cache, lambda logits: logits.argmax(-1), gen)
-        return torch.stack([s.token for s in steps], 1)                                  # (B, new)
+        steps = list(decode(net, ids, new, None, use_cache, lambda logits: logits.argmax(-1), gen))
+        return torch.stack([s.token for s in steps], 1), torch.stack([s.logits for s in steps], 1)
 
 
 def _dispatched(event) -> bool:
@@ -86,18 +87,18 @@ def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: i
         compile_s = round(time.perf_counter() - t0, 1)
     times = {m: [] for m in modes}
     firsts = {m: [] for m in modes}   # the prompt and the first token alone: what decoding adds is the difference
-    tokens = {}
+    tokens, logits = {}, {}
     for rep in range(reps + 1):  # the first round is warm-up
         for mode, (path, cached) in modes.items():
             for n, into in ((new, times), (1, firsts)):
                 sync(dev)
                 t0 = time.perf_counter()
-                out_tokens = _greedy(net, ids, n, path, cached)
+                out_tokens, out_logits = _greedy(net, ids, n, path, cached)
                 sync(dev)
                 if rep:
                     into[mode].append(time.perf_counter() - t0)
                 if n == new:
-                    tokens[mode] = out_tokens
+                    tokens[mode], logits[mode] = out_tokens, out_logits.double()
     tps = {m: round(batch * new / statistics.median(t), 1) for m, t in times.items()}
     decode_s = {m: max(1e-9, statistics.median(times[m]) - statistics.median(firsts[m])) for m in modes}
     decode_tps = {m: round(batch * (new - 1) / s, 1) for m, s in decode_s.items()} if new > 1 else {}
@@ -108,7 +109,10 @@ def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: i
            f"speedup_vs_{base}": {m: round(v / tps[base], 2) for m, v in tps.items()},
            "decode_tokens_per_s": decode_tps,
            f"decode_speedup_vs_{base}": {m: round(v / decode_tps[base], 2) for m, v in decode_tps.items()},
-           "identical_tokens": all(torch.equal(t, tokens[base]) for t in tokens.values())}
+           "identical_tokens": all(torch.equal(t, tokens[base]) for t in tokens.values()),
+           # the tokens alone are a weak check: a random-weight EBT's logits are far apart (trained step size)
+           "max_logit_relative_difference": max(((lg - logits[base]).norm() / logits[base].norm()).item()
+                                                for lg in logits.values())}
     if compile_s is not None:
         out["compile_s"] = compile_s
     if count_ops and dev.type == "cpu":

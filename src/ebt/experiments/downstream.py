@@ -12,7 +12,7 @@ from typing import Optional
 from ebt.errors import UserError
 from ebt.text.downstream.items import Item
 from ebt.text.downstream.scoring import Scoring, score_task
-from ebt.text.evaluate import evaluate_text
+from ebt.text.evaluate import evaluate_text, ppl_change_pct
 from ebt.text.splits import heldout_windows
 from ebt.text.task import load_model, load_tokenizer_of
 
@@ -54,7 +54,7 @@ def run_study(checkpoints: list[str], tasks: dict[str, list[Item]], scoring: Sco
     for r in records:   # distance and change vs the same checkpoint's main row
         first = next(b for b in records if (b["checkpoint"], b["task"]) == (r["checkpoint"], r["task"]))
         r["distance"] = first["item_ppl"] / r["pretrain_ppl"]
-        r["answer_ppl_change_pct"] = 100.0 * (r["answer_ppl"] - first["answer_ppl"]) / first["answer_ppl"]
+        r["answer_ppl_change_pct"] = ppl_change_pct(r["answer_ce"], first["answer_ce"])
     return records
 
 

@@ -34,6 +34,12 @@ def perplexity(ce: float) -> float:
     return math.exp(min(ce, MAX_CE))
 
 
+def ppl_change_pct(ce: float, base_ce: float) -> float:
+    """The % change of perplexity from cross-entropy base_ce to ce: 100 (exp(ce - base_ce) - 1), from the
+    cross-entropies, so it stays right where both perplexities are capped (a diverged model)."""
+    return 100.0 * (perplexity(ce - base_ce) - 1.0)
+
+
 @dataclass
 class TokenScores:
     """Scores of one batch of windows (B, L+1): targets y = window[:, 1:]."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ebt.text.evaluate import evaluate_text
+from ebt.text.evaluate import evaluate_text, ppl_change_pct
 
 # (label, (extra steps, other options)) rows of the sweep; None = the trained schedule. "Longer" adds steps to the
 # trained schedule on the last landscape only (`Thinker.think_longer`), as the paper's 2 -> 3 forward passes;
@@ -29,9 +29,9 @@ def thinking_sweep(ebt_model, tpp_model, sets: dict, max_windows: int = 16, batc
         for label, opts in rows:
             options = ebt_model.thinker.think_longer(opts[0], **opts[1]) if opts else None
             res = evaluate_text(ebt_model, windows, options, max_windows, batch_size)
-            base = base or res["ppl"]
+            base = res["ce"] if base is None else base
             records.append({"model": "ebt", "setting": label, "set": name, **res,
-                            "ppl_change_pct": 100.0 * (res["ppl"] - base) / base})
+                            "ppl_change_pct": ppl_change_pct(res["ce"], base)})
         if tpp_model is not None:
             res = evaluate_text(tpp_model, windows, None, max_windows, batch_size)
             records.append({"model": "transformer", "setting": "(cannot think)", "set": name, **res,
