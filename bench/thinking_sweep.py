@@ -58,11 +58,11 @@ def windows_of(args) -> tuple:
     return model, PackedWindows(stream, args.ctx + 1, token_bytes=torch.ones(256, dtype=torch.long))
 
 
-def best_matmul_rate(tokens: int, dim: int, repeats: int = 20) -> float:
-    """GFLOP/s: the highest of the best-of-`repeats` rates of the sweep's linear-layer products (the packed
+def best_matmul_rate(tokens: int, dim: int, repeats: int = 20) -> tuple[float, str]:
+    """The highest GFLOP/s of the best-of-`repeats` timings of the sweep's linear-layer products (the packed
     query-key-value and gate-up projections and their transposes) at `tokens` rows and at fewer (256, 1,024), whose
-    operands stay in cache: a generous peak for this core."""
-    best = 0.0
+    operands stay in cache (a generous peak for this core), and the product that reached it."""
+    best, at = 0.0, ""
     for rows in sorted({min(256, tokens), min(1024, tokens), tokens}):
         for k, n in ((dim, 3 * dim), (dim, 2 * dim), (2 * dim, dim), (3 * dim, dim)):
             a, b = torch.randn(rows, k), torch.randn(k, n)
@@ -70,8 +70,10 @@ def best_matmul_rate(tokens: int, dim: int, repeats: int = 20) -> float:
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 a @ b
-                best = max(best, 2.0 * rows * k * n / (time.perf_counter() - t0) / 1e9)
-    return best
+                rate = 2.0 * rows * k * n / (time.perf_counter() - t0) / 1e9
+                if rate > best:
+                    best, at = rate, f"({rows}, {k}) @ ({k}, {n})"
+    return best, at
 
 
 def main(argv=None) -> int:
@@ -89,11 +91,14 @@ def main(argv=None) -> int:
                    help="also count the sweep's matmul FLOPs and time them at this core's best measured rate")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    paths = args.paths.split(",")
+    if args.floor and paths[-1] == "compiled":
+        p.error("--floor counts the last path's matrix products, which a compiled graph hides: put another path last")
     torch.set_num_threads(args.threads)
     kept = keep_freed_memory()   # as `ebt eval thinking` does
     model, windows = windows_of(args)
     seconds, records, warmup = {}, {}, {}
-    for path in args.paths.split(","):
+    for path in paths:
         with inference_path(path):   # a warm-up window first (the compiled path compiles here, timed apart)
             t0 = time.perf_counter()
             thinking_sweep(model, None, {"set": windows}, 1)
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             records[path] = thinking_sweep(model, None, {"set": windows}, args.windows)
             seconds[path] = round(time.perf_counter() - t0, 2)
-    base = args.paths.split(",")[0]
+    base = paths[0]
     # cross-entropies, not perplexities: the random-weight model's perplexities are capped at exp(50) (trained alpha,
     # random energies), where any two paths would agree
     ce = {path: [r["ce"] for r in rs] for path, rs in records.items()}
@@ -112,16 +117,16 @@ def main(argv=None) -> int:
            "max_ce_relative_difference": max(abs(a - b) / b for v in ce.values() for a, b in zip(v, ce[base]))}
     if args.floor:   # counted on the last path, whose work it is; the fastest rate measured after the timings
         by_row = {}
-        with inference_path(path):
+        with inference_path(paths[-1]):
             for row in SWEEP:
-                by_row[row[0]] = matmul_flops(lambda: thinking_sweep(model, None, {"set": windows}, args.windows,
-                                                                     rows=[row]))
+                by_row[row[0]] = matmul_flops(lambda row=row: thinking_sweep(model, None, {"set": windows},
+                                                                             args.windows, rows=[row]))
         flops = sum(by_row.values())
-        rate = best_matmul_rate(min(args.windows, 8) * model.cfg.context, model.cfg.dim)
+        rate, at = best_matmul_rate(min(args.windows, 8) * model.cfg.context, model.cfg.dim)
         floor = flops / rate / 1e9
-        out.update(floor_path=path, matmul_gflop=float(f"{flops / 1e9:.5g}"),
+        out.update(floor_path=paths[-1], matmul_gflop=float(f"{flops / 1e9:.5g}"),
                    matmul_gflop_by_row={k: float(f"{v / 1e9:.5g}") for k, v in by_row.items()},
-                   best_matmul_gflops=float(f"{rate:.4g}"),
+                   best_matmul_gflops=float(f"{rate:.4g}"), best_matmul_at=at,
                    matmul_floor_s=float(f"{floor:.4g}"),
                    **{f"floor_speedup_vs_{base}": round(seconds[base] / floor, 2)})
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))

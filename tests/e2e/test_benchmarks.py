@@ -13,6 +13,7 @@ from ebt.benchmarks.train_step import TrainSpec, load_reference_style
 from ebt.cli import main
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.text.models import TextEBT
+from ebt.text.thinking_sweep import SWEEP
 
 from conftest import ROOT
 
@@ -124,8 +125,8 @@ def test_page_faults_script_smoke(capsys, monkeypatch):
 
 def test_thinking_sweep_floor_counts_every_row():
     """bench/thinking_sweep.py --floor (a subprocess: it sets the process's malloc thresholds): both paths give the
-    same cross-entropies to float32 round-off, and one descent step counts the FLOPs of its matrix products worked
-    out by hand."""
+    same cross-entropies to float32 round-off (1.1e-5 relative measured), every row is counted, one descent step
+    counts the FLOPs of its matrix products worked out by hand, and best-of-N rows cost N times one candidate."""
     windows, ctx, dim = 2, 16, 16
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "thinking_sweep.py"), "--windows", str(windows),
                           "--ctx", str(ctx), "--dim", str(dim), "--layers", "1", "--heads", "2", "--floor", "--json"],
@@ -134,6 +135,11 @@ def test_thinking_sweep_floor_counts_every_row():
     res = json.loads(out.stdout)
     assert res["max_ce_relative_difference"] < 1e-4
     rows = res["matmul_gflop_by_row"]
+    assert list(rows) == [label for label, _ in SWEEP]
+    assert sum(rows.values()) == pytest.approx(res["matmul_gflop"], rel=1e-4)
+    # best-of-N: the context passes once, then N candidates of 3 steps and a final energy each
+    per_candidate = (rows["best-of-10"] - rows["best-of-5"]) / 5
+    assert rows["best-of-5"] - rows["best-of-2"] == pytest.approx(3 * per_candidate, rel=1e-3)
     step = (rows["think longer (+3 steps)"] - rows["think longer (+1 step)"]) / 2 * 1e9   # two more steps
     assert rows["think longer (+1 step)"] - rows["trained steps"] == pytest.approx(step / 1e9, rel=1e-3)
     model = TextEBT(ModelConfig(dim=dim, layers=1, heads=2, context=ctx, conditioning="time_embed"), ThinkConfig())
@@ -143,6 +149,8 @@ def test_thinking_sweep_floor_counts_every_row():
     attention = 4 * keys * D              # scores, weighted values, and their two input gradients
     vocab = 2 * V * D                     # candidates into the embedding, and the update back
     assert step == pytest.approx(2 * windows * ctx * (linear + attention + vocab), rel=1e-3)   # 2 FLOPs per MAC
+    final_energy = 2 * windows * ctx * (linear + attention + vocab) / 2                        # the forward half
+    assert per_candidate * 1e9 == pytest.approx(3 * step + final_energy, rel=1e-3)
     assert 0 < res["matmul_floor_s"] < res["seconds"]["explicit"]
 
 

@@ -21,13 +21,17 @@ from ebt.text.generation import decode
 from ebt.text.models import TextEBT, TextTransformer
 
 
-def _greedy(net, ids: torch.Tensor, new: int, path: str, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy tokens (B, new) and the logits they were chosen from (B, new, V); the EBT's starting noise comes from
-    one seed, the same for every path."""
+def _greedy(net, ids: torch.Tensor, new: int, path: str, use_cache: bool = True) -> list:
+    """The `new` greedy decoding steps (`_tokens_and_logits` reads them); the EBT's starting noise comes from one
+    seed, the same for every path."""
     gen = torch.Generator(ids.device).manual_seed(0)
     with inference_path(path):
-        steps = list(decode(net, ids, new, None, use_cache, lambda logits: logits.argmax(-1), gen))
-        return torch.stack([s.token for s in steps], 1), torch.stack([s.logits for s in steps], 1)
+        return list(decode(net, ids, new, None, use_cache, lambda logits: logits.argmax(-1), gen))
+
+
+def _tokens_and_logits(steps: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens (B, new) and the logits they were chosen from (B, new, V), stacked outside the timed calls."""
+    return torch.stack([s.token for s in steps], 1), torch.stack([s.logits for s in steps], 1)
 
 
 def _dispatched(event) -> bool:
@@ -93,12 +97,13 @@ def generate_speed(model: str = "ebt", dim: int = 128, layers: int = 4, heads: i
             for n, into in ((new, times), (1, firsts)):
                 sync(dev)
                 t0 = time.perf_counter()
-                out_tokens, out_logits = _greedy(net, ids, n, path, cached)
+                steps = _greedy(net, ids, n, path, cached)
                 sync(dev)
                 if rep:
                     into[mode].append(time.perf_counter() - t0)
                 if n == new:
-                    tokens[mode], logits[mode] = out_tokens, out_logits.double()
+                    tokens[mode], out_logits = _tokens_and_logits(steps)
+                    logits[mode] = out_logits.double()
     tps = {m: round(batch * new / statistics.median(t), 1) for m, t in times.items()}
     decode_s = {m: max(1e-9, statistics.median(times[m]) - statistics.median(firsts[m])) for m in modes}
     decode_tps = {m: round(batch * (new - 1) / s, 1) for m, s in decode_s.items()} if new > 1 else {}

@@ -36,8 +36,9 @@ def perplexity(ce: float) -> float:
 
 def ppl_change_pct(ce: float, base_ce: float) -> float:
     """The % change of perplexity from cross-entropy base_ce to ce: 100 (exp(ce - base_ce) - 1), from the
-    cross-entropies, so it stays right where both perplexities are capped (a diverged model)."""
-    return 100.0 * (perplexity(ce - base_ce) - 1.0)
+    cross-entropies, so it stays right where both perplexities are capped (a diverged model); a rise of more than
+    MAX_CE nats is capped like a perplexity."""
+    return 100.0 * math.expm1(min(ce - base_ce, MAX_CE))
 
 
 @dataclass
