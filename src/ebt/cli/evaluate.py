@@ -94,7 +94,7 @@ def thinking(args: argparse.Namespace) -> int:
                                 "halves (use more text, or drop --half)")
             sets[name] = windows.half(args.half, args.windows)
     out = prepare_output(Path(args.out), args.overwrite)
-    records = thinking_sweep(ebt_model, tpp_model, sets, args.windows)
+    records = thinking_sweep(ebt_model, tpp_model, sets, args.windows, progress=True)
     table = sweep_table(records)
     (out / "thinking.md").write_text(table)
     (out / "thinking.json").write_text(json.dumps(records, indent=1))

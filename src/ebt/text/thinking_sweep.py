@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ebt.text.evaluate import evaluate_text, ppl_change_pct
+from ebt.training import distributed as dist
 
 # (label, (extra steps, other options)) rows of the sweep; None = the trained schedule. "Longer" adds steps to the
 # trained schedule on the last landscape only (`Thinker.think_longer`), as the paper's 2 -> 3 forward passes;
@@ -21,21 +22,36 @@ SWEEP: list[tuple[str, Optional[tuple[int, dict]]]] = [
 
 
 def thinking_sweep(ebt_model, tpp_model, sets: dict, max_windows: int = 16, batch_size: int = 8,
-                   rows=SWEEP) -> list[dict]:
-    """One record per (model, setting, data set): ppl, ce, bpb, nfe_per_token, and the % change vs no thinking."""
+                   rows=SWEEP, progress: bool = False) -> list[dict]:
+    """One record per (model, setting, data set): ppl, ce, bpb, nfe_per_token, and the % change vs no thinking.
+    progress: a progress bar of the settings on stderr (the main process's; tqdm hides it off a terminal)."""
     records = []
+    bar = None
+    if progress and dist.is_main():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(sets) * (len(rows) + (tpp_model is not None)), desc="thinking sweep", unit="setting",
+                   dynamic_ncols=True, disable=None)
     for name, windows in sets.items():
         base = None
         for label, opts in rows:
+            if bar is not None:
+                bar.set_postfix_str(f"{name}: {label}")
             options = ebt_model.thinker.think_longer(opts[0], **opts[1]) if opts else None
             res = evaluate_text(ebt_model, windows, options, max_windows, batch_size)
             base = res["ce"] if base is None else base
             records.append({"model": "ebt", "setting": label, "set": name, **res,
                             "ppl_change_pct": ppl_change_pct(res["ce"], base)})
+            if bar is not None:
+                bar.update()
         if tpp_model is not None:
             res = evaluate_text(tpp_model, windows, None, max_windows, batch_size)
             records.append({"model": "transformer", "setting": "(cannot think)", "set": name, **res,
                             "ppl_change_pct": 0.0})
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
     return records
 
 
