@@ -14,5 +14,6 @@ from ebt.training.loop import TrainResult, train
 
 
 def fit(cfg: Any, resume: bool = False, overwrite: bool = False, stop_at=None) -> TrainResult:
-    """Train any built-in run config (text `RunConfig`, image `ImageRunConfig`): `ebt.fit`."""
+    """Train any built-in run config (text `RunConfig`, image `ImageRunConfig`, video `VideoRunConfig` or
+    `FrameAERunConfig`): `ebt.fit`."""
     return train(cfg, resume=resume, overwrite=overwrite, stop_at=stop_at)

@@ -52,7 +52,7 @@ def add_inference_arg(p: argparse.ArgumentParser) -> None:
     """--inference: how models run at inference (`ebt.models.explicit.inference_path`; `main` applies it)."""
     p.add_argument("--inference", choices=PATHS, default="explicit",
                    help="explicit: hand-written inference passes (default); compiled: the same through torch.compile "
-                        "(about a minute to compile on first use, then the fewest kernels); autograd: the training "
+                        "(up to two minutes to compile on first use, then the fewest kernels); autograd: the training "
                         "modules and the autograd tape (slowest; for checks)")
 
 

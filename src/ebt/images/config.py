@@ -1,6 +1,6 @@
 """Typed configuration of image denoising runs (bidirectional EBT or DiT baseline) and the two tiny presets.
 
-`ImageRunConfig` = model / think / diffusion / optim / train / data. It reuses the text run's `ThinkConfig`,
+`ImageRunConfig` = model / think / diffusion / optim / train / data / dist. It reuses the text run's `ThinkConfig`,
 `OptimConfig` and `TrainConfig`, so the generic trainer, YAML files and `--section.key=value` overrides work
 unchanged. The top-level `task = "denoise"` names the registered task (`ebt.images.task`) that trains and loads it.
 """
