@@ -1,6 +1,7 @@
 """The package layout: imports point one way (_entry/__main__ -> cli -> experiments/benchmarks -> presets/tasks ->
 text/images/video -> training -> thinking -> models -> ops -> config/noise/media -> errors), no import cycle among
-modules even counting imports inside functions, and no module over 400 lines. Read from the source with `ast`, nothing imported."""
+modules even counting imports inside functions, and no module over 400 lines. Read from the source with `ast`,
+nothing imported."""
 import ast
 from pathlib import Path
 

@@ -3,7 +3,8 @@
 `VideoRunConfig` = model / think / video / ae / optim / train / data / dist: the text run's `ModelConfig` (its
 `kind` is `ebt` or `transformer`, its `context` the number of input frames: clips are context + 1 frames),
 `ThinkConfig`, `OptimConfig`, `TrainConfig` and `DistConfig`, plus `video` (the frame encoder and the candidates'
-start), `ae` (the autoencoder's shape, copied from its run) and `data` (the clips). `FrameAERunConfig` trains the small convolutional autoencoder that `video.encoder=autoencoder` uses.
+start), `ae` (the autoencoder's shape, copied from its run) and `data` (the clips). `FrameAERunConfig` trains the
+small convolutional autoencoder that `video.encoder=autoencoder` uses.
 """
 from __future__ import annotations
 
