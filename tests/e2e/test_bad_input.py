@@ -1,5 +1,6 @@
 """Bad input across every command: each row runs `ebt ...` in-process and must exit with its code, print exactly one
 line on stderr (no traceback) naming the problem, and change nothing on disk. docs/errors.md lists the table."""
+import json
 import os
 import pickle
 from pathlib import Path
@@ -100,6 +101,16 @@ def ws(tmp_path_factory, one_thread_per_module):
             for f in ("trainer.json", "trainer.safetensors"):
                 (run / "checkpoint" / f).unlink()
         (run / "checkpoint" / file).write_bytes(payload if name != "layout" else b'{"step": "3"}')
+    (root / "keep.png").write_bytes(b"not overwritten")
+    for name in ("mismatch", "truncated"):   # a config whose sizes differ from the weights, and cut weights
+        (root / name).mkdir()
+        for f in (root / "runs" / "ebt" / "checkpoint").iterdir():
+            (root / name / f.name).write_bytes(f.read_bytes())
+    config = json.loads((root / "mismatch" / "config.json").read_text())
+    config["config"]["model"]["dim"] = 64
+    (root / "mismatch" / "config.json").write_text(json.dumps(config))
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
     return root
 
 
@@ -300,6 +311,17 @@ ROWS = [  # (argv, words in the message, exit code)
     (["experiment", "scaling", "--out", "runs"], "is not a scaling study folder", 2),
     (["experiment", "scaling", "--out", "o", "--task", "smell"], "unknown task 'smell'", 2),
     (["presets", "extra"], "unrecognised arguments", 2),
+    ([T, *TEXT, "--config", "bad.bin"], "is not UTF-8 text", 2),
+    ([T, *TEXT, "--model.dim=1e400"], "model.dim='1e400' is not a valid int", 2),
+    (["generate", "mismatch", "--prompt", "hi"], "do not match its config (size mismatch", 2),
+    (["generate", "runs/vid", "--out", "v.gif", "--frames", "100000000"], "generate fewer --frames", 2),
+    ([E, "video", "runs/vid", "--horizon", "100000000"], "use a shorter --horizon", 2),
+    ([E, "video", "runs/vid", "--out", "notrun"], "already exists and is not empty", 2),
+    (["energy", "runs/ebt", "--text", "hi", "--png", "keep.png"], "already exists: choose a new file", 2),
+    (["energy", "runs/ebt", "--text", "hi", "--png", "good.txt"], "name a .png file", 2),
+    (["tokenizer", "train", "--data", "good.txt", "--vocab", "100000000000", "--out", "tk"],
+     "more than this library trains", 2),
+    (["export", "truncated", "exported"], "cannot read weights", 2),
 ]
 
 
@@ -315,6 +337,16 @@ def test_bad_input_is_one_line_and_changes_nothing(ws, capsys, monkeypatch, argv
     assert words in lines[0], lines[0]
     assert snapshot(ws) == before, "the command changed files on disk"
     assert not (ws / "PWNED").exists(), "a pickle payload ran"
+
+
+def test_a_mistyped_option_is_one_line(capsys):
+    """argparse's own errors (a missing argument, an unknown choice, a value of the wrong type) are one line naming
+    the command's help, exit code 2, without the usage block."""
+    for argv in (["generate"], ["train", "--model", "rnn"], ["nosuchcommand"], ["generate", "x", "--max-new", "a"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "--help`" in err, err
 
 
 def test_the_table_is_large_and_covers_every_command():

@@ -75,3 +75,10 @@ def test_sections_built_in_python_refuse_non_finite_rates():
         ThinkConfig(alpha=float("inf"))
     with pytest.raises(UserError, match="optim.lr must be a finite number > 0"):
         OptimConfig(lr=float("nan"))
+
+
+def test_an_empty_config_file_or_section_changes_nothing(tmp_path):
+    for text in ("", "model: {}\n", "# only a comment\n"):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        assert to_dict(load_yaml(path)) == to_dict(RunConfig())

@@ -87,6 +87,14 @@ def _add(sub, name: str, cmd: Command) -> None:
     p.set_defaults(func=cmd.run)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A mistyped option is one line naming it and where the help is, exit code 2 (argparse would print the whole
+    usage block first). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     lines = []
     for title, entries in COMMANDS.items():
@@ -95,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
             lines.append(f"  {name:12s} {entry.summary}")
             for sub_name, cmd in (entry.commands.items() if isinstance(entry, Group) else ()):
                 lines.append(f"    {name} {sub_name:12s} {cmd.summary}")
-    parser = argparse.ArgumentParser(prog="ebt", description="Energy-Based Transformers: train, think, generate.",
-                                     epilog="\n".join(lines) + "\n\n`ebt COMMAND --help` describes each one; "
-                                     "`ebt --debug COMMAND ...` shows tracebacks.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="ebt", description="Energy-Based Transformers: train, think, generate.",
+                           epilog="\n".join(lines) + "\n\n`ebt COMMAND --help` describes each one; "
+                           "`ebt --debug COMMAND ...` shows tracebacks.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for entries in COMMANDS.values():
         for name, entry in entries.items():

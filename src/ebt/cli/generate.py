@@ -17,6 +17,7 @@ from ebt.text.explore import explore_data, write_page
 from ebt.text.generation import SampleOptions, generate as generate_text
 from ebt.text.task import load_model, load_tokenizer_of
 from ebt.training.checkpoint import find_checkpoint, read_config
+from ebt.training.rundir import check_output_file
 
 
 def generate_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +73,7 @@ def energy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="EBT run or checkpoint folder")
     p.add_argument("--text", required=True)
     p.add_argument("--png", help="also write a tokens x steps heatmap here")
+    p.add_argument("--overwrite", action="store_true", help="replace --png if it exists")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.add_argument("--seed", type=int, default=0)
     add_think_args(p)
@@ -79,8 +81,8 @@ def energy_args(p: argparse.ArgumentParser) -> None:
 
 def energy(args: argparse.Namespace) -> int:
     """Show each token with its final energy (uncertainty); optionally a heatmap over thinking steps."""
-    if args.png and not Path(args.png).resolve().parent.is_dir():
-        raise UserError(f"--png {args.png!r}: its folder does not exist; create it or choose another path")
+    if args.png:
+        check_output_file(Path(args.png), args.overwrite, "--png", (".png",))
     model, _ = load_model(args.checkpoint, kind="ebt")
     result = token_energies(model, args.text, think_options(args), args.seed, load_tokenizer_of(args.checkpoint))
     if args.png:
@@ -109,11 +111,7 @@ def explore_args(p: argparse.ArgumentParser) -> None:
 
 def explore(args: argparse.Namespace) -> int:
     """Write the thinking explorer: one self-contained HTML page of per-token energies and thinking steps."""
-    out = Path(args.out)
-    if out.exists() and (out.is_dir() or not args.overwrite):
-        raise UserError(f"--out {args.out!r} already exists: choose a new file or pass --overwrite")
-    if not out.resolve().parent.is_dir():
-        raise UserError(f"--out {args.out!r}: its folder does not exist; create it or choose another path")
+    out = check_output_file(Path(args.out), args.overwrite, "--out")
     model, _ = load_model(args.checkpoint, kind="ebt")
     tokenizer = load_tokenizer_of(args.checkpoint)
     compare = None

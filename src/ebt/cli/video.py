@@ -10,6 +10,8 @@ import torch
 from ebt.cli.common import add_think_args, think_options
 from ebt.errors import UserError
 from ebt.training.checkpoint import find_checkpoint
+from ebt.training.devices import check_fits
+from ebt.training.rundir import check_output_file, prepare_output
 from ebt.video.data import all_clips, cut_clips, heldout_clips, load_videos
 from ebt.video.evaluate import VideoEvalSettings, evaluate_video, markdown
 from ebt.video.models import rollout
@@ -28,7 +30,8 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="other held-out videos (default: the first checkpoint's held-out clips)")
     p.add_argument("--data-seed", type=int, help="embedded moving digits: generate the held-out clips from this seed "
                    "(default: the run's; the run validated on its own, so report on another)")
-    p.add_argument("--out", help="also write video.md and video.json into this folder")
+    p.add_argument("--out", help="also write video.md and video.json into this folder (a new or empty one)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing --out, replacing its files")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_think_args(p)
 
@@ -51,6 +54,7 @@ def evaluate(args: argparse.Namespace) -> int:
                           seeds=args.seeds, batch_size=args.batch_size, options=think_options(args))
     if s.options is not None and not any(m.can_think for m, _ in loaded):
         raise UserError("thinking options (--steps, --samples, ...) need an EBT checkpoint")
+    out = prepare_output(Path(args.out), args.overwrite) if args.out else None   # refused before any work
     changes = {"path": args.data} if args.data else {}
     if args.data_seed is not None:
         if args.data or first.data.path:
@@ -60,15 +64,16 @@ def evaluate(args: argparse.Namespace) -> int:
     data = type(first.data)(**{**vars(first.data), **changes})
     # the run's own held-out clips (or another seed's), or every clip of the videos given with --data
     length = s.context + s.horizon
+    frame_bytes = 4 * data.channels * data.image_size ** 2   # float32 pixels of one frame, read at data.stride
+    check_fits(4.0 * s.clips * length * data.stride * frame_bytes, torch.device("cpu"),
+               f"{s.clips} clips of {length} frames", "use a shorter --horizon or fewer --clips")
     clips = (all_clips(data, length) if args.data else heldout_clips(data, length, first.clip_frames)).clips
     names = [Path(c).name or c for c in args.checkpoints]
     if len(set(names)) < len(names):
         names = [str(c) for c in args.checkpoints]
     result = evaluate_video({f"{n} ({m.kind})": m for n, (m, _) in zip(names, loaded)}, clips, s)
     table = markdown(result)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         (out / "video.json").write_text(json.dumps(result, indent=1) + "\n")
         (out / "video.md").write_text(table + "\n")
     print(json.dumps(result) if args.json else table)
@@ -79,15 +84,8 @@ def generate_video(args: argparse.Namespace) -> int:
     """Continue a clip with a video checkpoint: a GIF (truth | prediction) and a PNG strip with per-frame energies."""
     if not args.out:
         raise UserError("a video checkpoint needs --out FILE.gif (the PNG strip goes beside it)")
-    out = Path(args.out)
-    if out.suffix.lower() != ".gif":
-        raise UserError(f"--out {args.out!r}: name a .gif file (the PNG strip is written beside it)")
-    strip = out.with_suffix(".png")
-    for path in (out, strip):
-        if path.exists() and not args.overwrite:
-            raise UserError(f"{str(path)!r} already exists: choose another --out or pass --overwrite")
-    if not out.resolve().parent.is_dir():
-        raise UserError(f"--out {args.out!r}: its folder does not exist; create it or choose another path")
+    out = check_output_file(Path(args.out), args.overwrite, "--out", (".gif",))
+    strip = check_output_file(out.with_suffix(".png"), args.overwrite, "the PNG strip beside --out")
     text = [f"--{k.replace('_', '-')}" for k in ("prompt", "max_new", "temperature", "top_p") if getattr(args, k) is not None]
     if text:
         raise UserError(f"{text[0]} applies to text checkpoints: a video checkpoint continues a clip (--input, "
@@ -102,6 +100,10 @@ def generate_video(args: argparse.Namespace) -> int:
     frames = 10 if args.frames is None else args.frames
     if frames < 1:
         raise UserError(f"--frames must be >= 1, got {frames}")
+    # the clip, its prediction and their rendering, in float32 pixels
+    check_fits(4.0 * (context + frames) * cfg.data.stride * 4 * cfg.data.channels * cfg.data.image_size ** 2,
+               torch.device("cpu"),
+               f"{frames} frames", "generate fewer --frames")
     if args.input:
         name, video = load_videos(args.input, cfg.data)[0]
         clip = cut_clips(name, video, min(context + frames, len(video[::cfg.data.stride])), cfg.data.stride)[0]

@@ -55,7 +55,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(value)
     except UserError:
         raise
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):   # OverflowError: an int given as 1e400
         raise UserError(f"{where}={value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
     return value
 
@@ -131,15 +131,17 @@ def load_yaml(path: str | Path, base: Any = None) -> Any:
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist: check the path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {str(path)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {str(path)!r} is not UTF-8 text: pass a YAML file") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping of sections")
     flat = {}
 
     def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and node:
+        if isinstance(node, dict):   # an empty file or section changes nothing
             for k, v in node.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         else:

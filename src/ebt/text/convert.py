@@ -111,9 +111,18 @@ def load_reference(path: str | Path) -> tuple[nn.Module, RunConfig]:
     except KeyError as exc:
         raise UnsupportedReference(f"reference checkpoint {str(path)!r} lacks the setting or weight {exc}: pass a "
                                    ".ckpt saved by the reference trainer") from None
+    except (TypeError, ValueError) as exc:   # a setting of the wrong type, e.g. a string where a size belongs
+        raise UnsupportedReference(f"reference checkpoint {str(path)!r} has a setting of the wrong type ({exc}): pass "
+                                   "a .ckpt saved by the reference trainer") from None
     model = build_lm(cfg)
     ours = reference_state_dict(state, cfg.model.kind)
-    missing, unexpected = model.load_state_dict(ours, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(ours, strict=False)
+    except RuntimeError as exc:   # weight shapes that differ from the settings' (strict=False still refuses those)
+        first = next((line.strip().rstrip(".") for line in str(exc).splitlines() if "size mismatch" in line),
+                     "shapes differ")
+        raise UnsupportedReference(f"reference weights do not match the model built from its settings ({first})") \
+            from None
     if missing or unexpected:
         raise UnsupportedReference(f"reference weights do not match the model built from its settings "
                                    f"(missing {missing[:4]}, unexpected {unexpected[:4]})")

@@ -29,6 +29,8 @@ from ebt.errors import Note, UserError
 TOKENIZER_FILE = "tokenizer.json"
 EOS = "<|endoftext|>"
 EMBEDDED_BPE = re.compile(r"embedded-bpe-(\d+)")
+MAX_BPE_VOCAB = 2**20
+"""The largest BPE vocabulary trained here (4x the largest in common use)."""
 BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
@@ -168,6 +170,9 @@ def train_bpe(documents: Iterable[str], vocab_size: int, count: Optional[int] = 
     if vocab_size < 258:
         raise UserError(f"a byte-level BPE needs a vocabulary of at least 258 (256 bytes, <|endoftext|>, one merge), "
                         f"got {vocab_size}: pass a larger --vocab")
+    if vocab_size > MAX_BPE_VOCAB:   # the trainer reserves room for the whole vocabulary up front
+        raise UserError(f"a vocabulary of {vocab_size:,} is more than this library trains (at most "
+                        f"{MAX_BPE_VOCAB:,}): pass a smaller --vocab")
     tok = HFTok(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

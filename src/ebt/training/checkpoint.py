@@ -148,16 +148,27 @@ def load_checked(path: str | Path, task: str, cls: type, build, kind: Optional[s
     return model, cfg
 
 
-def load_checked_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint folder's weights into `model`, with a one-line error for damaged or mismatched files."""
+def read_weights(path: str | Path) -> dict:
+    """A checkpoint folder's weights (name -> tensor), with a one-line error for a damaged or foreign file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        state = load_file(str(Path(path) / WEIGHTS))
+        return load_file(str(Path(path) / WEIGHTS))
     except (OSError, SafetensorError) as exc:
         raise UserError(f"cannot read weights in {str(path)!r} ({exc}): the checkpoint is damaged") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+
+
+def load_checked_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint folder's weights into `model`, with a one-line error for damaged or mismatched files."""
+    state = read_weights(path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:   # shapes that differ from the config's (strict=False still refuses those)
+        first = next((line.strip().rstrip(".") for line in str(exc).splitlines() if "size mismatch" in line),
+                     "shapes differ")
+        raise UserError(f"weights in {str(path)!r} do not match its config ({first}): the checkpoint is "
+                        "damaged") from None
     if missing or unexpected:
         raise UserError(f"weights in {str(path)!r} do not match its config (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}): the checkpoint is damaged")

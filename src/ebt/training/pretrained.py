@@ -21,7 +21,7 @@ from torch import nn
 from ebt.config import to_dict
 from ebt.errors import UserError
 from ebt.training import hub
-from ebt.training.checkpoint import CONFIG, WEIGHTS, find_checkpoint, read_config
+from ebt.training.checkpoint import CONFIG, WEIGHTS, find_checkpoint, read_config, read_weights
 from ebt.training.rundir import prepare_output
 
 CARD = "README.md"
@@ -149,6 +149,7 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, license: str = "m
     missing = [f for f in [WEIGHTS, *files] if not (src / f).is_file()]
     if missing:
         raise UserError(f"{str(src)!r} lacks {', '.join(missing)}: the checkpoint is damaged")
+    read_weights(src)   # a truncated or foreign weights file is refused here, not published
     metrics = last_validation(src.parent, meta.get("step")) or meta.get("metrics") or None
     folder = _prepare(out, overwrite, [WEIGHTS, CONFIG, *files, CARD])
     for f in [WEIGHTS, CONFIG, *files]:

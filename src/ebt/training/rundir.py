@@ -126,6 +126,20 @@ def truncate_metrics(folder: Path, step: int) -> None:
     path.write_text("".join(kept))
 
 
+def check_output_file(path: Path, overwrite: bool, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """The rule for an output file: not a folder, not an existing file unless `overwrite` (the command then has an
+    --overwrite flag), in a folder that exists, and with one of `suffixes` (e.g. (".png",)) when given."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {str(path)!r}: name a {' or '.join(suffixes)} file")
+    if path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a folder: name a file")
+    if path.exists() and not overwrite:
+        raise UserError(f"{flag} {str(path)!r} already exists: choose a new file or pass --overwrite")
+    if not path.resolve().parent.is_dir():
+        raise UserError(f"{flag} {str(path)!r}: its folder does not exist; create it or choose another path")
+    return path
+
+
 def prepare_output(folder: Path, overwrite: bool, flag: str = "--out", can_overwrite: bool = True) -> Path:
     """The one rule for output folders: refuse an existing non-empty folder unless `overwrite` (files written
     again are then replaced; nothing else is deleted). Creates the folder."""
