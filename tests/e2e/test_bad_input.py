@@ -234,7 +234,7 @@ ROWS = [  # (argv, words in the message, exit code)
     ([E, "downstream", "--out", "o"], "give checkpoints to evaluate, or --merge", 2),
     (["data", "get", "bigbench", "--from", "/nonexistent.tar.gz"], "does not exist", 2),
     (["data", "get", "bigbench", "--from", "bad.bin"], "is not a readable .tar.gz archive", 2),
-    (["export", "runs/ebt", "runs/tpp"], "already exists and is not empty", 2),
+    (["export", "runs/ebt", "notrun"], "already exists and is not empty", 2),
     (["export", "nothing/here", "o"], "nor as a model in the Hugging Face cache", 2),
     (["push", "runs/ebt", "no-slash"], "is not a Hub model name", 2),
     (["pull", "a/b/c"], "is not a Hub model name", 2),
@@ -322,6 +322,11 @@ ROWS = [  # (argv, words in the message, exit code)
     (["tokenizer", "train", "--data", "good.txt", "--vocab", "100000000000", "--out", "tk"],
      "more than this library trains", 2),
     (["export", "truncated", "exported"], "cannot read weights", 2),
+    (["export", "runs/ebt", "runs/tpp", "--overwrite"], "is a training run folder", 2),
+    (["convert", "empty", "o"], "is a folder: pass the .ckpt file itself", 2),
+    ([E, "downstream", "runs/img-ebt", "--out", "o"], "holds a denoise model, not a language model", 2),
+    ([E, "downstream", "--merge", "nothing.json", "--out", "o"], "--merge 'nothing.json' does not exist", 2),
+    (["experiment", "s2-ablation", "--out", "o", "--variants", "full,full"], "names full twice", 2),
 ]
 
 

@@ -32,6 +32,9 @@ def ablation(args: argparse.Namespace) -> int:
     at_least_one(steps=steps, windows=windows, samples=args.samples, think_factor=args.think_factor)
     at_least(0, threads=args.threads)
     variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else tuple(VARIANTS)
+    twice = sorted({v for v in variants if variants.count(v) > 1})
+    if twice:
+        raise UserError(f"--variants names {', '.join(twice)} twice: name each variant once")
     s = AblationSettings(steps=steps, windows=windows, samples=args.samples, think_factor=args.think_factor,
                          variants=variants, seed=args.seed, threads=args.threads, quick=quick)
     run_s2_ablation(Path(args.out), s)

@@ -96,6 +96,8 @@ def reference_state_dict(state: dict, kind: str) -> dict:
 def load_reference(path: str | Path) -> tuple[nn.Module, RunConfig]:
     """Build our model from a reference `.ckpt` file; raises UserError for unreadable or unsupported files."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"reference checkpoint {str(path)!r} is a folder: pass the .ckpt file itself")
     if not path.is_file():
         raise UserError(f"reference checkpoint {str(path)!r} does not exist: check the path")
     try:

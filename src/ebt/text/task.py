@@ -73,8 +73,11 @@ def load_tokenizer_of(path: str | Path) -> Tokenizer:
     """The tokenizer a text checkpoint (or run) folder carries: its tokenizer.json, or bytes (refused for a model
     whose vocabulary is not the byte tokenizer's, e.g. a converted reference checkpoint)."""
     folder = find_checkpoint(path)
+    cfg = read_config(folder)[0]   # as its own task's config: another task's is named, not misread
+    if cfg.task != "text":
+        raise UserError(f"{str(folder)!r} holds a {cfg.task} model, not a language model: pass a text checkpoint")
     tok = tokenizer_from_files(folder)
-    vocab = read_config(folder, RunConfig)[0].model.vocab_size
+    vocab = cfg.model.vocab_size
     if tok.vocab_size > vocab or (tok.fingerprint == "bytes" and vocab != 256):
         raise UserError(f"{str(folder)!r} has a vocabulary of {vocab} but carries no tokenizer.json that fits it: "
                         "copy the tokenizer.json it was trained with into that folder")
