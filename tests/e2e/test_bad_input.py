@@ -307,7 +307,7 @@ ROWS = [  # (argv, words in the message, exit code)
     (["experiment", "scaling", "--out", "o", "--budget", "huge"], "unknown budget 'huge'", 2),
     (["experiment", "scaling", "--out", "o", "--axes", "data,vibes"], "unknown axis 'vibes'", 2),
     (["experiment", "scaling", "--out", "o", "--models", "rnn"], "unknown model 'rnn'", 2),
-    (["experiment", "scaling", "--out", "o", "--jobs", "0"], "--jobs and --procs >= 1", 2),
+    (["experiment", "scaling", "--out", "o", "--jobs", "0"], "--jobs must be >= 1, got 0", 2),
     (["experiment", "scaling", "--out", "runs"], "is not a scaling study folder", 2),
     (["experiment", "scaling", "--out", "o", "--task", "smell"], "unknown task 'smell'", 2),
     (["presets", "extra"], "unrecognised arguments", 2),

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ebt.cli.common import at_least_one
+from ebt.cli.common import at_least, at_least_one
 from ebt.errors import UserError
 from ebt.text.corpus import embedded_corpus, plan_units
 from ebt.text.downstream import bigbench
@@ -61,8 +61,9 @@ def prepare_args(p: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace) -> int:
     """Tokenize a corpus into memory-mapped token shards with an index and a held-out split (resumable)."""
-    if args.workers < 0 or args.unit_mb <= 0:
-        raise UserError("--workers must be >= 0 and --unit-mb > 0")
+    at_least(0, workers=args.workers)
+    if not args.unit_mb > 0:
+        raise UserError(f"--unit-mb must be > 0, got {args.unit_mb}")
     index = prepare_shards(args.inputs, args.tokenizer, args.out, args.field, args.val_fraction, args.workers,
                            max(1, int(args.unit_mb * 2**20)), progress=not args.no_progress)
     print(json.dumps({"out": args.out, "tokenizer": index["tokenizer"], "dtype": index["dtype"],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ebt.cli.common import float_list, int_list
+from ebt.cli.common import at_least, float_list, int_list
 from ebt.errors import UserError
 from ebt.images.config import check_noise_level
 from ebt.images.data import image_names, load_images
@@ -35,8 +35,8 @@ def denoise(args: argparse.Namespace) -> int:
     """Add noise to images and denoise them with an EBT or DiT checkpoint; write PNGs and print PSNRs."""
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.recurse < 0 or args.batch_size < 1:
-        raise UserError("--recurse must be >= 0 and --batch-size >= 1")
+    at_least(0, recurse=args.recurse)
+    at_least(1, batch_size=args.batch_size)
     if args.noise is not None:
         check_noise_level(args.noise)
     model, cfg = load_image_model(args.checkpoint)
@@ -95,10 +95,8 @@ def evaluate(args: argparse.Namespace) -> int:
     steps = args.ebt_steps * len(args.levels) if len(args.ebt_steps) == 1 else args.ebt_steps
     if len(steps) != len(args.levels):
         raise UserError(f"--ebt-steps has {len(steps)} counts for {len(args.levels)} levels: give 1 or 1 per level")
-    if min(steps) < 1 or args.dit_recurse < 0 or args.batch_size < 1 or args.max_images < 0 or \
-            any(s < 1 for s in args.dit_ddim_steps):
-        raise UserError("--ebt-steps, --dit-ddim-steps and --batch-size must be >= 1, --dit-recurse and --max-images "
-                        ">= 0")
+    at_least(1, ebt_steps=min(steps), dit_ddim_steps=min(args.dit_ddim_steps), batch_size=args.batch_size)
+    at_least(0, dit_recurse=args.dit_recurse, max_images=args.max_images)
     ebt, ecfg = load_image_model(args.ebt, kind="ebt")
     dit, _ = load_image_model(args.dit, kind="dit")
     check_pair(ebt, dit)

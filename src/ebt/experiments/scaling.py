@@ -327,8 +327,9 @@ def check_settings(s: StudySettings) -> Budget:
         raise UserError(f"unknown model {bad[0] if bad else '(none)'!r}: choose from {', '.join(MODELS)}")
     if s.task not in POINT_TASKS:
         raise UserError(f"unknown task {s.task!r}: choose from {', '.join(POINT_TASKS)}")
-    if s.seeds < 0 or s.jobs < 1 or s.procs < 1:
-        raise UserError("--seeds must be >= 0 (0: the budget's), --jobs and --procs >= 1")
+    for name, value, low in (("seeds", s.seeds, 0), ("jobs", s.jobs, 1), ("procs", s.procs, 1)):
+        if value < low:
+            raise UserError(f"--{name} must be >= {low}, got {value}" + (" (0: the budget's)" if low == 0 else ""))
     return BUDGETS[s.budget]
 
 
