@@ -102,13 +102,15 @@ def ws(tmp_path_factory, one_thread_per_module):
                 (run / "checkpoint" / f).unlink()
         (run / "checkpoint" / file).write_bytes(payload if name != "layout" else b'{"step": "3"}')
     (root / "keep.png").write_bytes(b"not overwritten")
-    for name in ("mismatch", "truncated"):   # a config whose sizes differ from the weights, and cut weights
+    for name in ("mismatch", "truncated", "hugevocab"):   # configs whose sizes differ from the weights, cut weights
         (root / name).mkdir()
         for f in (root / "runs" / "ebt" / "checkpoint").iterdir():
             (root / name / f.name).write_bytes(f.read_bytes())
     config = json.loads((root / "mismatch" / "config.json").read_text())
     config["config"]["model"]["dim"] = 64
     (root / "mismatch" / "config.json").write_text(json.dumps(config))
+    config["config"]["model"]["vocab_size"] = 10**12
+    (root / "hugevocab" / "config.json").write_text(json.dumps(config))
     weights = root / "truncated" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     return root
@@ -327,6 +329,8 @@ ROWS = [  # (argv, words in the message, exit code)
     ([E, "downstream", "runs/img-ebt", "--out", "o"], "holds a denoise model, not a language model", 2),
     ([E, "downstream", "--merge", "nothing.json", "--out", "o"], "--merge 'nothing.json' does not exist", 2),
     (["experiment", "s2-ablation", "--out", "o", "--variants", "full,full"], "names full twice", 2),
+    (["generate", "hugevocab", "--prompt", "hi"], "its config.json may be damaged", 2),
+    (["bench", "train", "--dim", "400000", "--no-memory"], "use a smaller model", 2),
 ]
 
 

@@ -30,6 +30,7 @@ from ebt.text.models import build_lm
 from ebt.training.devices import autocast
 from ebt.training.devices import resolve_device as resolve_run_device
 from ebt.training.flops import matmul_flops as count_matmul_flops
+from ebt.training.loop import check_model_fits
 from ebt.training.optim import build_optimizer
 
 SIZES = {name: dict(dim=s.dim, layers=s.layers, heads=s.heads) for name, s in MODEL_SIZES.items()}
@@ -94,6 +95,7 @@ def run_config(spec: TrainSpec) -> RunConfig:
 def build(spec: TrainSpec, device: torch.device):
     """(model, optimizer, batch (B, ctx+1)) for one configuration, deterministic given the spec."""
     cfg = run_config(spec)
+    check_model_fits(lambda: build_lm(cfg), device)   # a size that cannot fit is one line, not an allocation error
     torch.manual_seed(0)
     if spec.model == "ebt-ref":
         model = load_reference_style().ReferenceStyleEBT(cfg.model, cfg.think)

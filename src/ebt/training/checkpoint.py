@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from ebt.config import from_dict, to_dict
 from ebt.errors import UserError
 from ebt.training import hub
+from ebt.training.devices import check_fits
 from ebt.training.registry import task_spec
 from ebt.training.state import read_state, write_state
 
@@ -143,6 +145,10 @@ def load_checked(path: str | Path, task: str, cls: type, build, kind: Optional[s
     cfg, _ = read_config(path, cls)
     if kind is not None and cfg.model.kind != kind:
         raise UserError(f"{str(path)!r} " + wrong_kind.format(found=cfg.model.kind, kind=kind))
+    with torch.device("meta"):   # sizes from a damaged or foreign config.json: refused before allocating
+        n = sum(p.numel() for p in build(cfg).parameters())
+    check_fits(4.0 * n, torch.device("cpu"), f"the model in {str(path)!r} ({n / 1e6:,.0f}M parameters)",
+               "its config.json may be damaged; or use a machine with more memory")
     model = build(cfg)
     load_checked_weights(model, path)
     return model, cfg

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -63,7 +63,7 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
     if t.threads:
         torch.set_num_threads(t.threads)
     task = task or task_for(cfg)   # the data and the model are checked before the run folder is touched
-    check_model_fits(task, device)
+    check_model_fits(task.build_model, device)
     torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP2 shards what each rank built)
     random.seed(t.seed)
     model = task.build_model().to(device)
@@ -75,12 +75,12 @@ def train(cfg: Any, resume: bool = False, overwrite: bool = False, task: Optiona
             lock.release()
 
 
-def check_model_fits(task: Task, device: torch.device) -> None:
-    """Count the model's parameters on the meta device (nothing allocated) and refuse a model whose weights,
-    gradients and AdamW moments (16 bytes per parameter) cannot fit: in the machine's memory, for every process of
-    this machine, and on the GPU."""
+def check_model_fits(build_model: Callable[[], nn.Module], device: torch.device) -> None:
+    """Count the parameters of the model `build_model()` makes on the meta device (nothing allocated) and refuse a
+    model whose weights, gradients and AdamW moments (16 bytes per parameter) cannot fit: in the machine's memory,
+    for every process of this machine, and on the GPU."""
     with torch.device("meta"):
-        n = sum(p.numel() for p in task.build_model().parameters())
+        n = sum(p.numel() for p in build_model().parameters())
     what, fix = f"a model of {n / 1e6:,.0f}M parameters", "use a smaller model (model.dim, model.layers)"
     check_fits(16.0 * n * (dist.world() if device.type == "cpu" else 1), torch.device("cpu"), what, fix)
     if device.type == "cuda":
