@@ -331,6 +331,7 @@ ROWS = [  # (argv, words in the message, exit code)
     (["experiment", "s2-ablation", "--out", "o", "--variants", "full,full"], "names full twice", 2),
     (["generate", "hugevocab", "--prompt", "hi"], "its config.json may be damaged", 2),
     (["bench", "train", "--dim", "400000", "--no-memory"], "use a smaller model", 2),
+    ([T, *TEXT, "--data", "norecs.jsonl", "--out", "o"], "holds records: tokenize it first with `ebt data prepare", 2),
 ]
 
 
