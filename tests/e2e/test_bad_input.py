@@ -332,6 +332,10 @@ ROWS = [  # (argv, words in the message, exit code)
     (["generate", "hugevocab", "--prompt", "hi"], "its config.json may be damaged", 2),
     (["bench", "train", "--dim", "400000", "--no-memory"], "use a smaller model", 2),
     ([T, *TEXT, "--data", "norecs.jsonl", "--out", "o"], "holds records: tokenize it first with `ebt data prepare", 2),
+    ([T, *TEXT, "--out", "runs/ebt", "--resume", "--overwrite"], "choose one", 2),
+    (["bench", "train", "--reference", "--no-memory"], "add --pair", 2),
+    ([E, "thinking", "--ebt", "runs/ebt", "--out", "o", "--samples", "3"], "add --diagnostics", 2),
+    (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--recurse", "2"], "re-runs a DiT's DDIM chain", 2),
 ]
 
 

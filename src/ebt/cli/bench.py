@@ -10,6 +10,7 @@ from ebt.benchmarks.compare import format_table, train_bench
 from ebt.benchmarks.generation import generate_speed
 from ebt.benchmarks.train_step import MODELS, SIZES, parse_overrides, spec_from_args
 from ebt.cli.common import at_least, at_least_one
+from ebt.errors import UserError
 
 
 def bench_args(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,8 @@ def bench_args(p: argparse.ArgumentParser) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     """Benchmark a training step (time, peak memory, ratio to Transformer++) or generation speed."""
+    if (args.reference or args.variant) and not args.pair:
+        raise UserError("--reference and --variant add rows to a --pair comparison: add --pair")
     if args.batch is None:
         args.batch = 1 if args.what == "generate" else 8
     if args.prompt is None:

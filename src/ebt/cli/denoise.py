@@ -40,6 +40,8 @@ def denoise(args: argparse.Namespace) -> int:
     if args.noise is not None:
         check_noise_level(args.noise)
     model, cfg = load_image_model(args.checkpoint)
+    if args.recurse and cfg.model.kind != "dit":
+        raise UserError("--recurse re-runs a DiT's DDIM chain: an EBT checkpoint thinks with --steps instead")
     level = args.noise if args.noise is not None else cfg.diffusion.train_level
     images = load_images(args.input, cfg.model.image_size, cfg.model.channels) * 2 - 1  # (N, C, H, W) in [-1, 1]
     names = image_names(args.input, images.shape[0])

@@ -59,7 +59,7 @@ def thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diagnostics", action="store_true",
                    help="also measure why thinking helps or not (diagnostics.md/.json/.png): the verifier, candidate "
                         "diversity, calibration, convergence per step, CE against ln V")
-    p.add_argument("--samples", type=int, default=5, help="candidates per position for --diagnostics (>= 2)")
+    p.add_argument("--samples", type=int, help="candidates per position for --diagnostics (>= 2; default 5)")
     p.add_argument("--half", choices=["tune", "report"],
                    help="evaluate only the first (tune) or second (report) half of every set's windows: choose "
                         "settings on one, report on the other (python_docs: its topics in sorted order)")
@@ -69,6 +69,10 @@ def thinking_args(p: argparse.ArgumentParser) -> None:
 def thinking(args: argparse.Namespace) -> int:
     """Perplexity vs forward passes from thinking (more steps, best-of-N) on held-out and OOD text."""
     at_least_one(windows=args.windows)
+    if args.samples is not None and not args.diagnostics:
+        raise UserError("--samples sets the candidates of --diagnostics: add --diagnostics (the sweep's best-of-N rows "
+                        "are fixed)")
+    args.samples = 5 if args.samples is None else args.samples
     if args.diagnostics and args.samples < 2:
         raise UserError(f"--samples {args.samples}: the diagnostics compare candidates, give at least 2")
     keep_freed_memory()

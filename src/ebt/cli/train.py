@@ -78,6 +78,8 @@ def absolute_data_path(cfg):
 
 def train(args: argparse.Namespace) -> int:
     """Train a model (an EBT by default) from a preset, YAML file and overrides."""
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: choose one")
     cfg = resolve_config(args, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
