@@ -101,9 +101,9 @@ def generate_video(args: argparse.Namespace) -> int:
     if frames < 1:
         raise UserError(f"--frames must be >= 1, got {frames}")
     # the clip, its prediction and their rendering, in float32 pixels
-    check_fits(4.0 * (context + frames) * cfg.data.stride * 4 * cfg.data.channels * cfg.data.image_size ** 2,
-               torch.device("cpu"),
-               f"{frames} frames", "generate fewer --frames")
+    frame_bytes = 4 * cfg.data.channels * cfg.data.image_size ** 2
+    check_fits(4.0 * (context + frames) * cfg.data.stride * frame_bytes, torch.device("cpu"), f"{frames} frames",
+               "generate fewer --frames")
     if args.input:
         name, video = load_videos(args.input, cfg.data)[0]
         clip = cut_clips(name, video, min(context + frames, len(video[::cfg.data.stride])), cfg.data.stride)[0]
