@@ -331,11 +331,17 @@ ROWS = [  # (argv, words in the message, exit code)
     (["experiment", "s2-ablation", "--out", "o", "--variants", "full,full"], "names full twice", 2),
     (["generate", "hugevocab", "--prompt", "hi"], "its config.json may be damaged", 2),
     (["bench", "train", "--dim", "400000", "--no-memory"], "use a smaller model", 2),
-    ([T, *TEXT, "--data", "norecs.jsonl", "--out", "o"], "holds records: tokenize it first with `ebt data prepare", 2),
+    ([T, *TEXT, "--data", "norecs.jsonl", "--out", "o"], "holds records, not plain text: tokenize it with `ebt data prepare", 2),
     ([T, *TEXT, "--out", "runs/ebt", "--resume", "--overwrite"], "choose one", 2),
     (["bench", "train", "--reference", "--no-memory"], "add --pair", 2),
     ([E, "thinking", "--ebt", "runs/ebt", "--out", "o", "--samples", "3"], "add --diagnostics", 2),
     (["denoise", "runs/img-ebt", "--input", "pngs", "--out", "o", "--recurse", "2"], "re-runs a DiT's DDIM chain", 2),
+    ([E, "denoise", "--ebt", "runs/img-ebt", "--dit", "runs/img-dit", "--dit-ddim-steps", ","],
+     "--dit-ddim-steps is empty", 2),
+    ([E, "video", "runs/vid", "--overwrite"], "--overwrite applies to --out", 2),
+    (["energy", "runs/ebt", "--text", "hi", "--overwrite"], "--overwrite applies to --png", 2),
+    (["bench", "generate", "--pair"], "compare training steps", 2),
+    ([E, "downstream", "--merge", "empty", "--out", "o"], "--merge 'empty' is a folder", 2),
 ]
 
 

@@ -52,6 +52,9 @@ def bench(args: argparse.Namespace) -> int:
     """Benchmark a training step (time, peak memory, ratio to Transformer++) or generation speed."""
     if (args.reference or args.variant) and not args.pair:
         raise UserError("--reference and --variant add rows to a --pair comparison: add --pair")
+    if args.what == "generate" and (args.pair or args.reference or args.variant):
+        raise UserError("--pair, --reference and --variant compare training steps: `ebt bench generate` compares "
+                        "inference paths (--paths)")
     if args.batch is None:
         args.batch = 1 if args.what == "generate" else 8
     if args.prompt is None:

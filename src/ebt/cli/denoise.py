@@ -89,7 +89,8 @@ def eval_args(p: argparse.ArgumentParser) -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Compare an EBT and a DiT denoiser (PSNR, MSE, NFE) at several noise levels."""
-    for flag, values in (("--levels", args.levels), ("--ebt-steps", args.ebt_steps)):
+    for flag, values in (("--levels", args.levels), ("--ebt-steps", args.ebt_steps),
+                         ("--dit-ddim-steps", args.dit_ddim_steps)):
         if not values:
             raise UserError(f"{flag} is empty: give at least one value")
     for level in args.levels:

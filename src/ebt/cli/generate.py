@@ -83,6 +83,8 @@ def energy(args: argparse.Namespace) -> int:
     """Show each token with its final energy (uncertainty); optionally a heatmap over thinking steps."""
     if args.png:
         check_output_file(Path(args.png), args.overwrite, "--png", (".png",))
+    elif args.overwrite:
+        raise UserError("--overwrite applies to --png: add --png FILE or drop --overwrite")
     model, _ = load_model(args.checkpoint, kind="ebt")
     result = token_energies(model, args.text, think_options(args), args.seed, load_tokenizer_of(args.checkpoint))
     if args.png:

@@ -54,7 +54,6 @@ def evaluate(args: argparse.Namespace) -> int:
                           seeds=args.seeds, batch_size=args.batch_size, options=think_options(args))
     if s.options is not None and not any(m.can_think for m, _ in loaded):
         raise UserError("thinking options (--steps, --samples, ...) need an EBT checkpoint")
-    out = prepare_output(Path(args.out), args.overwrite) if args.out else None   # refused before any work
     changes = {"path": args.data} if args.data else {}
     if args.data_seed is not None:
         if args.data or first.data.path:
@@ -63,10 +62,13 @@ def evaluate(args: argparse.Namespace) -> int:
         changes["seed"] = args.data_seed
     data = type(first.data)(**{**vars(first.data), **changes})
     # the run's own held-out clips (or another seed's), or every clip of the videos given with --data
+    if args.overwrite and not args.out:
+        raise UserError("--overwrite applies to --out: add --out FOLDER or drop --overwrite")
     length = s.context + s.horizon
     frame_bytes = 4 * data.channels * data.image_size ** 2   # float32 pixels of one frame, read at data.stride
     check_fits(4.0 * s.clips * length * data.stride * frame_bytes, torch.device("cpu"),
                f"{s.clips} clips of {length} frames", "use a shorter --horizon or fewer --clips")
+    out = prepare_output(Path(args.out), args.overwrite) if args.out else None   # refused before any work
     clips = (all_clips(data, length) if args.data else heldout_clips(data, length, first.clip_frames)).clips
     names = [Path(c).name or c for c in args.checkpoints]
     if len(set(names)) < len(names):

@@ -62,8 +62,8 @@ def read_records(path: str | Path) -> list[dict]:
     """The records of an earlier run's downstream.json (to report several runs together)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--merge {str(path)!r} does not exist: pass a downstream.json written by "
-                        "`ebt eval downstream`")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"--merge {str(path)!r} {what}: pass a downstream.json written by `ebt eval downstream`")
     try:
         records = json.loads(path.read_text())
         if not isinstance(records, list) or not all(isinstance(r, dict) and "task" in r and "main" in r

@@ -15,6 +15,7 @@ from torch import nn
 from ebt.config import ModelConfig, RunConfig, ThinkConfig
 from ebt.errors import UserError
 from ebt.text.models import build_lm
+from ebt.training.checkpoint import size_mismatch
 
 EBT_TYPES = {"default": "none", "time_embed": "time_embed", "adaln": "adaln", "adaln_zero": "adaln_zero"}
 
@@ -120,11 +121,9 @@ def load_reference(path: str | Path) -> tuple[nn.Module, RunConfig]:
     ours = reference_state_dict(state, cfg.model.kind)
     try:
         missing, unexpected = model.load_state_dict(ours, strict=False)
-    except RuntimeError as exc:   # weight shapes that differ from the settings' (strict=False still refuses those)
-        first = next((line.strip().rstrip(".") for line in str(exc).splitlines() if "size mismatch" in line),
-                     "shapes differ")
-        raise UnsupportedReference(f"reference weights do not match the model built from its settings ({first})") \
-            from None
+    except RuntimeError as exc:   # weight shapes that differ from the settings'
+        raise UnsupportedReference(f"reference weights do not match the model built from its settings "
+                                   f"({size_mismatch(exc)})") from None
     if missing or unexpected:
         raise UnsupportedReference(f"reference weights do not match the model built from its settings "
                                    f"(missing {missing[:4]}, unexpected {unexpected[:4]})")

@@ -69,8 +69,9 @@ def text_files(path: Path) -> list[Path]:
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist: pass a text file or a folder of .txt/.md files")
     if path.is_file() and path.suffix.lower() in JSONL_SUFFIXES + PARQUET_SUFFIXES:   # records, not plain text
-        raise UserError(f"{str(path)!r} holds records: tokenize it first with `ebt data prepare {path} --out "
-                        "SHARDS` (--field names the text field) and train on the shards with --data SHARDS")
+        raise UserError(f"{str(path)!r} holds records, not plain text: tokenize it with `ebt data prepare {path} "
+                        "--out SHARDS` (--field names the text field) and train on the shards (`ebt train --data "
+                        "SHARDS`), or pass text files")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
     if not files:
         raise UserError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {str(path)!r}: add some or pass a file")

@@ -14,7 +14,7 @@ from ebt.text.models import build_lm
 from ebt.text.splits import run_splits, run_tokenizer
 from ebt.text.tokenizers import Tokenizer, tokenizer_from_files
 from ebt.training import distributed as dist
-from ebt.training.checkpoint import find_checkpoint, load_checked, read_config
+from ebt.training.checkpoint import find_checkpoint, load_checked, read_config, saved_task
 from ebt.training.registry import register_task
 
 
@@ -73,9 +73,10 @@ def load_tokenizer_of(path: str | Path) -> Tokenizer:
     """The tokenizer a text checkpoint (or run) folder carries: its tokenizer.json, or bytes (refused for a model
     whose vocabulary is not the byte tokenizer's, e.g. a converted reference checkpoint)."""
     folder = find_checkpoint(path)
-    cfg = read_config(folder)[0]   # as its own task's config: another task's is named, not misread
-    if cfg.task != "text":
-        raise UserError(f"{str(folder)!r} holds a {cfg.task} model, not a language model: pass a text checkpoint")
+    task = saved_task(folder)
+    if task != "text":   # another task's config is named, not misread as a text one
+        raise UserError(f"{str(folder)!r} holds a {task} model, not a language model: pass a text checkpoint")
+    cfg = read_config(folder, RunConfig)[0]
     tok = tokenizer_from_files(folder)
     vocab = cfg.model.vocab_size
     if tok.vocab_size > vocab or (tok.fingerprint == "bytes" and vocab != 256):

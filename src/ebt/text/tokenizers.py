@@ -172,7 +172,7 @@ def train_bpe(documents: Iterable[str], vocab_size: int, count: Optional[int] = 
                         f"got {vocab_size}: pass a larger --vocab")
     if vocab_size > MAX_BPE_VOCAB:   # the trainer reserves room for the whole vocabulary up front
         raise UserError(f"a vocabulary of {vocab_size:,} is more than this library trains (at most "
-                        f"{MAX_BPE_VOCAB:,}): pass a smaller --vocab")
+                        f"{MAX_BPE_VOCAB:,}): pass a smaller vocabulary size")
     tok = HFTok(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

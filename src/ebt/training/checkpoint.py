@@ -22,7 +22,7 @@ from torch import nn
 from ebt.config import from_dict, to_dict
 from ebt.errors import UserError
 from ebt.training import hub
-from ebt.training.devices import check_fits
+from ebt.training.devices import check_fits, meta_size
 from ebt.training.registry import task_spec
 from ebt.training.state import read_state, write_state
 
@@ -123,6 +123,11 @@ def task_name(config: dict) -> str:
     return config.get("task", "text")
 
 
+def saved_task(path: str | Path) -> str:
+    """The task of a checkpoint folder's saved config, read without rebuilding it."""
+    return task_name(_raw_config(Path(path))[0])
+
+
 def read_config(path: str | Path, cls: Optional[type] = None) -> tuple[Any, dict]:
     """(config, meta) of a checkpoint folder; the config is rebuilt as `cls`, or as its registered task's class."""
     data, meta = _raw_config(Path(path))
@@ -145,9 +150,10 @@ def load_checked(path: str | Path, task: str, cls: type, build, kind: Optional[s
     cfg, _ = read_config(path, cls)
     if kind is not None and cfg.model.kind != kind:
         raise UserError(f"{str(path)!r} " + wrong_kind.format(found=cfg.model.kind, kind=kind))
-    with torch.device("meta"):   # sizes from a damaged or foreign config.json: refused before allocating
-        n = sum(p.numel() for p in build(cfg).parameters())
-    check_fits(4.0 * n, torch.device("cpu"), f"the model in {str(path)!r} ({n / 1e6:,.0f}M parameters)",
+    # sizes from a damaged or foreign config.json are refused before allocating; loading holds the model and a
+    # copy of its weights (8 bytes per float32 element)
+    n = meta_size(lambda: build(cfg))
+    check_fits(8.0 * n, torch.device("cpu"), f"the model in {str(path)!r} ({n / 1e6:,.0f}M values)",
                "its config.json may be damaged; or use a machine with more memory")
     model = build(cfg)
     load_checked_weights(model, path)
@@ -165,16 +171,20 @@ def read_weights(path: str | Path) -> dict:
         raise UserError(f"cannot read weights in {str(path)!r} ({exc}): the checkpoint is damaged") from None
 
 
+def size_mismatch(exc: RuntimeError) -> str:
+    """The first size mismatch `load_state_dict` reports (strict=False still refuses those), in one line."""
+    return next((line.strip().rstrip(".") for line in str(exc).splitlines() if "size mismatch" in line),
+                "shapes differ")
+
+
 def load_checked_weights(model: nn.Module, path: str | Path) -> None:
     """Load a checkpoint folder's weights into `model`, with a one-line error for damaged or mismatched files."""
     state = read_weights(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:   # shapes that differ from the config's (strict=False still refuses those)
-        first = next((line.strip().rstrip(".") for line in str(exc).splitlines() if "size mismatch" in line),
-                     "shapes differ")
-        raise UserError(f"weights in {str(path)!r} do not match its config ({first}): the checkpoint is "
-                        "damaged") from None
+    except RuntimeError as exc:   # shapes that differ from the config's
+        raise UserError(f"weights in {str(path)!r} do not match its config ({size_mismatch(exc)}): the checkpoint "
+                        "is damaged") from None
     if missing or unexpected:
         raise UserError(f"weights in {str(path)!r} do not match its config (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}): the checkpoint is damaged")

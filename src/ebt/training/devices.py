@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import re
+import warnings
+from typing import Callable
 from contextlib import nullcontext
 
 import torch
+from torch import nn
 
 from ebt.errors import UserError
 
@@ -22,6 +26,15 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name!r} but CUDA is not available here: use train.device=cpu")
     return torch.device(name)
+
+
+def meta_size(build_model: Callable[[], nn.Module]) -> int:
+    """Elements of the parameters and buffers of the model `build_model()` makes, counted on the meta device
+    (nothing allocated, a damaged config's sizes included; the model's own notes about meta tensors silenced)."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model()
+        return sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def check_fits(nbytes: float, device: torch.device, what: str,

@@ -22,7 +22,7 @@ from ebt.errors import Diverged, NonFinite, UserError
 from ebt.training import distributed as dist
 from ebt.training.checkpoint import (check_same_files, load_checked_weights, load_trainer_state, read_config,
                                      recover, save_checkpoint)
-from ebt.training.devices import autocast, check_fits, resolve_device
+from ebt.training.devices import autocast, check_fits, meta_size, resolve_device
 from ebt.training.metrics import MetricsLog
 from ebt.training.optim import build_optimizer
 from ebt.training.registry import Task, task_for
@@ -79,8 +79,7 @@ def check_model_fits(build_model: Callable[[], nn.Module], device: torch.device)
     """Count the parameters of the model `build_model()` makes on the meta device (nothing allocated) and refuse a
     model whose weights, gradients and AdamW moments (16 bytes per parameter) cannot fit: in the machine's memory,
     for every process of this machine, and on the GPU."""
-    with torch.device("meta"):
-        n = sum(p.numel() for p in build_model().parameters())
+    n = meta_size(build_model)
     what, fix = f"a model of {n / 1e6:,.0f}M parameters", "use a smaller model (model.dim, model.layers)"
     check_fits(16.0 * n * (dist.world() if device.type == "cpu" else 1), torch.device("cpu"), what, fix)
     if device.type == "cuda":

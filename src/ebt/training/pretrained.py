@@ -22,7 +22,7 @@ from ebt.config import to_dict
 from ebt.errors import UserError
 from ebt.training import hub
 from ebt.training.checkpoint import CONFIG, WEIGHTS, find_checkpoint, read_config, read_weights
-from ebt.training.rundir import MARKER, prepare_output
+from ebt.training.rundir import is_run, prepare_output
 
 CARD = "README.md"
 PIPELINE = {"text": "text-generation", "denoise": "image-to-image"}
@@ -92,7 +92,7 @@ def _replace(path: Path, data: bytes) -> None:
 def _prepare(folder: str | Path, overwrite: bool, keep: list[str]) -> Path:
     """The output folder (`prepare_output`'s rule); with overwrite, an earlier export's files that this one does not
     write (a tokenizer.json) are removed, and nothing else."""
-    if (Path(folder) / MARKER).exists():   # its config.json would shadow the run's own checkpoint when loaded
+    if is_run(Path(folder)):   # its config.json would shadow the run's own checkpoint when loaded
         raise UserError(f"{str(folder)!r} is a training run folder: write the pretrained folder into a new one")
     folder = prepare_output(Path(folder), overwrite)
     for name in set(hub.UPLOADED) - set(keep):
