@@ -25,33 +25,27 @@ def thinking_sweep(ebt_model, tpp_model, sets: dict, max_windows: int = 16, batc
                    rows=SWEEP, progress: bool = False) -> list[dict]:
     """One record per (model, setting, data set): ppl, ce, bpb, nfe_per_token, and the % change vs no thinking.
     progress: a progress bar of the settings on stderr (the main process's; tqdm hides it off a terminal)."""
-    records = []
-    bar = None
-    if progress and dist.is_main():
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(sets) * (len(rows) + (tpp_model is not None)), desc="thinking sweep", unit="setting",
-                   dynamic_ncols=True, disable=None)
+    records = []
+    bar = tqdm(total=len(sets) * (len(rows) + (tpp_model is not None)), desc="thinking sweep", unit="setting",
+               dynamic_ncols=True, disable=None if progress and dist.is_main() else True)   # None: terminals only
     for name, windows in sets.items():
         base = None
         for label, opts in rows:
-            if bar is not None:
-                bar.set_postfix_str(f"{name}: {label}")
+            bar.set_postfix_str(f"{name}: {label}")
             options = ebt_model.thinker.think_longer(opts[0], **opts[1]) if opts else None
             res = evaluate_text(ebt_model, windows, options, max_windows, batch_size)
             base = res["ce"] if base is None else base
             records.append({"model": "ebt", "setting": label, "set": name, **res,
                             "ppl_change_pct": ppl_change_pct(res["ce"], base)})
-            if bar is not None:
-                bar.update()
+            bar.update()
         if tpp_model is not None:
             res = evaluate_text(tpp_model, windows, None, max_windows, batch_size)
             records.append({"model": "transformer", "setting": "(cannot think)", "set": name, **res,
                             "ppl_change_pct": 0.0})
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+            bar.update()
+    bar.close()
     return records
 
 
